@@ -1,0 +1,87 @@
+"""Decisions and fates as Arrow tables and Parquet files.
+
+The columns here are the contract other tools read, for `tally match` and the
+live flow alike. Files are written with fixed settings (zstd, pinned row-group
+size, no pandas metadata) and renamed into place, so a reader never sees a torn
+file and the same rows give the same bytes with the same pyarrow.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from state.decision import Decision, Fate
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+ROW_GROUP_SIZE = 128 * 1024
+WRITE_OPTIONS = dict(compression="zstd", compression_level=3, row_group_size=ROW_GROUP_SIZE,
+                     use_dictionary=True, write_statistics=True, data_page_version="2.0")
+
+CANDIDATE = pa.struct([("event", pa.string()), ("ref", pa.string()), ("confidence", pa.float64())])
+DECISIONS_SCHEMA = pa.schema([
+    ("decision_id", pa.string()), ("kind", pa.string()), ("tier", pa.int8()),
+    ("exception_kind", pa.string()), ("account", pa.string()), ("currency", pa.string()),
+    ("amount_minor", pa.int64()), ("confidence", pa.float64()),
+    ("member_event_ids", pa.list_(pa.string())), ("member_refs", pa.list_(pa.string())),
+    ("window_start", TIMESTAMP), ("window_end", TIMESTAMP),
+    ("missing_sources", pa.list_(pa.string())), ("candidates", pa.list_(CANDIDATE)),
+    ("reason", pa.string()), ("raw_base64", pa.string()),
+])
+FATES_SCHEMA = pa.schema([
+    ("topic", pa.string()), ("partition", pa.int32()), ("offset", pa.int64()),
+    ("source", pa.string()), ("event_id", pa.string()), ("outcome", pa.string()),
+    ("decision_id", pa.string()), ("window_end", TIMESTAMP),
+])
+
+
+def decisions_table(decisions: list[Decision]) -> pa.Table:
+    columns = {name: [getattr(d, name) for d in decisions] for name in DECISIONS_SCHEMA.names}
+    columns["candidates"] = [[{"event": c.event, "ref": c.ref, "confidence": c.confidence}
+                              for c in d.candidates] for d in decisions]
+    return pa.table(columns, schema=DECISIONS_SCHEMA)
+
+
+def fates_table(fates: list[Fate]) -> pa.Table:
+    columns = {name: [getattr(f, name) for f in fates] for name in FATES_SCHEMA.names}
+    return pa.table(columns, schema=FATES_SCHEMA)
+
+
+def day_of(time_us: int | None) -> str:
+    if time_us is None:
+        return "pending"
+    return datetime.fromtimestamp(time_us // 1_000_000, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+def write_atomically(table: pa.Table, path: Path) -> Path:
+    """Write to a hidden temporary name, fsync, then rename: readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp, **WRITE_OPTIONS)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def write_by_day(table: pa.Table, root: Path, name: str) -> list[Path]:
+    """Split rows by the UTC day of window_end into root/date=YYYY-MM-DD/name."""
+    days = pc.fill_null(pc.strftime(table.column("window_end"), format="%Y-%m-%d"), "pending")
+    written = []
+    for day in sorted(pc.unique(days).to_pylist()):
+        rows = table.filter(pc.equal(days, day))
+        written.append(write_atomically(rows, root / f"date={day}" / name))
+    return written
+
+
+def read_dataset(root: Path, schema: pa.Schema) -> pa.Table:
+    """Every visible Parquet file under root (hidden temporaries are skipped)."""
+    files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        return schema.empty_table()
+    return pa.concat_tables(pq.read_table(f, schema=schema) for f in files)

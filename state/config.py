@@ -1,0 +1,105 @@
+"""Matching configuration: plain, immutable, and parsed from TOML data.
+
+Reading the file is the caller's job (state/ does no I/O); `from_toml` takes the
+already-parsed dict so the same rules apply to files, tests and defaults.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+import msgspec
+
+US_PER_SECOND = 1_000_000
+_DURATION = re.compile(r"^\s*(\d+)\s*(us|ms|s|m|h|d)?\s*$")
+_UNIT_US = {"us": 1, "ms": 1_000, "s": US_PER_SECOND, "m": 60 * US_PER_SECOND,
+            "h": 3600 * US_PER_SECOND, "d": 86400 * US_PER_SECOND}
+PPM = 1_000_000
+DEFAULT_TOPICS = {"bank": "recon.bank", "processor": "recon.processor", "ledger": "recon.ledger"}
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used."""
+
+
+class MatchConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Every number that shapes a decision. Times are microseconds."""
+
+    # source name -> topic name; the order of sources is the canonical one
+    topics: dict[str, str] = msgspec.field(default_factory=lambda: dict(DEFAULT_TOPICS))
+    expected_sources: tuple[str, ...] = ("bank", "processor", "ledger")
+    match_window_us: int = 30 * 60 * US_PER_SECOND
+    allowed_lateness_us: int = 2 * 60 * US_PER_SECOND
+    redelivery_horizon_us: int = 60 * 60 * US_PER_SECOND
+    amount_tolerance_ppm: int = 20_000  # 2% of the larger amount
+    min_year: int = 2000
+    max_year: int = 2100
+
+    def source_of_topic(self) -> dict[str, str]:
+        return {topic: source for source, topic in self.topics.items()}
+
+
+def parse_duration(value: object, name: str) -> int:
+    """'30m', '2m', '90s', '1h' or a number of seconds, as microseconds."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value * US_PER_SECOND
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ConfigError(f"{name}: {value!r} is not a duration such as '30m', '90s' or '2h'")
+    return int(match.group(1)) * _UNIT_US[match.group(2) or "s"]
+
+
+def parse_fraction_ppm(value: object, name: str) -> int:
+    """A fraction such as '0.02' (or 0.02, or '2%') as parts per million, exactly."""
+    text = str(value).strip()
+    try:
+        fraction = Decimal(text[:-1]) / 100 if text.endswith("%") else Decimal(text)
+    except InvalidOperation:
+        raise ConfigError(f"{name}: {value!r} is not a fraction such as '0.02' or '2%'") from None
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"{name}: {value!r} must be at least 0 and below 1")
+    return int(fraction * PPM)
+
+
+def from_toml(data: dict) -> MatchConfig:
+    """Build a MatchConfig from parsed TOML ([sources] and [matching] tables)."""
+    unknown = set(data) - {"sources", "matching", "contract"}
+    if unknown:
+        raise ConfigError(f"unknown config table(s): {', '.join(sorted(unknown))}")
+    kwargs: dict = {}
+    if "sources" in data:
+        kwargs["topics"] = {str(k): str(v) for k, v in data["sources"].items()}
+    matching = dict(data.get("matching", {}))
+    durations = {"match_window": "match_window_us", "allowed_lateness": "allowed_lateness_us",
+                 "redelivery_horizon": "redelivery_horizon_us"}
+    for key, field in durations.items():
+        if key in matching:
+            kwargs[field] = parse_duration(matching.pop(key), f"matching.{key}")
+    if "amount_tolerance" in matching:
+        kwargs["amount_tolerance_ppm"] = parse_fraction_ppm(
+            matching.pop("amount_tolerance"), "matching.amount_tolerance")
+    if "expected_sources" in matching:
+        kwargs["expected_sources"] = tuple(matching.pop("expected_sources"))
+    if matching:
+        raise ConfigError(f"unknown matching key(s): {', '.join(sorted(matching))}")
+    contract = dict(data.get("contract", {}))
+    for key in ("min_year", "max_year"):
+        if key in contract:
+            kwargs[key] = int(contract.pop(key))
+    if contract:
+        raise ConfigError(f"unknown contract key(s): {', '.join(sorted(contract))}")
+    return validate(MatchConfig(**kwargs))
+
+
+def validate(config: MatchConfig) -> MatchConfig:
+    if not config.expected_sources:
+        raise ConfigError("matching.expected_sources must name at least one source")
+    missing = [s for s in config.expected_sources if s not in config.topics]
+    if missing:
+        raise ConfigError(f"expected source(s) without a topic in [sources]: {', '.join(missing)}")
+    if len(set(config.topics.values())) != len(config.topics):
+        raise ConfigError("[sources]: two sources share one topic")
+    if config.match_window_us <= 0:
+        raise ConfigError("matching.match_window must be positive")
+    return config

@@ -1,0 +1,221 @@
+"""The event contract: one Kafka record value in, one typed record out.
+
+Every record becomes exactly one of Event, Heartbeat or Invalid. Decoding never
+raises: anything that breaks the contract is an Invalid carrying its raw bytes
+and a reason precise enough to fix the producer.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+import msgspec
+
+from state.config import MatchConfig
+from state.currency import exponent
+
+NEVER = -(2**62)  # "no event time yet": below any real time, still an int
+MAX_VALUE_BYTES = 1 << 20  # larger values are invalid; the archive keeps them whole
+MAX_SIGNIFICANT_DIGITS = 18  # fits a signed 64-bit integer of minor units
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_US = timedelta(microseconds=1)
+_AMOUNT = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?\Z")
+_LIMITS = {"event_id": 128, "account": 64, "idempotency_key": 128, "reference": 256}
+
+
+class Event(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A valid transaction. Money in integer minor units, time in UTC microseconds."""
+
+    source: str
+    event_id: str
+    account: str
+    currency: str
+    amount_minor: int
+    time_us: int
+    idempotency_key: str | None
+    reference: str | None
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.source}:{self.event_id}"
+
+    @property
+    def ref(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+class Heartbeat(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A producer's statement that its partition's event time has reached time_us."""
+
+    source: str
+    time_us: int
+    topic: str
+    partition: int
+    offset: int
+
+
+class Invalid(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A record that breaks the contract, kept whole with the reason why."""
+
+    source: str | None
+    reason: str
+    raw: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+Record = Event | Heartbeat | Invalid
+
+
+class _Wire(msgspec.Struct):
+    """The JSON object as producers send it; optional here, required per type below."""
+
+    type: str = "transaction"
+    source: str | None = None
+    event_id: str | None = None
+    account: str | None = None
+    amount: str | None = None
+    currency: str | None = None
+    event_time: datetime | None = None
+    idempotency_key: str | None = None
+    reference: str | None = None
+
+
+_DECODER = msgspec.json.Decoder(_Wire)
+
+
+class _Reject(Exception):
+    """Internal: a contract violation, with its reason."""
+
+
+class Decoder:
+    """Decodes record values for the topics of one configuration."""
+
+    def __init__(self, config: MatchConfig):
+        self.source_of_topic = config.source_of_topic()
+        self.min_us = _to_us(datetime(config.min_year, 1, 1, tzinfo=timezone.utc))
+        self.max_us = _to_us(datetime(config.max_year, 1, 1, tzinfo=timezone.utc))
+
+    def decode(self, value: bytes | None, topic: str, partition: int, offset: int) -> Record:
+        source = self.source_of_topic.get(topic)
+        try:
+            return self._decode(value, source, topic, partition, offset)
+        except _Reject as reject:
+            raw = None if value is None else bytes(value[:MAX_VALUE_BYTES])
+            return Invalid(source, str(reject), raw, topic, partition, offset)
+
+    def _decode(self, value, source, topic, partition, offset) -> Record:
+        wire = _parse(value)
+        if wire.type == "heartbeat":
+            self._check_source(wire.source, source, topic)
+            return Heartbeat(wire.source, self._time(wire.event_time), topic, partition, offset)
+        if wire.type != "transaction":
+            raise _Reject(f"type {wire.type!r} is neither 'transaction' nor 'heartbeat'")
+        self._check_source(wire.source, source, topic)
+        for field, limit in _LIMITS.items():
+            _check_text(field, getattr(wire, field), limit, required=field in ("event_id", "account"))
+        currency, places = _currency(wire.currency)
+        return Event(
+            source=wire.source, event_id=wire.event_id, account=wire.account,
+            currency=currency, amount_minor=parse_amount(wire.amount, currency, places),
+            time_us=self._time(wire.event_time), idempotency_key=wire.idempotency_key,
+            reference=wire.reference, topic=topic, partition=partition, offset=offset)
+
+    def _check_source(self, claimed: str | None, expected: str | None, topic: str) -> None:
+        if expected is None:
+            raise _Reject(f"topic {topic!r} is not configured for any source")
+        if claimed is None:
+            raise _Reject("source is missing or null")
+        if claimed != expected:
+            raise _Reject(f"source {claimed[:64]!r} does not match topic {topic!r}, which carries {expected!r}")
+
+    def _time(self, moment: datetime | None) -> int:
+        if moment is None:
+            raise _Reject("event_time is missing or null")
+        if moment.tzinfo is None:
+            raise _Reject("event_time has no UTC offset; write e.g. '2026-11-21T10:15:30Z'")
+        time_us = _to_us(moment)
+        if not self.min_us <= time_us < self.max_us:
+            raise _Reject(f"event_time {moment.isoformat()} is outside the accepted years")
+        return time_us
+
+
+def _parse(value: bytes | None) -> _Wire:
+    if value is None:
+        raise _Reject("value is null (a tombstone); a source record must carry an event")
+    if len(value) == 0:
+        raise _Reject("value is empty")
+    if len(value) > MAX_VALUE_BYTES:
+        raise _Reject(f"value is {len(value)} bytes, above the {MAX_VALUE_BYTES}-byte limit "
+                      f"(raw bytes kept up to the limit)")
+    try:
+        return _DECODER.decode(value)
+    except UnicodeDecodeError as err:
+        raise _Reject(f"value is not UTF-8: {err.reason} at byte {err.start}") from None
+    except msgspec.ValidationError as err:
+        raise _Reject(f"wrong JSON shape: {err}") from None
+    except msgspec.DecodeError as err:
+        _check_utf8(value)  # a more useful reason than "malformed" when the bytes are the problem
+        raise _Reject(f"not valid JSON: {err}") from None
+
+
+def _check_utf8(value: bytes) -> None:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _Reject(f"value is not UTF-8: {err.reason} at byte {err.start}") from None
+
+
+def _check_text(field: str, text: str | None, limit: int, required: bool) -> None:
+    if text is None:
+        if required:
+            raise _Reject(f"{field} is missing or null")
+        return
+    if not 1 <= len(text) <= limit:
+        raise _Reject(f"{field} must be 1 to {limit} characters, got {len(text)}")
+
+
+def _currency(code: str | None) -> tuple[str, int]:
+    if code is None:
+        raise _Reject("currency is missing or null")
+    places = exponent(code)
+    if places is None:
+        hint = f" (codes are upper case: {code.upper()!r})" if exponent(code.upper()) is not None else ""
+        raise _Reject(f"currency {code[:16]!r} is not an ISO 4217 code with minor units{hint}")
+    return code, places
+
+
+def parse_amount(text: str | None, currency: str, places: int) -> int:
+    """A decimal string as integer minor units of `currency`, exactly."""
+    if text is None:
+        raise _Reject("amount is missing or null")
+    match = _AMOUNT.match(text)
+    if match is None:
+        raise _Reject(f"amount {text[:40]!r} is not a decimal number such as '125.50' or '-10.00'")
+    sign, whole, fraction = match.group(1), match.group(2), match.group(3) or ""
+    if len(fraction) > places:
+        raise _Reject(f"amount {text!r} has {len(fraction)} decimals; {currency} allows {places}")
+    digits = (whole + fraction).lstrip("0")
+    if len(digits) > MAX_SIGNIFICANT_DIGITS:
+        raise _Reject(f"amount {text[:40]!r} has more than {MAX_SIGNIFICANT_DIGITS} significant digits")
+    minor = int(whole + fraction.ljust(places, "0"))
+    return -minor if sign else minor
+
+
+def _to_us(moment: datetime) -> int:
+    return (moment - _EPOCH) // _ONE_US
+
+
+def format_us(time_us: int) -> str:
+    """UTC microseconds as RFC 3339, for reasons and reports."""
+    return (_EPOCH + time_us * _ONE_US).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
