@@ -57,9 +57,12 @@ class Fate(msgspec.Struct, frozen=True, array_like=True):
     window_end: int | None  # the day a fate belongs to; None only while pending
 
 
-def decision_id(kind: str, members: list[str]) -> str:
-    """Stable id: the kind and the sorted member identities, hashed."""
-    text = kind + "\x1f" + "\x1e".join(sorted(members))
+def decision_id(kind: str, members: list[str], refs: list[str]) -> str:
+    """Stable id: the kind, the members' "source:event_id" and their log positions, hashed.
+
+    The positions keep two distinct events that reuse one event id apart.
+    """
+    text = "\x1f".join([kind, "\x1e".join(sorted(members)), "\x1e".join(sorted(refs))])
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 

@@ -28,19 +28,24 @@ END_OF_TIME = 2**62
 
 
 class Seen(msgspec.Struct, array_like=True):
-    """A delivered event, remembered to recognise its redeliveries."""
+    """The latest first delivery of an event id in one partition, to recognise redeliveries."""
 
-    topic: str
-    partition: int
+    ref: str
     time_us: int
-    decision_id: str | None  # None while the event is still open
-    redeliveries: list[str] = []  # refs of redeliveries that arrived while open
+    decision_id: str | None = None  # None while the event is still open
+    window_end: int | None = None  # the decision's, so a redelivery's fate is the same whenever it comes
 
 
 class Account(msgspec.Struct):
     open: list[tuple[tuple, Event]] = []  # (event_order, event), sorted
-    seen: dict[str, Seen] = {}  # "source:event_id" -> first delivery
+    seen: dict[str, Seen] = {}  # "source:event_id@topic:partition" -> delivery
+    redelivered: dict[str, list[str]] = {}  # ref of an open event -> refs of its redeliveries
     claims: dict[str, Claim] = {}  # "source\x1fkey" -> the decided event that used it
+
+
+def seen_key(event: Event) -> str:
+    # per partition: whether a record is a redelivery depends on its own partition only
+    return f"{event.label}@{event.topic}:{event.partition}"
 
 
 class Output(msgspec.Struct):
@@ -106,7 +111,7 @@ class Shard:
     def _invalid(self, record: Invalid, high_before: int, out: Output) -> None:
         when = max(high_before, 0)  # stream time of the partition, so the row has a day
         decision = Decision(
-            decision_id=decision_id(INVALID_KIND, [record.ref]), kind="exception", tier=None,
+            decision_id=decision_id(INVALID_KIND, [], [record.ref]), kind="exception", tier=None,
             exception_kind=INVALID_KIND, account=None, currency=None, amount_minor=None,
             confidence=None, member_event_ids=[], member_refs=[record.ref], window_start=when,
             window_end=when, reason=record.reason,
@@ -118,43 +123,38 @@ class Shard:
     def _event(self, event: Event, high_before: int, out: Output) -> None:
         account = self.accounts.get(event.account)
         if account is None:
-            account = self.accounts[event.account] = Account([], {}, {})
-        first = account.seen.get(event.label)
-        if first is not None and self._is_redelivery(first, event, high_before):
-            self._redelivery(first, event, out)
+            account = self.accounts[event.account] = Account([], {}, {}, {})
+        first = account.seen.get(seen_key(event))
+        if first is not None and first.time_us >= high_before - self.config.redelivery_horizon_us:
+            self._redelivery(account, first, event, out)
         elif event.time_us < high_before - self.config.allowed_lateness_us:
             self._late(account, event, high_before, out)
         else:
-            account.seen[event.label] = Seen(event.topic, event.partition, event.time_us, None, [])
+            account.seen[seen_key(event)] = Seen(event.ref, event.time_us, None)
             was_first = account.open[0][1] if account.open else None
             insort(account.open, (event_order(event), event))
             if account.open[0][1] is not was_first:
                 self._schedule(event.account, account)
 
-    def _is_redelivery(self, first: Seen, event: Event, high_before: int) -> bool:
-        # judged from this partition's history only, so it is the same in every run
-        return ((first.topic, first.partition) == (event.topic, event.partition)
-                and first.time_us >= high_before - self.config.redelivery_horizon_us)
-
-    def _redelivery(self, first: Seen, event: Event, out: Output) -> None:
+    def _redelivery(self, account: Account, first: Seen, event: Event, out: Output) -> None:
         if first.decision_id is None:
-            first.redeliveries.append(event.ref)
+            account.redelivered.setdefault(first.ref, []).append(event.ref)
         else:
             out.fates.append(Fate(event.topic, event.partition, event.offset, event.source,
-                                  event.event_id, REDELIVERY, first.decision_id, event.time_us))
+                                  event.event_id, REDELIVERY, first.decision_id, first.window_end))
 
     def _late(self, account: Account, event: Event, high_before: int, out: Output) -> None:
         behind = (high_before - event.time_us) // 1_000_000
         decision = Decision(
-            decision_id=decision_id(LATE, [event.label]), kind="exception", tier=None,
+            decision_id=decision_id(LATE, [event.label], [event.ref]), kind="exception", tier=None,
             exception_kind=LATE, account=event.account, currency=event.currency,
             amount_minor=event.amount_minor, confidence=None, member_event_ids=[event.label],
             member_refs=[event.ref], window_start=event.time_us, window_end=event.time_us,
             reason=(f"event_time {format_us(event.time_us)} arrived {behind}s behind its partition's "
                     f"progress {format_us(high_before)}; allowed lateness is "
                     f"{self.config.allowed_lateness_us // 1_000_000}s"))
-        account.seen[event.label] = Seen(event.topic, event.partition, event.time_us,
-                                         decision.decision_id, [])
+        account.seen[seen_key(event)] = Seen(event.ref, event.time_us, decision.decision_id,
+                                             decision.window_end)
         out.decisions.append(decision)
         out.fates.append(Fate(event.topic, event.partition, event.offset, event.source,
                               event.event_id, EXCEPTION, decision.decision_id, event.time_us))
@@ -200,17 +200,17 @@ class Shard:
         gone = {id(e) for e in verdict.members}
         account.open = [pair for pair in account.open if id(pair[1]) not in gone]
         for event in verdict.members:
-            first = account.seen[event.label]
-            first.decision_id = decision.decision_id
+            first = account.seen.get(seen_key(event))
+            if first is not None and first.ref == event.ref:
+                first.decision_id, first.window_end = decision.decision_id, decision.window_end
             out.fates.append(Fate(event.topic, event.partition, event.offset, event.source,
                                   event.event_id, verdict.outcome, decision.decision_id,
                                   decision.window_end))
-            for ref in first.redeliveries:
+            for ref in account.redelivered.pop(event.ref, []):
                 topic, partition, offset = ref.rsplit(":", 2)
                 out.fates.append(Fate(topic, int(partition), int(offset), event.source,
                                       event.event_id, REDELIVERY, decision.decision_id,
                                       decision.window_end))
-            first.redeliveries = []
             if event.idempotency_key is not None:
                 account.claims.setdefault(f"{event.source}\x1f{event.idempotency_key}",
                                           Claim(event.label, event.ref, event.time_us))
@@ -242,7 +242,7 @@ class Shard:
             for _, event in account.open:
                 fates.append(Fate(event.topic, event.partition, event.offset, event.source,
                                   event.event_id, PENDING, None, None))
-                for ref in account.seen[event.label].redeliveries:
+                for ref in account.redelivered.get(event.ref, []):
                     topic, partition, offset = ref.rsplit(":", 2)
                     fates.append(Fate(topic, int(partition), int(offset), event.source,
                                       event.event_id, PENDING, None, None))

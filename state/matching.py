@@ -83,7 +83,11 @@ def _group(anchor: Event, pool: list[Event], config: MatchConfig) -> Verdict:
     if all(exact.values()):
         sets = _candidate_sets(core, [exact[s] for s in missing])
         if len(sets) == 1:
-            return _match(anchor, core + list(sets[0]), config)
+            group = core + list(sets[0])
+            rivals = _contested(group, peers)
+            if rivals:
+                return _ambiguous(anchor, group, [], rivals, 2, config)
+            return _match(anchor, group, config)
         if len(sets) > 1:
             options = [e for combo in sets for e in combo]
             return _ambiguous(anchor, core, options, _rivals(anchor, peers), len(sets), config)
@@ -155,6 +159,22 @@ def _missing(group: list[Event], config: MatchConfig) -> list[str]:
     return [s for s in config.expected_sources if s not in present]
 
 
+def _contested(group: list[Event], peers: list[Event]) -> list[Event]:
+    """Events outside the group that could take a member joined by tier-2 rules.
+
+    A unique choice from the anchor's side is not enough: if the chosen event could
+    as well complete another group (a same-amount event of a source the group already
+    has), the pairing is a guess, and Tally does not guess.
+    """
+    anchor, sources = group[0], {e.source for e in group}
+    joined = [e for e in group[1:]
+              if anchor.idempotency_key is None or e.idempotency_key != anchor.idempotency_key]
+    return _unique([y for x in joined for y in peers
+                    if y.source != x.source and y.source in sources and y not in group
+                    and y.amount_minor == x.amount_minor and y.currency == x.currency
+                    and _compatible(y.idempotency_key, x.idempotency_key)])
+
+
 def _rivals(anchor: Event, peers: list[Event]) -> list[Event]:
     """Events the anchor could be swapped with: same source, same amount, no key to tell them apart."""
     if anchor.idempotency_key is not None:
@@ -222,7 +242,7 @@ def _verdict(anchor: Event, members: list[Event], config: MatchConfig, outcome: 
     members = _ordered(members)
     labels = [e.label for e in members]
     decision = Decision(
-        decision_id=decision_id(kind or "match", labels), kind="match" if kind is None else "exception",
+        decision_id=decision_id(kind or "match", labels, [e.ref for e in members]), kind="match" if kind is None else "exception",
         tier=tier, exception_kind=kind, account=anchor.account, currency=anchor.currency,
         amount_minor=anchor.amount_minor, confidence=confidence, member_event_ids=labels,
         member_refs=[e.ref for e in members], window_start=anchor.time_us,

@@ -174,3 +174,14 @@ def test_match_window_is_configurable():
                            "processor": [tx("processor", "p1", "10.00", 6)],
                            "ledger": [tx("ledger", "l1", "10.00", 1)]}, config)
     assert not [d for d in decisions if d.kind == "match"]
+
+
+def test_a_unique_candidate_that_could_complete_another_group_is_ambiguous():
+    """Twin payments, the first without its bank record: b2 fits both; Tally must not guess."""
+    decisions, _, _ = run({"bank": [tx("bank", "b2", "10.00", 3)],
+                           "processor": [tx("processor", "p1", "10.00", 1, "k1"),
+                                         tx("processor", "p2", "10.00", 3, "k2")],
+                           "ledger": [tx("ledger", "l1", "10.00", 0, "k1"),
+                                      tx("ledger", "l2", "10.00", 3, "k2")]})
+    assert not [d for d in decisions if d.kind == "match"]
+    assert "bank:b2" in only(decisions, exception_kind=AMBIGUOUS).member_event_ids

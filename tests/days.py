@@ -1,0 +1,26 @@
+"""Generated days for tests, made once per (transactions, seed) per session."""
+
+from __future__ import annotations
+
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from flows import dayfiles
+from flows.generate import generate_day
+from state.config import MatchConfig
+
+_ROOT = Path(tempfile.mkdtemp(prefix="tally-days-"))
+
+
+@lru_cache(maxsize=None)
+def day(transactions: int, seed: int, partitions: int = 3) -> Path:
+    out = _ROOT / f"{transactions}-{seed}-{partitions}"
+    generate_day(out, transactions, seed, partitions=partitions)
+    return out
+
+
+@lru_cache(maxsize=None)
+def day_values(transactions: int, seed: int) -> dict[tuple[str, int], list[bytes]]:
+    parts = dayfiles.partitions(day(transactions, seed), list(MatchConfig().topics.values()))
+    return {part: dayfiles.read_values(path) for part, path in parts.items()}
