@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,212 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _generate(commands)
     _match(commands)
+    _dev(commands)
+    _topics(commands)
+    _produce(commands)
+    _run(commands)
+    _demo(commands)
     return parser
+
+
+# ----------------------------------------------------------------------------- shared options
+
+def _data_dir_option(cmd) -> None:
+    cmd.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TALLY_DATA_DIR", ".tally")),
+                     help="where Parquet, recovery and dev services live (default $TALLY_DATA_DIR or .tally)")
+
+
+def _service_options(cmd, pg: bool) -> None:
+    _data_dir_option(cmd)
+    cmd.add_argument("--brokers", default=os.environ.get("TALLY_BROKERS"),
+                     help="Kafka bootstrap servers (default $TALLY_BROKERS, else the 'tally dev up' broker)")
+    if pg:
+        cmd.add_argument("--pg", default=os.environ.get("TALLY_PG_DSN"),
+                         help="PostgreSQL DSN (default $TALLY_PG_DSN, else the 'tally dev up' server)")
+    cmd.add_argument("--config", default=None, help="TOML config file (default: $TALLY_CONFIG or built-in)")
+
+
+def resolve_brokers(args) -> str:
+    if args.brokers:
+        return args.brokers
+    from flows.services import dev_status
+    dev = dev_status(args.data_dir)
+    if dev is None:
+        raise UserError(f"no broker: pass --brokers (or set TALLY_BROKERS), or start one with "
+                        f"'tally dev up --data-dir {args.data_dir}'")
+    return dev.brokers
+
+
+def resolve_pg(args) -> str:
+    if args.pg:
+        return args.pg
+    from flows.services import dev_status
+    dev = dev_status(args.data_dir)
+    if dev is None:
+        raise UserError(f"no PostgreSQL: pass --pg (or set TALLY_PG_DSN), or start one with "
+                        f"'tally dev up --data-dir {args.data_dir}'")
+    return dev.pg_dsn
+
+
+def _namespace(value: str) -> str:
+    from sinks.postgres import validate_namespace
+    try:
+        return validate_namespace(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+# ----------------------------------------------------------------------------- dev services
+
+def _dev(commands) -> None:
+    cmd = commands.add_parser("dev", help="start/stop the embedded broker and PostgreSQL",
+                              description="Embedded Tansu broker (memory only) and PostgreSQL under "
+                                          "<data-dir>/dev, running in the background.")
+    sub = cmd.add_subparsers(title="actions", metavar="ACTION")
+    for name, handler, text in [("up", run_dev_up, "start both (idempotent)"),
+                                ("down", run_dev_down, "stop both"),
+                                ("status", run_dev_status, "print the bootstrap address and DSN")]:
+        action = sub.add_parser(name, help=text, description=text)
+        _data_dir_option(action)
+        action.set_defaults(handler=handler)
+    cmd.set_defaults(handler=lambda args: cmd.print_help() or 2)
+
+
+def run_dev_up(args) -> int:
+    from flows.services import ServiceError, dev_up
+    try:
+        dev = dev_up(args.data_dir)
+    except ServiceError as err:
+        raise UserError(str(err)) from None
+    print(f"dev services running under {args.data_dir}/dev")
+    print(f"  brokers  {dev.brokers}")
+    print(f"  pg       {logs.redact(dev.pg_dsn)}")
+    return 0
+
+
+def run_dev_down(args) -> int:
+    from flows.services import dev_down
+    print("stopped" if dev_down(args.data_dir) else "nothing was running")
+    return 0
+
+
+def run_dev_status(args) -> int:
+    from flows.services import dev_status
+    dev = dev_status(args.data_dir)
+    if dev is None:
+        print(f"not running (start with: tally dev up --data-dir {args.data_dir})")
+        return 1
+    print(f"brokers  {dev.brokers}")
+    print(f"pg       {logs.redact(dev.pg_dsn)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- topics and produce
+
+def _topics(commands) -> None:
+    cmd = commands.add_parser("topics", help="manage the source topics")
+    sub = cmd.add_subparsers(title="actions", metavar="ACTION")
+    create = sub.add_parser("create", help="create the source topics (idempotent)",
+                            description="Create the configured source topics.")
+    _service_options(create, pg=False)
+    create.add_argument("--partitions", type=int, default=3, help="partitions per topic (default 3)")
+    create.add_argument("--replication", type=int, default=1, help="replication factor (default 1)")
+    create.set_defaults(handler=run_topics_create)
+    cmd.set_defaults(handler=lambda args: cmd.print_help() or 2)
+
+
+def run_topics_create(args) -> int:
+    from flows import kafka_io
+    from flows.settings import load_config
+    config = load_config(args.config)
+    brokers = resolve_brokers(args)
+    kafka_io.check_broker(brokers)
+    result = kafka_io.create_topics(brokers, list(config.topics.values()), args.partitions,
+                                    args.replication)
+    for topic, status in result.items():
+        print(f"{topic}: {status}")
+    return 0
+
+
+def _produce(commands) -> None:
+    cmd = commands.add_parser("produce", help="publish a day on disk into the source topics",
+                              description="Publish DIR/<topic>/<partition>.jsonl: each line to that "
+                                          "partition, in file order, byte for byte, keyed by account.")
+    cmd.add_argument("dir", type=Path, help="a day on disk (from 'tally generate')")
+    _service_options(cmd, pg=False)
+    cmd.set_defaults(handler=run_produce)
+
+
+def run_produce(args) -> int:
+    from flows import kafka_io
+    from flows.settings import load_config
+    config = load_config(args.config)
+    brokers = resolve_brokers(args)
+    kafka_io.check_broker(brokers)
+    started = time.monotonic()
+    counts = kafka_io.produce_day(brokers, args.dir, list(config.topics.values()))
+    total = sum(counts.values())
+    elapsed = time.monotonic() - started
+    print(f"published {total:,} records to {len(counts)} partitions in {elapsed:.1f}s "
+          f"({total / max(elapsed, 1e-9):,.0f}/s)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- run
+
+def _run(commands) -> None:
+    cmd = commands.add_parser("run", help="the long-running reconciliation flow",
+                              description="Read the source topics, match, and write decisions and "
+                                          "fates to PostgreSQL and Parquet. Resumes from its recovery "
+                                          "snapshot.")
+    _service_options(cmd, pg=True)
+    cmd.add_argument("--namespace", type=_namespace, default="live",
+                     help="PostgreSQL schema and Parquet directory (default live)")
+    cmd.add_argument("--until-end", action="store_true",
+                     help="stop once every partition reaches the end it had at start")
+    cmd.add_argument("--flush", action="store_true",
+                     help="at the end of a bounded run, decide everything still pending")
+    cmd.add_argument("--snapshot-interval", type=int, default=5, help="seconds between snapshots (default 5)")
+    cmd.add_argument("--recovery-dir", type=Path, default=None,
+                     help="default <data-dir>/<namespace>/recovery")
+    cmd.add_argument("--shards", type=int, default=4, help="engine shards (fixed per namespace; default 4)")
+    cmd.set_defaults(handler=run_run)
+
+
+def run_run(args) -> int:
+    from flows import kafka_io
+    from flows.run import RunOptions, run
+    from flows.settings import load_config
+    from sinks.postgres import connect_check
+    config = load_config(args.config)
+    brokers = resolve_brokers(args)
+    kafka_io.check_broker(brokers)
+    dsn = resolve_pg(args)
+    connect_check(dsn)
+    options = RunOptions(brokers=brokers, pg_dsn=dsn, data_dir=args.data_dir,
+                         namespace=args.namespace, until_end=args.until_end, flush=args.flush,
+                         snapshot_interval_s=args.snapshot_interval, recovery_dir=args.recovery_dir,
+                         shards=args.shards)
+    print(run(options, config))
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+
+def _demo(commands) -> None:
+    cmd = commands.add_parser("demo", help="the whole story on the embedded broker and PostgreSQL",
+                              description="Start the embedded services, generate a day, publish it, run "
+                                          "the flow until caught up, and print a report.")
+    _data_dir_option(cmd)
+    cmd.add_argument("--transactions", type=int, default=20_000, help="payments to generate (default 20000)")
+    cmd.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    cmd.add_argument("--keep-running", action="store_true", help="leave the services running afterwards")
+    cmd.set_defaults(handler=run_demo)
+
+
+def run_demo(args) -> int:
+    from flows.demo import demo
+    return demo(args.data_dir, args.transactions, args.seed, args.keep_running)
 
 
 def _generate(commands) -> None:

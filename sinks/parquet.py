@@ -71,7 +71,14 @@ def write_atomically(table: pa.Table, path: Path) -> Path:
 
 def write_by_day(table: pa.Table, root: Path, name: str) -> list[Path]:
     """Split rows by the UTC day of window_end into root/date=YYYY-MM-DD/name."""
-    days = pc.fill_null(pc.strftime(table.column("window_end"), format="%Y-%m-%d"), "pending")
+    return write_days(table, day_column(table.column("window_end")), root, name)
+
+
+def day_column(times: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.fill_null(pc.strftime(times, format="%Y-%m-%d"), "pending")
+
+
+def write_days(table: pa.Table, days: pa.ChunkedArray, root: Path, name: str) -> list[Path]:
     written = []
     for day in sorted(pc.unique(days).to_pylist()):
         rows = table.filter(pc.equal(days, day))

@@ -1,0 +1,130 @@
+"""The Bytewax dataflow: Kafka -> decode and split -> engine shards -> sinks.
+
+Order is what makes it deterministic. Bytewax keeps order per (source partition,
+key) along one path, so every record of a partition travels to its shard along
+one path, and each chunk's progress goes to every shard (state/routing.py). No
+merge or redistribute sits upstream of the engine, and no EventClock: the
+engine's watermark comes from the data alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
+
+from flows.source import Counters, RawBatch, TallySource
+from sinks.parquet_sink import ArchiveSink, DecisionSink
+from state.config import MatchConfig
+from state.contract import NEVER, Decoder
+from state.decision import Decision
+from state.engine import Shard, decode_snapshot, encode_snapshot
+from state.routing import split
+
+
+@dataclass
+class FlowSettings:
+    config: MatchConfig
+    kafka: dict  # librdkafka settings (bootstrap.servers, security)
+    starts: dict[tuple[str, int], int]  # first offset per partition
+    ends: dict[tuple[str, int], int] | None  # stop here (exclusive); None: run forever
+    data_root: Path  # <data-dir>/<namespace>
+    pg_dsn: str | None
+    namespace: str
+    shards: int = 4
+    sink_parts: int = 1
+    flush: bool = False
+    batch_size: int = 5000
+
+
+@dataclass
+class FlowStats:
+    """What this process saw, for the run's summary (filled from worker threads)."""
+
+    counters: Counters = field(default_factory=Counters)
+    decisions: Counter = field(default_factory=Counter)
+    pending: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, decisions: list[Decision]) -> None:
+        with self.lock:
+            self.decisions.update(f"match tier {d.tier}" if d.kind == "match" else d.exception_kind
+                                  for d in decisions)
+
+    def add_pending(self, count: int) -> None:
+        with self.lock:
+            self.pending += count
+
+
+class ShardLogic(StatefulBatchLogic):
+    """One engine shard as bytewax state; its snapshot is the engine's plain-data snapshot."""
+
+    def __init__(self, shard: Shard, flush: bool, stats: FlowStats):
+        self.shard, self.flush, self.stats = shard, flush, stats
+
+    def on_batch(self, slices: list) -> tuple[list, bool]:
+        emitted: list = []
+        decisions: list[Decision] = []
+        for piece in slices:
+            out = self.shard.ingest(piece)
+            decisions += out.decisions
+            emitted += out.decisions
+            emitted += out.fates
+        self.stats.count(decisions)
+        return emitted, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list, bool]:
+        emitted: list = []
+        if self.flush:
+            out = self.shard.flush()
+            self.stats.count(out.decisions)
+            emitted = out.decisions + out.fates
+        self.stats.add_pending(len(self.shard.pending()))
+        return emitted, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return encode_snapshot(self.shard)
+
+
+def splitter(config: MatchConfig, shards: int):
+    decoder = Decoder(config)
+
+    def split_batch(batch: RawBatch) -> list[tuple[str, object]]:
+        records = [decoder.decode(value, batch.topic, batch.partition, offset)
+                   for offset, value in zip(batch.offsets, batch.values)]
+        pieces = split(batch.topic, batch.partition, records, shards)
+        return [(str(i), piece) for i, piece in enumerate(pieces)
+                if piece.records or piece.high != NEVER]
+
+    return split_batch
+
+
+def build_flow(settings: FlowSettings, stats: FlowStats) -> Dataflow:
+    from sinks.pg_sink import PostgresSink
+
+    partitions = sorted(settings.starts)
+    flow = Dataflow("tally")
+    raw = op.input("kafka", flow, TallySource(settings.kafka, settings.starts, settings.ends,
+                                              settings.batch_size, stats.counters))
+    slices = op.flat_map("decode_split", raw, splitter(settings.config, settings.shards))
+
+    def build_shard(resume: bytes | None) -> ShardLogic:
+        shard = Shard(settings.config, partitions) if resume is None else decode_snapshot(resume)
+        if shard.config != settings.config:
+            raise RuntimeError("the matching config differs from the one in the recovery snapshot; "
+                               "use a new namespace (or the old config) to continue")
+        return ShardLogic(shard, settings.flush, stats)
+
+    outputs = op.stateful_batch("engine", slices, build_shard)
+    op.output("parquet", outputs, DecisionSink(settings.data_root, settings.sink_parts))
+    if settings.pg_dsn:
+        op.output("postgres", outputs, PostgresSink(settings.pg_dsn, settings.namespace,
+                                                    settings.sink_parts))
+    archive = op.map("archive_key", raw, lambda b: (f"{b.topic}:{b.partition}", b))
+    op.output("archive", archive, ArchiveSink(settings.data_root, settings.sink_parts))
+    return flow

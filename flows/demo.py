@@ -1,0 +1,66 @@
+"""`tally demo`: the whole story on the embedded broker and PostgreSQL, with a report.
+
+It uses its own services under <data-dir>/demo, so it never disturbs a user's
+`tally dev up` environment, and starts from a clean slate every time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from flows import kafka_io, logs
+from flows.generate import generate_day
+from flows.logs import UserError
+from flows.run import RunOptions, run
+from flows.services import ServiceError, dev_down, dev_up
+from state.config import MatchConfig
+
+NAMESPACE = "demo"
+
+
+def demo(data_dir: Path, transactions: int, seed: int, keep_running: bool) -> int:
+    root = data_dir / "demo"
+    dev_down(root)
+    shutil.rmtree(root, ignore_errors=True)
+    try:
+        services = dev_up(root)
+    except ServiceError as err:
+        raise UserError(str(err)) from None
+    try:
+        return _story(root, services, transactions, seed)
+    finally:
+        if not keep_running:
+            dev_down(root)
+
+
+def _story(root: Path, services, transactions: int, seed: int) -> int:
+    config = MatchConfig()
+    day = root / "day"
+    step("generating", f"{transactions:,} payments (seed {seed})")
+    print(f"  {generate_day(day, transactions, seed)}".replace("\n", "\n  "))
+    step("publishing", f"to the embedded broker at {services.brokers}")
+    topics = list(config.topics.values())
+    kafka_io.create_topics(services.brokers, topics, 3)
+    started = time.monotonic()
+    counts = kafka_io.produce_day(services.brokers, day, topics)
+    print(f"  {sum(counts.values()):,} records in {time.monotonic() - started:.1f}s")
+    step("running", "the flow until caught up (Kafka -> Bytewax -> PostgreSQL + Parquet)")
+    options = RunOptions(brokers=services.brokers, pg_dsn=services.pg_dsn, data_dir=root,
+                         namespace=NAMESPACE, until_end=True)
+    summary = run(options, config)
+    print(summary)
+    parquet_root = root / NAMESPACE
+    print(f"""
+Where to look
+  PostgreSQL   {logs.redact(services.pg_dsn)}  (schema "{NAMESPACE}"; password in {root}/dev/pg_password)
+               SELECT exception_kind, count(*) FROM {NAMESPACE}.decisions GROUP BY 1;
+  Parquet      {parquet_root}/decisions, {parquet_root}/fates, {parquet_root}/events
+               python -c "import pyarrow.dataset as ds; print(ds.dataset('{parquet_root}/decisions', partitioning='hive').to_table().group_by('kind').aggregate([('decision_id', 'count')]))"
+""")
+    return 0
+
+
+def step(name: str, text: str) -> None:
+    print(f"\n== {name}: {text}")

@@ -1,0 +1,426 @@
+"""Kafka I/O outside the dataflow: broker checks, topics, publishing a day, reading logs back.
+
+Works against the embedded Tansu broker and unchanged against Redpanda / Kafka.
+
+Tansu quirk: its ListOffsets answers (``get_watermark_offsets``,
+``offsets_for_times``) are at record-batch granularity: the "high watermark" is
+the base offset of the last batch, not the end of the log.  So no end offset is
+ever taken from them.  We read to partition EOF instead
+(``enable.partition.eof=True``); the high watermark is only used as a hint for
+where to start reading in ``end_offsets`` (it is never past the true end).
+
+Every failure the user can fix raises ``UserError`` with one line naming what to
+do.  librdkafka's own log lines go to the ``tally.kafka`` logger at DEBUG level
+(they would otherwise be printed raw on stderr); the last error among them is
+quoted in our error messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from flows import logs
+from flows.dayfiles import DayError, partitions as day_partitions, read_values
+from flows.logs import UserError
+from flows.progress import Progress
+
+_KAFKA_LOG = logging.getLogger("tally.kafka")
+# Environment variable -> librdkafka property, passed through when set (non-empty).
+_ENV_SETTINGS = {
+    "TALLY_KAFKA_SECURITY_PROTOCOL": "security.protocol",
+    "TALLY_KAFKA_SASL_MECHANISM": "sasl.mechanism",
+    "TALLY_KAFKA_SASL_USERNAME": "sasl.username",
+    "TALLY_KAFKA_SASL_PASSWORD": "sasl.password",
+    "TALLY_KAFKA_SSL_CA_LOCATION": "ssl.ca.location",
+}
+_PASSWORD_FILE_ENV = "TALLY_KAFKA_SASL_PASSWORD_FILE"
+# Errors after which waiting for the broker is pointless.
+_HOPELESS = {KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE, KafkaError._AUTHENTICATION,
+             KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED,
+             KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED}
+_START_HINT = "start one with 'tally dev up' or pass --brokers"
+
+Part = tuple[str, int]
+
+
+# --------------------------------------------------------------------------
+# Configuration
+
+
+def kafka_config(brokers: str, extra: dict | None = None) -> dict:
+    """Base librdkafka config: bootstrap.servers plus security settings from the environment.
+
+    TALLY_KAFKA_SECURITY_PROTOCOL, TALLY_KAFKA_SASL_MECHANISM, TALLY_KAFKA_SASL_USERNAME,
+    TALLY_KAFKA_SASL_PASSWORD (or TALLY_KAFKA_SASL_PASSWORD_FILE, whose content minus the
+    trailing newline is the password) and TALLY_KAFKA_SSL_CA_LOCATION.  `extra` wins.
+    Only plain values, so the dict can be handed to any Kafka client.
+    """
+    if not brokers or not brokers.strip():
+        raise UserError(f"no Kafka broker given; {_START_HINT}")
+    config: dict = {"bootstrap.servers": brokers.strip()}
+    for env, prop in _ENV_SETTINGS.items():
+        value = os.environ.get(env, "").strip()
+        if value:
+            config[prop] = value
+    pwfile = os.environ.get(_PASSWORD_FILE_ENV, "").strip()
+    if pwfile:
+        if "sasl.password" in config:
+            raise UserError(f"set TALLY_KAFKA_SASL_PASSWORD or {_PASSWORD_FILE_ENV}, not both")
+        try:
+            config["sasl.password"] = Path(pwfile).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise UserError(f"cannot read {_PASSWORD_FILE_ENV} file {pwfile}: "
+                            f"{exc.strerror or type(exc).__name__}") from None
+    config.update(extra or {})
+    return config
+
+
+class _Watch:
+    """librdkafka logs and global errors of one client: logged at DEBUG, the last kept."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+        self.hopeless: KafkaError | None = None
+        self.fatal: KafkaError | None = None
+
+    # called by confluent_kafka as logger.log(level, fmt, *args)
+    def log(self, level: int, fmt: str, *args) -> None:
+        text = fmt % args if args else fmt
+        if level >= logging.ERROR:
+            self.last = text
+        _KAFKA_LOG.debug("librdkafka %s", text)
+
+    def error(self, err: KafkaError) -> None:
+        self.last = err.str()
+        if err.code() in _HOPELESS:
+            self.hopeless = err
+        if err.fatal():
+            self.fatal = err
+        _KAFKA_LOG.debug("librdkafka error %s", err.str())
+
+    def reason(self, default: str) -> str:
+        return logs.redact(self.last or default)
+
+
+def _client_config(brokers: str, watch: _Watch, extra: dict | None = None) -> dict:
+    return kafka_config(brokers, {"logger": watch, "error_cb": watch.error,
+                                  "log.connection.close": False, **(extra or {})})
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0].str()
+    return str(exc) or type(exc).__name__
+
+
+# --------------------------------------------------------------------------
+# Broker and topics
+
+
+def _admin(brokers: str, timeout: float) -> tuple[AdminClient, _Watch]:
+    watch = _Watch()
+    ms = str(max(1000, int(timeout * 1000)))
+    return AdminClient(_client_config(brokers, watch, {"socket.connection.setup.timeout.ms": ms,
+                                                       "socket.timeout.ms": ms})), watch
+
+
+def _metadata(admin: AdminClient, watch: _Watch, brokers: str, timeout: float):
+    """Cluster metadata, or UserError; gives up early when the broker refuses outright."""
+    deadline = time.monotonic() + timeout
+    failure = "timed out"
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return admin.list_topics(timeout=max(0.05, min(0.5, left)))
+        except KafkaException as exc:
+            failure = _reason(exc)
+        admin.poll(0)  # serves error_cb and logs
+        if watch.hopeless is not None or time.monotonic() >= deadline:
+            break
+    raise UserError(f"cannot reach the Kafka broker at {brokers}: "
+                    f"{watch.reason(failure)}; {_START_HINT}")
+
+
+def check_broker(brokers: str, timeout: float = 10) -> None:
+    """Raise UserError unless the broker answers a metadata request within timeout seconds."""
+    admin, watch = _admin(brokers, timeout)
+    _metadata(admin, watch, brokers, timeout)
+
+
+def _partition_counts(md) -> dict[str, int]:
+    return {name: len(t.partitions) for name, t in md.topics.items()
+            if t.error is None or t.error.code() == KafkaError.NO_ERROR}
+
+
+def topic_partitions(brokers: str, topics: list[str], timeout: float = 10) -> dict[str, int]:
+    """Partition count of each topic; UserError naming any topic that does not exist."""
+    admin, watch = _admin(brokers, timeout)
+    counts = _partition_counts(_metadata(admin, watch, brokers, timeout))
+    missing = [t for t in topics if t not in counts]
+    if missing:
+        names = ", ".join(missing)
+        raise UserError(f"topic{'s' if len(missing) > 1 else ''} {names} "
+                        f"do{'' if len(missing) > 1 else 'es'} not exist on {brokers}; "
+                        f"run 'tally topics create'")
+    return {t: counts[t] for t in topics}
+
+
+def create_topics(brokers: str, topics: list[str], partitions: int, replication: int = 1,
+                  timeout: float = 30) -> dict[str, str]:
+    """Create the topics; per topic "created" or "exists".
+
+    An existing topic is fine when it has `partitions` partitions; otherwise UserError.
+    Returns once every topic shows in the metadata.
+    """
+    if partitions < 1 or replication < 1:
+        raise UserError("--partitions and --replication must be at least 1")
+    topics = list(dict.fromkeys(topics))
+    admin, watch = _admin(brokers, timeout)
+    counts = _partition_counts(_metadata(admin, watch, brokers, timeout))
+    result = {t: "exists" for t in topics if t in counts}
+    new = [t for t in topics if t not in counts]
+    if new:
+        futures = admin.create_topics([NewTopic(t, partitions, replication) for t in new],
+                                      request_timeout=timeout)
+        for topic, future in futures.items():
+            try:
+                future.result()
+                result[topic] = "created"
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    result[topic] = "exists"  # created meanwhile by someone else
+                else:
+                    raise UserError(f"cannot create topic {topic} ({partitions} partitions, "
+                                    f"replication {replication}) on {brokers}: "
+                                    f"{logs.redact(_reason(exc))}") from None
+    # wait until every topic is visible, then check existing ones have the right shape
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = _partition_counts(_metadata(admin, watch, brokers, timeout))
+        if all(t in counts for t in topics) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for topic in topics:
+        have = counts.get(topic)
+        if have is None:
+            raise UserError(f"topic {topic} was created but does not show on {brokers} "
+                            f"after {timeout:.0f}s")
+        if have != partitions:
+            raise UserError(f"topic {topic} exists with {have} partition(s), not {partitions}; "
+                            f"pass --partitions {have} or delete the topic first")
+    return {t: result[t] for t in topics}
+
+
+# --------------------------------------------------------------------------
+# Publishing a day on disk
+
+
+class _Account(msgspec.Struct):
+    account: str | None = None
+
+
+_ACCOUNT = msgspec.json.Decoder(_Account)
+
+
+def record_key(value: bytes) -> bytes | None:
+    """The `account` string of a JSON object line, as UTF-8; None for anything else."""
+    try:
+        account = _ACCOUNT.decode(value).account
+        return None if account is None else account.encode()
+    except (msgspec.DecodeError, UnicodeError):  # not JSON, not an object, not UTF-8
+        return None
+
+
+def _producer_config(brokers: str, watch: _Watch, failures: list) -> dict:
+    def on_error(err, msg) -> None:  # only failed deliveries are reported
+        failures.append((msg.topic(), msg.partition(), err))
+
+    return _client_config(brokers, watch, {
+        "enable.idempotence": True,  # keeps order within a partition across retries
+        "acks": "all",
+        "linger.ms": 20,
+        "batch.num.messages": 100_000,
+        "batch.size": 1_000_000,
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "message.timeout.ms": 120_000,
+        "delivery.report.only.error": True,
+        "on_delivery": on_error,
+    })
+
+
+def produce_day(brokers: str, day_dir: Path | str, topics: list[str],
+                progress: bool = True) -> dict[Part, int]:
+    """Publish every DIR/<topic>/<partition>.jsonl line to that partition of that topic.
+
+    Values are the lines byte for byte, in file order; the key is the `account`
+    of a JSON object line (None otherwise).  Returns records published per
+    (topic, partition).  Offsets equal line numbers only when the topic was empty.
+    """
+    day_dir = Path(day_dir)
+    try:
+        files = day_partitions(day_dir, topics)
+    except DayError as exc:
+        raise UserError(str(exc)) from None
+    day_topics = sorted({t for t, _ in files})
+    counts = topic_partitions(brokers, day_topics)
+    for topic in day_topics:
+        needed = max(p for t, p in files if t == topic) + 1
+        if counts[topic] < needed:
+            raise UserError(f"topic {topic} has {counts[topic]} partition(s) but {day_dir / topic} "
+                            f"has files up to {needed - 1}.jsonl; recreate the topic with "
+                            f"{needed} partitions")
+
+    values = {part: read_values(path) for part, path in files.items()}
+    total = sum(len(v) for v in values.values())
+    bar = Progress(total, "publish", unit="records")
+    bar.enabled = bar.enabled and progress
+    watch, failures = _Watch(), []
+    producer = Producer(_producer_config(brokers, watch, failures))
+    produce, poll = producer.produce, producer.poll
+    step = 5_000
+    try:
+        for (topic, partition), lines in values.items():
+            for start in range(0, len(lines), step):
+                for value in lines[start:start + step]:
+                    key = record_key(value)
+                    while True:
+                        try:
+                            produce(topic, value, key, partition)
+                            break
+                        except BufferError:  # local queue full: let deliveries drain
+                            poll(0.05)
+                poll(0)
+                if watch.fatal is not None or failures:
+                    break
+                bar.advance(min(step, len(lines) - start))
+            if watch.fatal is not None or failures:
+                break
+        left = producer.flush(120)
+    except KafkaException as exc:
+        raise UserError(f"publishing to {brokers} failed: {logs.redact(_reason(exc))}") from None
+    finally:
+        bar.close()
+    if watch.fatal is not None:
+        producer.purge()
+        raise UserError(f"the Kafka producer failed at {brokers}: {watch.reason(watch.fatal.str())}")
+    if failures:
+        parts = sorted({f"{t}/{p}" for t, p, _ in failures})
+        raise UserError(f"{len(failures)} record(s) were not delivered to {brokers} "
+                        f"(partitions {', '.join(parts[:6])}{' ...' if len(parts) > 6 else ''}): "
+                        f"{logs.redact(failures[0][2].str())}")
+    if left:
+        raise UserError(f"{left} record(s) still undelivered to {brokers} after 120s: "
+                        f"{watch.reason('timed out')}")
+    logs.info("published day", day=str(day_dir), records=total, rate=f"{bar.rate():,.0f}/s")
+    return {part: len(lines) for part, lines in values.items()}
+
+
+# --------------------------------------------------------------------------
+# Reading logs back
+
+
+def _consumer(brokers: str, watch: _Watch) -> Consumer:
+    return Consumer(_client_config(brokers, watch, {
+        "group.id": f"tally-reader-{uuid.uuid4().hex}",  # assign() only: never joins or commits
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 50,
+    }))
+
+
+def _all_partitions(brokers: str, topics: list[str]) -> list[Part]:
+    counts = topic_partitions(brokers, topics)
+    return [(t, p) for t in dict.fromkeys(topics) for p in range(counts[t])]
+
+
+def _drain(consumer: Consumer, watch: _Watch, brokers: str, starts: dict[Part, int],
+           on_record, timeout: float) -> dict[Part, int]:
+    """Consume the assigned partitions to EOF; returns each partition's end offset.
+
+    The end is max(EOF offset, last record + 1), so it holds even if the EOF
+    event's offset came from a batch-granular high watermark.  timeout bounds
+    the time without any progress.
+    """
+    consumer.assign([TopicPartition(t, p, off) for (t, p), off in starts.items()])
+    ends: dict[Part, int] = {}
+    last: dict[Part, int] = {}
+    idle_since = time.monotonic()
+    problem = None
+    while len(ends) < len(starts):
+        msgs = consumer.consume(10_000, 0.05)
+        if msgs:
+            idle_since = time.monotonic()
+        for msg in msgs:
+            err = msg.error()
+            part = (msg.topic(), msg.partition())
+            if err is None:
+                last[part] = msg.offset()
+                on_record(part, msg.offset(), msg.value())
+            elif err.code() == KafkaError._PARTITION_EOF:
+                ends[part] = max(msg.offset(), last.get(part, -1) + 1)
+            elif err.fatal() or not (err.retriable() or err.code() in
+                                      (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)):
+                raise UserError(f"reading {part[0]}/{part[1]} from {brokers} failed: "
+                                f"{logs.redact(err.str())}")
+            else:
+                problem = err.str()
+        if time.monotonic() - idle_since > timeout:
+            waiting = sorted(f"{t}/{p}" for t, p in starts if (t, p) not in ends)
+            raise UserError(f"no end of partition(s) {', '.join(waiting[:6])} reached on {brokers} "
+                            f"within {timeout:.0f}s: {watch.reason(problem or 'no data')}")
+    return {part: max(ends[part], last.get(part, -1) + 1) for part in starts}
+
+
+def read_to_end(brokers: str, topics: list[str], timeout: float = 30
+                ) -> dict[Part, list[tuple[int, bytes | None]]]:
+    """Every record of every partition, from the beginning to partition EOF: (offset, value)."""
+    parts = _all_partitions(brokers, topics)
+    out: dict[Part, list[tuple[int, bytes | None]]] = {part: [] for part in parts}
+
+    def keep(part: Part, offset: int, value: bytes | None) -> None:
+        out[part].append((offset, value))
+
+    watch = _Watch()
+    consumer = _consumer(brokers, watch)
+    try:
+        _drain(consumer, watch, brokers, {part: OFFSET_BEGINNING for part in parts}, keep, timeout)
+    finally:
+        consumer.close()
+    return out
+
+
+def end_offsets(brokers: str, topics: list[str], timeout: float = 30) -> dict[Part, int]:
+    """The true end offset (next offset to be written) of every partition.
+
+    Reads from just before the reported high watermark to EOF: on Tansu that
+    watermark is the base offset of the last batch (never past the true end),
+    on Kafka/Redpanda it is the end itself, so the read is short and exact.
+    """
+    parts = _all_partitions(brokers, topics)
+    watch = _Watch()
+    consumer = _consumer(brokers, watch)
+    try:
+        starts = {}
+        for topic, partition in parts:
+            try:
+                low, hint = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                           timeout=timeout)
+            except KafkaException as exc:
+                raise UserError(f"cannot get offsets of {topic}/{partition} from {brokers}: "
+                                f"{logs.redact(_reason(exc))}") from None
+            starts[(topic, partition)] = max(low, hint - 1) if hint > 0 else OFFSET_BEGINNING
+        return _drain(consumer, watch, brokers, starts, lambda *_: None, timeout)
+    finally:
+        consumer.close()

@@ -1,0 +1,111 @@
+"""`tally run`: the long-running flow, with recovery, a progress bar and a summary."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from bytewax._bytewax import cli_main
+from bytewax.recovery import RecoveryConfig, init_db_dir
+
+from flows import kafka_io, logs
+from flows.dataflow import FlowSettings, FlowStats, build_flow
+from flows.progress import Progress, table
+
+
+@dataclass
+class RunOptions:
+    brokers: str
+    pg_dsn: str | None
+    data_dir: Path
+    namespace: str
+    until_end: bool
+    flush: bool = False
+    snapshot_interval_s: int = 5
+    recovery_dir: Path | None = None
+    shards: int = 4
+    process_id: int | None = None
+    addresses: list[str] | None = None
+
+
+@dataclass
+class RunSummary:
+    consumed: int
+    seconds: float
+    decisions: dict
+    pending: int
+
+    def __str__(self) -> str:
+        rate = self.consumed / max(self.seconds, 1e-9)
+        rows = [("records consumed", self.consumed), ("events/s", f"{rate:,.0f}"),
+                ("decisions", sum(self.decisions.values()))]
+        rows += [(f"  {k}", v) for k, v in sorted(self.decisions.items())]
+        rows += [("pending (kept in the recovery snapshot)", self.pending)]
+        return table(rows, f"Tally run ({self.seconds:.1f}s)")
+
+
+def recovery_dir(options: RunOptions, processes: int) -> Path:
+    path = options.recovery_dir or options.data_dir / options.namespace / "recovery"
+    if not any(path.glob("part-*.sqlite3")):
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, max(processes, 1))
+    return path
+
+
+def run(options: RunOptions, settings_config, starts=None) -> RunSummary:
+    """Build and execute the flow in this process; blocks until it ends."""
+    kafka = kafka_io.kafka_config(options.brokers)
+    topics = list(settings_config.topics.values())
+    counts = kafka_io.topic_partitions(options.brokers, topics)
+    parts = sorted((t, p) for t, n in counts.items() for p in range(n))
+    ends = kafka_io.end_offsets(options.brokers, topics) if options.until_end else None
+    starts = starts or {part: 0 for part in parts}
+    settings = FlowSettings(
+        config=settings_config, kafka=kafka, starts=starts, ends=ends,
+        data_root=options.data_dir / options.namespace, pg_dsn=options.pg_dsn,
+        namespace=options.namespace, shards=options.shards, flush=options.flush,
+        sink_parts=max(len(options.addresses or []), 1))
+    stats = FlowStats()
+    flow = build_flow(settings, stats)
+    total = sum(ends[p] - starts[p] for p in parts) if ends else None
+    logs.info("flow starting", namespace=options.namespace, partitions=len(parts),
+              records_to_end=total if total is not None else "unbounded")
+    recovery = RecoveryConfig(str(recovery_dir(options, len(options.addresses or [1]))))
+    started = time.monotonic()
+    with _progress_while_running(stats, total):
+        cli_main(flow, workers_per_process=1, process_id=options.process_id,
+                 addresses=options.addresses,
+                 epoch_interval=timedelta(seconds=options.snapshot_interval_s),
+                 recovery_config=recovery)
+    return RunSummary(stats.counters.total(), time.monotonic() - started,
+                      dict(stats.decisions), stats.pending)
+
+
+class _progress_while_running:
+    """A thread that draws the progress bar from the source counters."""
+
+    def __init__(self, stats: FlowStats, total: int | None):
+        self.stats, self.progress = stats, Progress(total, "catching up", "events")
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(0.25):
+            self.progress.advance(self.stats.counters.total() - self.progress.done)
+
+    def __enter__(self):
+        if self.progress.enabled and not os.environ.get("CI"):
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+            self.progress.advance(self.stats.counters.total() - self.progress.done)
+            self.progress.close()
+        return False

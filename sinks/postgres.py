@@ -1,0 +1,372 @@
+"""Decisions and fates in PostgreSQL, written idempotently.
+
+Layout, in one schema per namespace (``validate_namespace``):
+
+* ``decisions`` and ``fates`` have the columns of ``sinks.parquet`` (same names,
+  same order), then ``day date``, the UTC date of ``window_end``.  Both tables
+  are partitioned by RANGE on ``day``, one partition per day
+  (``decisions_YYYYMMDD``, ``fates_YYYYMMDD``), created on demand.
+* Primary keys must contain the partition key, so they are
+  ``decisions (day, decision_id)`` and ``fates (day, topic, partition, "offset")``.
+  That is still idempotent across days: a decision's id is a hash of its members
+  and its window_end is a function of those same members, so a re-emitted
+  decision always has the same window_end, hence the same day, hence the same
+  key.  The same holds for a fate (its window_end is its decision's).  Pending
+  fates (window_end None) have no day and are refused.
+* ``decisions`` also has review columns for humans: ``review_status`` is
+  'open' for exceptions and NULL for matches (a match needs no review);
+  ``resolved_by``, ``resolved_at``, ``resolution``, ``note``; and
+  ``written_at``.  Rows are only ever inserted (ON CONFLICT DO NOTHING), so a
+  re-emitted decision never overwrites what a reviewer wrote.
+
+A write is one transaction: COPY (binary) into TEMP staging tables, then
+``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into the real tables.  The
+schema name is always passed as ``sql.Identifier``; data only ever travels as
+COPY rows or bind parameters.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import date, datetime, timedelta, timezone
+from typing import Callable
+
+import msgspec
+import psycopg
+from psycopg import errors, sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from flows.logs import UserError, redact, warning
+from state.decision import Decision, Fate
+
+NAMESPACE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+CONNECT_TIMEOUT_S = 5
+
+# (name, PostgreSQL type): the columns of sinks.parquet, in the same order.
+DECISION_COLUMNS = [
+    ("decision_id", "text"), ("kind", "text"), ("tier", "smallint"),
+    ("exception_kind", "text"), ("account", "text"), ("currency", "text"),
+    ("amount_minor", "bigint"), ("confidence", "double precision"),
+    ("member_event_ids", "text[]"), ("member_refs", "text[]"),
+    ("window_start", "timestamptz"), ("window_end", "timestamptz"),
+    ("missing_sources", "text[]"), ("candidates", "jsonb"),
+    ("reason", "text"), ("raw_base64", "text"),
+]
+FATE_COLUMNS = [
+    ("topic", "text"), ("partition", "integer"), ("offset", "bigint"),
+    ("source", "text"), ("event_id", "text"), ("outcome", "text"),
+    ("decision_id", "text"), ("window_end", "timestamptz"),
+]
+# The same types as COPY BINARY needs them (no casts are applied to binary data).
+DECISION_COPY_TYPES = ["text", "text", "int2", "text", "text", "text", "int8", "float8",
+                       "text[]", "text[]", "timestamptz", "timestamptz", "text[]", "jsonb",
+                       "text", "text"]
+FATE_COPY_TYPES = ["text", "int4", "int8", "text", "text", "text", "text", "timestamptz"]
+
+REVIEW_COLUMNS = """,
+    day date NOT NULL,
+    review_status text CHECK (review_status IN ('open', 'resolved')),
+    resolved_by text,
+    resolved_at timestamptz,
+    resolution text,
+    note text,
+    written_at timestamptz NOT NULL DEFAULT now(),
+    CHECK ((kind = 'exception') = (review_status IS NOT NULL)),
+    PRIMARY KEY (day, decision_id)"""
+FATE_EXTRA = """,
+    day date NOT NULL,
+    PRIMARY KEY (day, topic, partition, "offset")"""
+NOT_NULL = {"decision_id", "kind", "member_event_ids", "member_refs", "window_start",
+            "window_end", "missing_sources", "candidates", "topic", "partition", "offset",
+            "outcome"}
+
+# Another session created the same object between our check and our CREATE.
+_RACES = (errors.DuplicateTable, errors.DuplicateSchema, errors.DuplicateObject,
+          errors.UniqueViolation)
+
+
+def validate_namespace(ns: str) -> str:
+    """The namespace, if it is safe as a schema name and as a directory name."""
+    if not isinstance(ns, str) or not NAMESPACE.match(ns):
+        raise ValueError(f"invalid namespace {ns!r}: use 1-48 of a-z, 0-9 and _, "
+                         f"not starting with a digit")
+    if ns.startswith("pg_") or ns == "information_schema":
+        raise ValueError(f"invalid namespace {ns!r}: reserved by PostgreSQL")
+    return ns
+
+
+def _columns(columns: list[tuple[str, str]], types: bool = True) -> sql.Composable:
+    parts = []
+    for name, pg_type in columns:
+        if not types:
+            parts.append(sql.Identifier(name))
+            continue
+        # a fate's decision_id is NULL for heartbeats; a decision's never is
+        nullable = name not in NOT_NULL or (name == "decision_id" and columns is FATE_COLUMNS)
+        null = "" if nullable else " NOT NULL"
+        parts.append(sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(pg_type + null)))
+    return sql.SQL(", ").join(parts)
+
+
+def _timestamp(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def _day(us: int) -> date:
+    """UTC date of a microsecond timestamp; the same as (ts AT TIME ZONE 'UTC')::date."""
+    return _timestamp(us).date()
+
+
+def _safe_reason(exc: BaseException, dsn: str) -> str:
+    """The error as one line, without the DSN's password."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return redact(text)
+
+
+class PgWriter:
+    """One connection writing decisions and fates of one namespace."""
+
+    def __init__(self, dsn: str, ns: str):
+        self.ns = validate_namespace(ns)
+        self.dsn = dsn
+        self.conn = psycopg.connect(dsn, autocommit=False, connect_timeout=CONNECT_TIMEOUT_S)
+        self._schema = sql.Identifier(self.ns)
+        self._partitions: set[tuple[str, date]] = set()
+        self._staging = False
+
+    # -- schema ----------------------------------------------------------------
+
+    def _ddl(self, statement: sql.Composable) -> None:
+        """Run one DDL statement in its own transaction; tolerate one lost race."""
+        for attempt in (1, 2):
+            try:
+                with self.conn.transaction():
+                    self.conn.execute(statement)
+                return
+            except _RACES:
+                if attempt == 2:
+                    raise  # IF NOT EXISTS now sees the winner's object, so this is unexpected
+
+    def ensure_schema(self) -> None:
+        table = "CREATE TABLE IF NOT EXISTS {}.{} ({}{}) PARTITION BY RANGE (day)"
+        self._ddl(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self._schema))
+        self._ddl(sql.SQL(table).format(self._schema, sql.Identifier("decisions"),
+                                        _columns(DECISION_COLUMNS), sql.SQL(REVIEW_COLUMNS)))
+        self._ddl(sql.SQL(table).format(self._schema, sql.Identifier("fates"),
+                                        _columns(FATE_COLUMNS), sql.SQL(FATE_EXTRA)))
+        # Remember the partitions that already exist, so a restart creates none.
+        with self.conn.transaction():
+            rows = self.conn.execute(
+                "SELECT p.relname, c.relname FROM pg_inherits i"
+                " JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent"
+                " JOIN pg_namespace n ON n.oid = p.relnamespace"
+                " WHERE n.nspname = %s AND p.relname IN ('decisions', 'fates')",
+                (self.ns,)).fetchall()
+        for parent, child in rows:
+            suffix = child.removeprefix(parent + "_")
+            if len(suffix) == 8 and suffix.isdigit():
+                self._partitions.add((parent, datetime.strptime(suffix, "%Y%m%d").date()))
+
+    def _ensure_partition(self, parent: str, day: date) -> None:
+        if (parent, day) in self._partitions:
+            return
+        name = f"{parent}_{day:%Y%m%d}"
+        self._ddl(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {}.{} PARTITION OF {}.{} FOR VALUES FROM ({}) TO ({})"
+        ).format(self._schema, sql.Identifier(name), self._schema, sql.Identifier(parent),
+                 sql.Literal(day), sql.Literal(day + timedelta(days=1))))
+        self._partitions.add((parent, day))
+
+    def _ensure_staging(self) -> None:
+        """TEMP tables shaped like the batch; emptied by every commit."""
+        if self._staging:
+            return
+        with self.conn.transaction():
+            for name, columns in (("stage_decisions", DECISION_COLUMNS),
+                                  ("stage_fates", FATE_COLUMNS)):
+                self.conn.execute(sql.SQL(
+                    "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS"
+                ).format(sql.Identifier(name), _columns(columns)))
+        self._staging = True
+
+    # -- writing ---------------------------------------------------------------
+
+    def write(self, decisions: list[Decision], fates: list[Fate]) -> tuple[int, int]:
+        """Insert what is not there yet, in one transaction; returns rows inserted."""
+        if any(f.window_end is None for f in fates):
+            raise ValueError("pending fates (window_end None) cannot be written")
+        for day in sorted({_day(d.window_end) for d in decisions}):
+            self._ensure_partition("decisions", day)
+        for day in sorted({_day(f.window_end) for f in fates}):
+            self._ensure_partition("fates", day)
+        self._ensure_staging()
+
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            inserted_decisions = inserted_fates = 0
+            if decisions:
+                self._copy(cur, "stage_decisions", DECISION_COLUMNS, DECISION_COPY_TYPES,
+                           (_decision_row(d) for d in decisions))
+                # review_status: 'open' for exceptions, NULL for matches.  The ORDER BY
+                # makes concurrent writers take row locks in one order (no deadlocks).
+                cur.execute(sql.SQL(
+                    "INSERT INTO {}.decisions ({cols}, day, review_status)"
+                    " SELECT {cols}, (window_end AT TIME ZONE 'UTC')::date,"
+                    " CASE WHEN kind = 'exception' THEN 'open' END"
+                    " FROM pg_temp.stage_decisions ORDER BY 1"
+                    " ON CONFLICT DO NOTHING"
+                ).format(self._schema, cols=_columns(DECISION_COLUMNS, types=False)))
+                inserted_decisions = cur.rowcount
+            if fates:
+                self._copy(cur, "stage_fates", FATE_COLUMNS, FATE_COPY_TYPES,
+                           (_fate_row(f) for f in fates))
+                cur.execute(sql.SQL(
+                    "INSERT INTO {}.fates ({cols}, day)"
+                    " SELECT {cols}, (window_end AT TIME ZONE 'UTC')::date"
+                    " FROM pg_temp.stage_fates ORDER BY 1, 2, 3"
+                    " ON CONFLICT DO NOTHING"
+                ).format(self._schema, cols=_columns(FATE_COLUMNS, types=False)))
+                inserted_fates = cur.rowcount
+        return inserted_decisions, inserted_fates
+
+    @staticmethod
+    def _copy(cur: psycopg.Cursor, table: str, columns, types, rows) -> None:
+        statement = sql.SQL("COPY pg_temp.{} ({}) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(table), _columns(columns, types=False))
+        with cur.copy(statement) as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
+
+    # -- lifetime --------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> PgWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _decision_row(d: Decision) -> tuple:
+    return (d.decision_id, d.kind, d.tier, d.exception_kind, d.account, d.currency,
+            d.amount_minor, d.confidence, d.member_event_ids, d.member_refs,
+            _timestamp(d.window_start), _timestamp(d.window_end), d.missing_sources,
+            Jsonb(d.candidates, dumps=msgspec.json.encode), d.reason, d.raw_base64)
+
+
+def _fate_row(f: Fate) -> tuple:
+    return (f.topic, f.partition, f.offset, f.source, f.event_id, f.outcome, f.decision_id,
+            _timestamp(f.window_end))
+
+
+# -- reconnecting --------------------------------------------------------------
+
+
+class WriterFactory:
+    """A writer_factory for `write_with_retry`: one live PgWriter (schema ensured),
+    replaced by a new one when asked for a fresh one or once it is closed."""
+
+    def __init__(self, dsn: str, ns: str):
+        self.dsn, self.ns = dsn, validate_namespace(ns)
+        self._writer: PgWriter | None = None
+
+    def __call__(self, fresh: bool = False) -> PgWriter:
+        if fresh or self._writer is None or self._writer.closed:
+            if self._writer is not None:
+                self._writer.close()
+            self._writer = None
+            writer = PgWriter(self.dsn, self.ns)
+            try:
+                writer.ensure_schema()
+            except BaseException:
+                writer.close()
+                raise
+            self._writer = writer
+        return self._writer
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def write_with_retry(writer_factory: Callable[[bool], PgWriter], decisions: list[Decision],
+                     fates: list[Fate], deadline_s: float,
+                     log: Callable[[str], object] = warning) -> tuple[int, int]:
+    """`write`, retried on connection loss with backoff (0.5 s doubling, at most 10 s).
+
+    `writer_factory(fresh)` gives the writer to use: fresh is False on the first
+    attempt (reuse a live writer) and True after a failure (connect anew; the
+    failed writer has been closed).  Retrying is safe: rows that a lost COMMIT did
+    store are skipped, so a retry may report fewer rows inserted.  Each retry logs
+    one line; after deadline_s seconds the last error becomes a UserError.
+    """
+    dsn = getattr(writer_factory, "dsn", None)
+    start, delay, fresh = time.monotonic(), 0.5, False
+    while True:
+        writer = None
+        try:
+            writer = writer_factory(fresh)
+            dsn = writer.dsn
+            return writer.write(decisions, fates)
+        except psycopg.OperationalError as exc:
+            if writer is not None:
+                writer.close()
+            fresh = True
+            where = redact(dsn) if dsn else "PostgreSQL"
+            reason = _safe_reason(exc, dsn or "")
+            elapsed = time.monotonic() - start
+            if elapsed + delay > deadline_s:
+                raise UserError(f"cannot write to PostgreSQL at {where} for "
+                                f"{elapsed:.1f}s: {reason}") from None
+            log(f"PostgreSQL write failed ({reason}); reconnecting to {where} in {delay:.1f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def connect_check(dsn: str, timeout_s: int = 3) -> None:
+    """Fail early, in one line and without the password, if PostgreSQL is unreachable."""
+    try:
+        psycopg.connect(dsn, connect_timeout=timeout_s).close()
+    except psycopg.Error as exc:
+        raise UserError(f"cannot connect to PostgreSQL at {redact(dsn)}: "
+                        f"{_safe_reason(exc, dsn)}; start it with 'tally dev up' "
+                        f"or pass --pg") from None
+
+
+# -- reading (tests, verify) ---------------------------------------------------
+
+
+def _read(dsn: str, ns: str, table: str, order: list[str]) -> list[dict]:
+    query = sql.SQL("SELECT * FROM {}.{} ORDER BY {}").format(
+        sql.Identifier(validate_namespace(ns)), sql.Identifier(table),
+        sql.SQL(", ").join(map(sql.Identifier, order)))
+    with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        with conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(query).fetchall()
+
+
+def read_decisions(dsn: str, ns: str) -> list[dict]:
+    """All decision rows (every column, review columns too), by decision_id."""
+    return _read(dsn, ns, "decisions", ["decision_id", "day"])
+
+
+def read_fates(dsn: str, ns: str) -> list[dict]:
+    """All fate rows, by topic, partition, offset."""
+    return _read(dsn, ns, "fates", ["topic", "partition", "offset", "day"])

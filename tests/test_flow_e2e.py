@@ -1,0 +1,93 @@
+"""End to end: a generated day through a real broker, the Bytewax flow, PostgreSQL and Parquet.
+
+The flow must decide exactly what the in-process engine decides for the same day.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from flows import kafka_io
+from flows.generate import generate_day
+from flows.match import run_engine
+from state.config import MatchConfig
+from tests.flow_helpers import (digest, engine_rows, parquet_rows, pg_rows, tally, unique_topics,
+                                write_config)
+
+PAYMENTS = 20_000
+
+
+@pytest.fixture(scope="module")
+def published(broker):
+    """A 20,000-payment day in fresh topics, and what the in-process engine makes of it."""
+    work = Path(tempfile.mkdtemp(prefix="tally-e2e-"))
+    topics = unique_topics()
+    day = work / "day"
+    generate_day(day, PAYMENTS, seed=11, topics=topics)
+    config_file = write_config(work / "tally.toml", topics)
+    kafka_io.create_topics(broker, list(topics.values()), 3)
+    kafka_io.produce_day(broker, day, list(topics.values()), progress=False)
+    result = run_engine(day, MatchConfig(topics=topics), show_progress=False)
+    return work, config_file, result
+
+
+def summary_value(stdout: str, label: str) -> int:
+    line = next(line for line in stdout.splitlines() if line.strip().startswith(label))
+    return int(line.split()[-1].replace(",", ""))
+
+
+def run_flow(work, config_file, broker, pg_dsn, namespace):
+    return tally("run", "--brokers", broker, "--pg", pg_dsn, "--data-dir", str(work / "data"),
+                 "--namespace", namespace, "--until-end", "--config", str(config_file))
+
+
+def test_flow_decides_exactly_what_the_engine_decides(published, broker, pg_dsn, report):
+    work, config_file, result = published
+    run = run_flow(work, config_file, broker, pg_dsn, "e2e_a")
+    expected_decisions, expected_fates = engine_rows(result.decisions, result.fates)
+    pg_decisions, pg_fates = pg_rows(pg_dsn, "e2e_a")
+    pq_decisions, pq_fates = parquet_rows(work / "data" / "e2e_a")
+    assert pg_decisions == expected_decisions
+    assert pq_decisions == expected_decisions
+    assert pg_fates == expected_fates
+    assert pq_fates == expected_fates
+    pending = sum(f.outcome == "pending" for f in result.fates)
+    assert summary_value(run.stdout, "pending") == pending
+    assert summary_value(run.stdout, "records consumed") == sum(
+        1 for f in result.fates)  # every record in the topics was consumed once
+    report(f"e2e {PAYMENTS:,} payments: {len(expected_decisions):,} decisions identical in "
+           f"PostgreSQL, Parquet and the in-process engine; {pending} pending")
+
+
+def test_every_consumed_offset_has_exactly_one_fate(published, broker, pg_dsn):
+    work, config_file, result = published
+    _, fates = pg_rows(pg_dsn, "e2e_a")
+    topics = [t for t in {f[0] for f in fates}]
+    log = kafka_io.read_to_end(broker, topics)
+    offsets = Counter((f[0], f[1], f[2]) for f in fates)
+    pending = {(f.topic, f.partition, f.offset) for f in result.fates if f.outcome == "pending"}
+    assert max(offsets.values()) == 1
+    in_log = {(t, p, o) for (t, p), records in log.items() for o, _ in records}
+    assert set(offsets) | pending == in_log and not set(offsets) & pending
+
+
+def test_a_second_namespace_gets_identical_decisions(published, broker, pg_dsn):
+    work, config_file, _ = published
+    run_flow(work, config_file, broker, pg_dsn, "e2e_b")
+    first, second = pg_rows(pg_dsn, "e2e_a"), pg_rows(pg_dsn, "e2e_b")
+    assert digest(first[0]) == digest(second[0])
+    assert digest(first[1]) == digest(second[1])
+
+
+def test_resuming_after_a_clean_finish_emits_nothing_new(published, broker, pg_dsn):
+    work, config_file, _ = published
+    before = pg_rows(pg_dsn, "e2e_a")
+    files_before = sorted(p.name for p in (work / "data" / "e2e_a").rglob("*.parquet"))
+    run = run_flow(work, config_file, broker, pg_dsn, "e2e_a")
+    assert summary_value(run.stdout, "records consumed") == 0
+    assert pg_rows(pg_dsn, "e2e_a") == before
+    assert sorted(p.name for p in (work / "data" / "e2e_a").rglob("*.parquet")) == files_before

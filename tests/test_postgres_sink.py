@@ -1,0 +1,273 @@
+"""sinks.postgres against the session's real PostgreSQL (never mocked)."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from datetime import date, datetime, timezone
+
+import psycopg
+import pytest
+
+from flows.logs import UserError
+from sinks.parquet import DECISIONS_SCHEMA, FATES_SCHEMA
+from sinks.postgres import (DECISION_COLUMNS, FATE_COLUMNS, PgWriter, WriterFactory,
+                            connect_check, read_decisions, read_fates, validate_namespace,
+                            write_with_retry)
+from state.decision import Candidate, Decision, Fate, decision_id
+
+US = 1_000_000
+DAY1 = int(datetime(2026, 11, 21, 10, tzinfo=timezone.utc).timestamp()) * US
+DAY2 = int(datetime(2026, 11, 22, 23, 59, 59, tzinfo=timezone.utc).timestamp()) * US + 999_999
+
+
+def namespace() -> str:
+    return "t_" + uuid.uuid4().hex[:16]
+
+
+def match(n: int, window_end: int) -> Decision:
+    members, refs = [f"bank:b{n}", f"ledger:l{n}"], [f"bank-tx:0:{n}", f"ledger-tx:0:{n}"]
+    return Decision(decision_id=decision_id("match", members, refs), kind="match", tier=1,
+                    exception_kind=None, account="A1", currency="EUR", amount_minor=1000 + n,
+                    confidence=0.99, member_event_ids=members, member_refs=refs,
+                    window_start=window_end - 600 * US, window_end=window_end)
+
+
+def exception(n: int, window_end: int) -> Decision:
+    members, refs = [f"bank:x{n}"], [f"bank-tx:1:{n}"]
+    return Decision(decision_id=decision_id("exception", members, refs), kind="exception",
+                    tier=None, exception_kind="ambiguous", account="A2", currency="USD",
+                    amount_minor=-250, confidence=None, member_event_ids=members,
+                    member_refs=refs, window_start=window_end - 600 * US,
+                    window_end=window_end, missing_sources=["ledger"],
+                    candidates=[Candidate("ledger:l1", "ledger-tx:0:1", 0.5),
+                                Candidate("ledger:l2", "ledger-tx:0:2", 0.25)],
+                    reason="two candidates", raw_base64="eyJhIjoxfQ==")
+
+
+def fates_of(d: Decision, outcome: str = "matched") -> list[Fate]:
+    fates = []
+    for event, ref in zip(d.member_event_ids, d.member_refs):
+        topic, partition, offset = ref.split(":")
+        fates.append(Fate(topic, int(partition), int(offset), event.split(":")[0],
+                          event.split(":")[1], outcome, d.decision_id, d.window_end))
+    return fates
+
+
+def batch():
+    decisions = [match(1, DAY1), match(2, DAY2), exception(3, DAY1)]
+    fates = [f for d in decisions for f in fates_of(d)]
+    return decisions, fates
+
+
+def writer(dsn: str, ns: str) -> PgWriter:
+    w = PgWriter(dsn, ns)
+    w.ensure_schema()
+    return w
+
+
+def partitions(dsn: str, ns: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relkind = 'r' ORDER BY 1", (ns,))]
+
+
+def test_columns_match_parquet():
+    assert [name for name, _ in DECISION_COLUMNS] == DECISIONS_SCHEMA.names
+    assert [name for name, _ in FATE_COLUMNS] == FATES_SCHEMA.names
+
+
+def test_schema_partitions_and_values(pg_dsn):
+    ns = namespace()
+    decisions, fates = batch()
+    with writer(pg_dsn, ns) as w:
+        assert w.write(decisions, fates) == (3, 5)
+    assert partitions(pg_dsn, ns) == ["decisions_20261121", "decisions_20261122",
+                                      "fates_20261121", "fates_20261122"]
+
+    rows = read_decisions(pg_dsn, ns)
+    assert [r["decision_id"] for r in rows] == sorted(d.decision_id for d in decisions)
+    by_id = {r["decision_id"]: r for r in rows}
+    late = by_id[decisions[1].decision_id]  # 23:59:59.999999 stays on its own day
+    assert late["day"] == date(2026, 11, 22)
+    assert late["window_end"] == datetime(2026, 11, 22, 23, 59, 59, 999_999, tzinfo=timezone.utc)
+    assert late["review_status"] is None and late["tier"] == 1
+    exc = by_id[decisions[2].decision_id]
+    assert exc["review_status"] == "open" and exc["day"] == date(2026, 11, 21)
+    assert exc["candidates"] == [{"event": "ledger:l1", "ref": "ledger-tx:0:1", "confidence": 0.5},
+                                 {"event": "ledger:l2", "ref": "ledger-tx:0:2", "confidence": 0.25}]
+    assert exc["missing_sources"] == ["ledger"] and exc["tier"] is None
+    assert exc["amount_minor"] == -250 and exc["raw_base64"] == "eyJhIjoxfQ=="
+
+    stored = read_fates(pg_dsn, ns)
+    assert [(f["topic"], f["partition"], f["offset"]) for f in stored] == \
+        sorted((f.topic, f.partition, f.offset) for f in fates)
+    assert {f["day"] for f in stored} == {date(2026, 11, 21), date(2026, 11, 22)}
+
+
+def test_same_batch_twice_inserts_once(pg_dsn):
+    ns = namespace()
+    decisions, fates = batch()
+    with writer(pg_dsn, ns) as w:
+        assert w.write(decisions, fates) == (3, 5)
+        assert w.write(decisions, fates) == (0, 0)
+        assert w.write(decisions + decisions, fates + fates) == (0, 0)
+    with writer(pg_dsn, ns) as w:  # a restart: partitions known from the catalog
+        assert len(w._partitions) == 4
+        assert w.write(decisions, fates) == (0, 0)
+    assert len(read_decisions(pg_dsn, ns)) == 3 and len(read_fates(pg_dsn, ns)) == 5
+
+
+def test_duplicates_within_one_batch(pg_dsn):
+    d = match(7, DAY1)
+    with writer(pg_dsn, namespace()) as w:
+        assert w.write([d, d], fates_of(d) * 2) == (1, 2)
+
+
+def test_human_resolution_survives_rewrite(pg_dsn):
+    ns = namespace()
+    decisions, fates = batch()
+    target = decisions[2].decision_id
+    with writer(pg_dsn, ns) as w:
+        w.write(decisions, fates)
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute(f"UPDATE {ns}.decisions SET review_status = 'resolved', resolved_by = %s,"
+                     " resolved_at = now(), resolution = 'matched by hand', note = %s"
+                     " WHERE decision_id = %s", ("alice", "ledger l2 is it", target))
+    with writer(pg_dsn, ns) as w:
+        assert w.write(decisions, fates) == (0, 0)
+    row = {r["decision_id"]: r for r in read_decisions(pg_dsn, ns)}[target]
+    assert (row["review_status"], row["resolved_by"], row["note"], row["resolution"]) == \
+        ("resolved", "alice", "ledger l2 is it", "matched by hand")
+
+
+@pytest.mark.parametrize("bad", ["x; drop", "../etc", "Upper", "", "1abc", "a-b", "a" * 49,
+                                 "pg_catalog", "information_schema", "é"])
+def test_bad_namespaces_rejected(pg_dsn, bad):
+    with pytest.raises(ValueError) as info:
+        validate_namespace(bad)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError):
+        PgWriter(pg_dsn, bad)
+
+
+def test_good_namespaces():
+    for ok in ["tally", "_x", "a" * 48, "prod_eu_1"]:
+        assert validate_namespace(ok) == ok
+
+
+def test_pending_fates_rejected(pg_dsn):
+    d = match(1, DAY1)
+    pending = Fate("bank-tx", 0, 99, "bank", "b99", "pending", None, None)
+    with writer(pg_dsn, namespace()) as w:
+        with pytest.raises(ValueError, match="pending"):
+            w.write([d], fates_of(d) + [pending])
+        assert w.write([d], fates_of(d)) == (1, 2)  # nothing was half-written
+
+
+def test_twenty_thousand_rows(pg_dsn, report):
+    ns = namespace()
+    days = [DAY1 + k * 86_400 * US for k in range(5)]
+    decisions = [match(n, days[n % 5]) if n % 4 else exception(n, days[n % 5])
+                 for n in range(10_000)]
+    fates = [f for d in decisions for f in fates_of(d)][:10_000]
+    with writer(pg_dsn, ns) as w:
+        warm = [match(100_000 + k, day) for k, day in enumerate(days)]
+        w.write(warm, [f for d in warm for f in fates_of(d)])  # partitions first: time rows only
+        start = time.perf_counter()
+        counts = w.write(decisions, fates)
+        elapsed = time.perf_counter() - start
+    assert counts == (10_000, 10_000)
+    rate = 20_000 / elapsed
+    print(f"postgres sink: 20000 rows in {elapsed:.3f}s, {rate:,.0f} rows/s")
+    report(f"postgres sink: 20000 rows (10k decisions + 10k fates) in {elapsed:.3f}s, "
+           f"{rate:,.0f} rows/s")
+    assert len(partitions(pg_dsn, ns)) == 10
+
+
+def test_concurrent_writers_create_the_same_partitions(pg_dsn):
+    ns = namespace()
+    days = [DAY1 + k * 86_400 * US for k in range(20)]
+    decisions = [match(n, days[n % 20]) for n in range(200)]
+    fates = [f for d in decisions for f in fates_of(d)]
+    writer(pg_dsn, ns).close()
+    barrier, results, failures = threading.Barrier(2), [], []
+
+    def run(order):
+        try:
+            with PgWriter(pg_dsn, ns) as w:
+                w.ensure_schema()
+                barrier.wait()
+                results.append(w.write(decisions[::order], fates[::order]))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(o,)) for o in (1, -1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures, failures
+    assert sum(r[0] for r in results) == 200 and sum(r[1] for r in results) == 400
+    assert len(partitions(pg_dsn, ns)) == 40
+
+
+def test_write_with_retry_reconnects(pg_dsn):
+    ns = namespace()
+    factory, lines = WriterFactory(pg_dsn, ns), []
+    first = factory()
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (first.conn.info.backend_pid,))
+    decisions, fates = batch()
+    assert write_with_retry(factory, decisions, fates, 10, lines.append) == (3, 5)
+    assert len(lines) == 1 and "reconnecting" in lines[0]
+    assert factory() is not first and first.closed
+    password = re.search(r"://[^:]+:([^@]+)@", pg_dsn).group(1)
+    assert password not in lines[0]
+    factory.close()
+
+
+def test_write_with_retry_with_a_plain_factory(pg_dsn):
+    """The calling convention of sinks.pg_sink: factory(fresh), default logging."""
+    ns = namespace()
+    held = {"w": writer(pg_dsn, ns)}
+
+    def factory(fresh: bool) -> PgWriter:
+        if fresh:
+            held["w"] = writer(pg_dsn, ns)
+        return held["w"]
+
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (held["w"].conn.info.backend_pid,))
+    decisions, fates = batch()
+    assert write_with_retry(factory, decisions, fates, 10) == (3, 5)
+    assert write_with_retry(factory, decisions, fates, 10) == (0, 0)
+    held["w"].close()
+
+
+def test_write_with_retry_gives_up(pg_dsn):
+    dead = re.sub(r":\d+/", ":1/", pg_dsn)  # nothing listens on port 1
+    lines = []
+    start = time.monotonic()
+    with pytest.raises(UserError) as info:
+        write_with_retry(WriterFactory(dead, namespace()), *batch(), 1.0, lines.append)
+    assert time.monotonic() - start < 5
+    assert lines and "***" in lines[0]
+    password = re.search(r"://[^:]+:([^@]+)@", pg_dsn).group(1)
+    assert password not in str(info.value) and all(password not in line for line in lines)
+
+
+def test_connect_check(pg_dsn):
+    connect_check(pg_dsn)
+    wrong = "not-the-password-4711"
+    bad = re.sub(r"(://[^:]+:)[^@]+@", rf"\g<1>{wrong}@", pg_dsn)
+    with pytest.raises(UserError) as info:
+        connect_check(bad)
+    text = str(info.value)
+    assert wrong not in text and "\n" not in text
+    assert "cannot connect to PostgreSQL at" in text and "tally dev up" in text
+    print(text)
