@@ -31,8 +31,11 @@ def demo(data_dir: Path, transactions: int, seed: int, keep_running: bool) -> in
     try:
         return _story(root, services, transactions, seed)
     finally:
-        if not keep_running:
+        if keep_running:
+            print(f"services left running; stop them with: tally dev down --data-dir {root}")
+        else:
             dev_down(root)
+            print("services stopped (the Parquet files stay; --keep-running keeps PostgreSQL up)")
 
 
 def _story(root: Path, services, transactions: int, seed: int) -> int:
