@@ -62,25 +62,20 @@ def _service_options(cmd, pg: bool) -> None:
 
 
 def resolve_brokers(args) -> str:
-    if args.brokers:
-        return args.brokers
-    from flows.services import dev_status
-    dev = dev_status(args.data_dir)
-    if dev is None:
-        raise UserError(f"no broker: pass --brokers (or set TALLY_BROKERS), or start one with "
-                        f"'tally dev up --data-dir {args.data_dir}'")
-    return dev.brokers
+    return args.brokers or _dev_service(args, "brokers", "no broker: pass --brokers (or set TALLY_BROKERS)")
 
 
 def resolve_pg(args) -> str:
-    if args.pg:
-        return args.pg
+    return args.pg or _dev_service(args, "pg_dsn", "no PostgreSQL: pass --pg (or set TALLY_PG_DSN)")
+
+
+def _dev_service(args, field: str, missing: str) -> str:
+    """The address of a service that 'tally dev up' started for the same data directory."""
     from flows.services import dev_status
     dev = dev_status(args.data_dir)
     if dev is None:
-        raise UserError(f"no PostgreSQL: pass --pg (or set TALLY_PG_DSN), or start one with "
-                        f"'tally dev up --data-dir {args.data_dir}'")
-    return dev.pg_dsn
+        raise UserError(f"{missing}, or start one with 'tally dev up --data-dir {args.data_dir}'")
+    return getattr(dev, field)
 
 
 def _namespace(value: str) -> str:
