@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from flows import dayfiles
@@ -23,7 +23,6 @@ class MatchResult:
     decisions: list[Decision]
     fates: list[Fate]
     records: int
-    shard: Shard = field(repr=False)
 
     def summary(self) -> str:
         kinds = Counter(f"match tier {d.tier}" if d.kind == "match" else d.exception_kind
@@ -59,7 +58,7 @@ def run_engine(day_dir: Path, config: MatchConfig, flush: bool = False,
     fates += shard.pending()
     decisions.sort(key=sort_key)
     fates.sort(key=fate_key)
-    return MatchResult(decisions, fates, progress.done, shard)
+    return MatchResult(decisions, fates, progress.done)
 
 
 def write_result(result: MatchResult, out_dir: Path) -> None:

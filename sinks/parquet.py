@@ -9,7 +9,6 @@ file and the same rows give the same bytes with the same pyarrow.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -50,12 +49,6 @@ def decisions_table(decisions: list[Decision]) -> pa.Table:
 def fates_table(fates: list[Fate]) -> pa.Table:
     columns = {name: [getattr(f, name) for f in fates] for name in FATES_SCHEMA.names}
     return pa.table(columns, schema=FATES_SCHEMA)
-
-
-def day_of(time_us: int | None) -> str:
-    if time_us is None:
-        return "pending"
-    return datetime.fromtimestamp(time_us // 1_000_000, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
 def write_atomically(table: pa.Table, path: Path) -> Path:

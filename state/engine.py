@@ -21,7 +21,7 @@ from state.config import MatchConfig
 from state.contract import NEVER, Event, Heartbeat, Invalid, format_us
 from state.decision import (EXCEPTION, HEARTBEAT, INVALID, INVALID_KIND, LATE, PENDING, REDELIVERY,
                             Decision, Fate, decision_id)
-from state.matching import Claim, Verdict, decide, event_order
+from state.matching import Claim, Verdict, claim_key, decide, event_order
 from state.routing import Slice
 
 END_OF_TIME = 2**62
@@ -41,6 +41,17 @@ class Account(msgspec.Struct):
     seen: dict[str, Seen] = {}  # "source:event_id@topic:partition" -> delivery
     redelivered: dict[str, list[str]] = {}  # ref of an open event -> refs of its redeliveries
     claims: dict[str, Claim] = {}  # "source\x1fkey" -> the decided event that used it
+
+
+def fate_of(event: Event, outcome: str, decision: str | None, window_end: int | None,
+            ref: str | None = None) -> Fate:
+    """The fate of `event`, or of its redelivery at `ref` ("topic:partition:offset")."""
+    if ref is None:
+        return Fate(event.topic, event.partition, event.offset, event.source, event.event_id,
+                    outcome, decision, window_end)
+    topic, partition, offset = ref.rsplit(":", 2)
+    return Fate(topic, int(partition), int(offset), event.source, event.event_id, outcome,
+                decision, window_end)
 
 
 def seen_key(event: Event) -> str:
@@ -140,8 +151,7 @@ class Shard:
         if first.decision_id is None:
             account.redelivered.setdefault(first.ref, []).append(event.ref)
         else:
-            out.fates.append(Fate(event.topic, event.partition, event.offset, event.source,
-                                  event.event_id, REDELIVERY, first.decision_id, first.window_end))
+            out.fates.append(fate_of(event, REDELIVERY, first.decision_id, first.window_end))
 
     def _late(self, account: Account, event: Event, high_before: int, out: Output) -> None:
         behind = (high_before - event.time_us) // 1_000_000
@@ -156,8 +166,7 @@ class Shard:
         account.seen[seen_key(event)] = Seen(event.ref, event.time_us, decision.decision_id,
                                              decision.window_end)
         out.decisions.append(decision)
-        out.fates.append(Fate(event.topic, event.partition, event.offset, event.source,
-                              event.event_id, EXCEPTION, decision.decision_id, event.time_us))
+        out.fates.append(fate_of(event, EXCEPTION, decision.decision_id, event.time_us))
 
     def _schedule(self, name: str, account: Account) -> None:
         anchor = account.open[0][1]
@@ -190,9 +199,9 @@ class Shard:
         if account.open:
             self._schedule(name, account)
 
-    def _valid_claims(self, account: Account, anchor: Event) -> dict[tuple[str, str], Claim]:
+    def _valid_claims(self, account: Account, anchor: Event) -> dict[str, Claim]:
         oldest = anchor.time_us - self.config.redelivery_horizon_us
-        return {tuple(k.split("\x1f", 1)): c for k, c in account.claims.items() if c.time_us >= oldest}
+        return {k: c for k, c in account.claims.items() if c.time_us >= oldest}
 
     def _apply(self, account: Account, verdict: Verdict, out: Output) -> None:
         decision = verdict.decision
@@ -203,16 +212,12 @@ class Shard:
             first = account.seen.get(seen_key(event))
             if first is not None and first.ref == event.ref:
                 first.decision_id, first.window_end = decision.decision_id, decision.window_end
-            out.fates.append(Fate(event.topic, event.partition, event.offset, event.source,
-                                  event.event_id, verdict.outcome, decision.decision_id,
-                                  decision.window_end))
+            out.fates.append(fate_of(event, verdict.outcome, decision.decision_id, decision.window_end))
             for ref in account.redelivered.pop(event.ref, []):
-                topic, partition, offset = ref.rsplit(":", 2)
-                out.fates.append(Fate(topic, int(partition), int(offset), event.source,
-                                      event.event_id, REDELIVERY, decision.decision_id,
-                                      decision.window_end))
+                out.fates.append(fate_of(event, REDELIVERY, decision.decision_id,
+                                         decision.window_end, ref))
             if event.idempotency_key is not None:
-                account.claims.setdefault(f"{event.source}\x1f{event.idempotency_key}",
+                account.claims.setdefault(claim_key(event.source, event.idempotency_key),
                                           Claim(event.label, event.ref, event.time_us))
 
     def _forget(self, name: str, account: Account, watermark: int) -> None:
@@ -240,12 +245,9 @@ class Shard:
         fates = []
         for account in self.accounts.values():
             for _, event in account.open:
-                fates.append(Fate(event.topic, event.partition, event.offset, event.source,
-                                  event.event_id, PENDING, None, None))
-                for ref in account.redelivered.get(event.ref, []):
-                    topic, partition, offset = ref.rsplit(":", 2)
-                    fates.append(Fate(topic, int(partition), int(offset), event.source,
-                                      event.event_id, PENDING, None, None))
+                fates.append(fate_of(event, PENDING, None, None))
+                fates += [fate_of(event, PENDING, None, None, ref)
+                          for ref in account.redelivered.get(event.ref, [])]
         return fates
 
     def open_count(self) -> int:

@@ -33,6 +33,11 @@ class Claim(msgspec.Struct, frozen=True, array_like=True):
     time_us: int
 
 
+def claim_key(source: str, idempotency_key: str) -> str:
+    """How claims are keyed: one string, so snapshots stay plain msgpack maps."""
+    return f"{source}\x1f{idempotency_key}"
+
+
 class Verdict(msgspec.Struct, frozen=True):
     decision: Decision
     members: list[Event]
@@ -43,7 +48,7 @@ def event_order(event: Event) -> tuple:
     return (event.time_us, event.source, event.event_id, event.topic, event.partition, event.offset)
 
 
-def decide(anchor: Event, window: list[Event], claims: Mapping[tuple[str, str], Claim],
+def decide(anchor: Event, window: list[Event], claims: Mapping[str, Claim],
            config: MatchConfig) -> list[Verdict]:
     """The verdicts for `anchor`: duplicates found in its window, then its own group."""
     verdicts, pool = _split_duplicates(window, claims, config)
@@ -54,13 +59,13 @@ def decide(anchor: Event, window: list[Event], claims: Mapping[tuple[str, str], 
 
 def _split_duplicates(window, claims, config) -> tuple[list[Verdict], list[Event]]:
     """Two event_ids from one source with one idempotency key: the later is a duplicate."""
-    first: dict[tuple[str, str], Claim] = dict(claims)
+    first: dict[str, Claim] = dict(claims)
     verdicts, pool = [], []
     for event in window:
         if event.idempotency_key is None:
             pool.append(event)
             continue
-        key = (event.source, event.idempotency_key)
+        key = claim_key(event.source, event.idempotency_key)
         original = first.get(key)
         if original is None:
             first[key] = Claim(event.label, event.ref, event.time_us)

@@ -12,7 +12,7 @@ import zlib
 
 import msgspec
 
-from state.contract import NEVER, Event, Heartbeat, Invalid, Record
+from state.contract import NEVER, Event, Invalid, Record
 
 
 class Slice(msgspec.Struct, frozen=True, array_like=True):
@@ -53,5 +53,3 @@ def split(topic: str, partition: int, records: list[Record], shards: int) -> lis
         running = max(running, progress_time(record))
     return [Slice(topic, partition, per_shard[i], befores[i], running) for i in range(shards)]
 
-
-__all__ = ["Slice", "split", "shard_of", "record_shard", "progress_time", "Heartbeat"]

@@ -49,7 +49,3 @@ def only(decisions, **where):
     found = [d for d in decisions if all(getattr(d, k) == v for k, v in where.items())]
     assert len(found) == 1, (where, decisions)
     return found[0]
-
-
-def kinds(decisions):
-    return sorted((d.kind, d.tier, d.exception_kind, tuple(d.member_event_ids)) for d in decisions)

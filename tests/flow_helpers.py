@@ -6,7 +6,7 @@ import hashlib
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import msgspec
@@ -15,6 +15,7 @@ from sinks import parquet
 from sinks.postgres import read_decisions, read_fates
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_US = timedelta(microseconds=1)
 DECISION_FIELDS = parquet.DECISIONS_SCHEMA.names
 FATE_FIELDS = parquet.FATES_SCHEMA.names
 
@@ -38,16 +39,10 @@ def tally(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def _us(value) -> int | None:
-    if value is None:
-        return None
+    """Timestamps from PostgreSQL and Parquet, and the engine's integers, as UTC microseconds."""
     if isinstance(value, datetime):
-        return (value - _EPOCH) // parquet_us()
-    return int(value)
-
-
-def parquet_us():
-    from datetime import timedelta
-    return timedelta(microseconds=1)
+        return (value - _EPOCH) // _ONE_US
+    return value
 
 
 def _norm(row: dict, fields: list[str]) -> tuple:

@@ -2,7 +2,7 @@
 
 from state.config import MatchConfig
 from state.decision import AMBIGUOUS, DUPLICATE, LATE, MISMATCH, MISSING, REVIEW
-from tests.engine_helpers import heartbeat, kinds, only, run, tx
+from tests.engine_helpers import heartbeat, only, run, tx
 
 
 def outcomes(fates):
