@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from flows import logs
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _topics(commands)
     _produce(commands)
     _run(commands)
+    _drill(commands)
     _demo(commands)
     return parser
 
@@ -76,6 +78,16 @@ def _dev_service(args, field: str, missing: str) -> str:
     if dev is None:
         raise UserError(f"{missing}, or start one with 'tally dev up --data-dir {args.data_dir}'")
     return getattr(dev, field)
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0.05 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds from 0.05 to 3600")
+    return seconds
 
 
 def _namespace(value: str) -> str:
@@ -196,10 +208,18 @@ def _run(commands) -> None:
                      help="stop once every partition reaches the end it had at start")
     cmd.add_argument("--flush", action="store_true",
                      help="at the end of a bounded run, decide everything still pending")
-    cmd.add_argument("--snapshot-interval", type=int, default=5, help="seconds between snapshots (default 5)")
+    cmd.add_argument("--snapshot-interval", type=_positive_seconds, default=5.0,
+                     help="seconds between recovery snapshots (default 5)")
     cmd.add_argument("--recovery-dir", type=Path, default=None,
                      help="default <data-dir>/<namespace>/recovery")
     cmd.add_argument("--shards", type=int, default=4, help="engine shards (fixed per namespace; default 4)")
+    cmd.add_argument("--batch-size", type=int, default=5000,
+                     help="records read per partition per poll (default 5000); smaller batches make "
+                          "shorter epochs, so less is redone after a crash, at some cost in speed")
+    cmd.add_argument("--pg-retry-deadline", type=float,
+                     default=float(os.environ.get("TALLY_PG_RETRY_DEADLINE", 300)),
+                     help="seconds to keep retrying when PostgreSQL is unreachable before exiting "
+                          "(default $TALLY_PG_RETRY_DEADLINE or 300); the next start resumes")
     cmd.set_defaults(handler=run_run)
 
 
@@ -208,6 +228,8 @@ def run_run(args) -> int:
     from flows.run import RunOptions, run
     from flows.settings import load_config
     from sinks.postgres import connect_check
+    if args.batch_size < 1 or args.shards < 1:
+        raise UserError("--batch-size and --shards must be at least 1")
     config = load_config(args.config)
     brokers = resolve_brokers(args)
     kafka_io.check_broker(brokers)
@@ -216,9 +238,70 @@ def run_run(args) -> int:
     options = RunOptions(brokers=brokers, pg_dsn=dsn, data_dir=args.data_dir,
                          namespace=args.namespace, until_end=args.until_end, flush=args.flush,
                          snapshot_interval_s=args.snapshot_interval, recovery_dir=args.recovery_dir,
-                         shards=args.shards)
+                         shards=args.shards, batch_size=args.batch_size,
+                         pg_retry_deadline_s=args.pg_retry_deadline)
     print(run(options, config))
     return 0
+
+
+# ----------------------------------------------------------------------------- drill
+
+def _drill(commands) -> None:
+    cmd = commands.add_parser(
+        "drill", help="kill the flow K times and prove nothing was lost or doubled",
+        description="Run the same log into two namespaces, drill_reference undisturbed and "
+                    "drill_crashed with K SIGKILLs (random, right after a snapshot, inside a "
+                    "PostgreSQL write, inside a Parquet write) and a restart after each, then "
+                    "compare them decision by decision and fate by fate. Exit 0 only if identical. "
+                    "Without --brokers/--pg (and no 'tally dev up'), it starts its own embedded "
+                    "broker and PostgreSQL under <data-dir>/drill.")
+    _service_options(cmd, pg=True)
+    cmd.add_argument("--kills", type=int, default=5, help="SIGKILLs to inflict (default 5)")
+    cmd.add_argument("--transactions", type=int, default=20_000,
+                     help="payments in the generated day (default 20000)")
+    cmd.add_argument("--seed", type=int, default=1, help="seed for the day and the kill schedule")
+    cmd.add_argument("--existing-topics", action="store_true",
+                     help="drill on the configured topics as they are, instead of generating a day "
+                          "into fresh tally-drill-* topics (stop producers first)")
+    cmd.set_defaults(handler=run_drill)
+
+
+def run_drill(args) -> int:
+    from flows.drill import DrillOptions, drill
+    from flows.settings import load_config
+    if args.kills < 1 or args.transactions < 1:
+        raise UserError("--kills and --transactions must be at least 1")
+    config = load_config(args.config)
+    root = args.data_dir / "drill"
+    with _services_or_embedded(args, root) as (brokers, dsn):
+        verdict = drill(DrillOptions(brokers=brokers, pg_dsn=dsn, root=root, kills=args.kills,
+                                     transactions=args.transactions, seed=args.seed, config=config,
+                                     existing_topics=args.existing_topics))
+    print(verdict)
+    return 0 if verdict.identical and verdict.complete else 1
+
+
+@contextmanager
+def _services_or_embedded(args, root: Path):
+    """The services given (or 'tally dev up' ones); else embedded ones for this command only."""
+    from flows import kafka_io
+    from flows.services import ServiceError, dev_down, dev_status, dev_up
+    from sinks.postgres import connect_check
+    if args.brokers or args.pg or dev_status(args.data_dir):
+        brokers, dsn = resolve_brokers(args), resolve_pg(args)
+        kafka_io.check_broker(brokers)
+        connect_check(dsn)
+        yield brokers, dsn
+        return
+    print(f"starting an embedded broker and PostgreSQL under {root}/services")
+    try:
+        services = dev_up(root / "services")
+    except ServiceError as err:
+        raise UserError(str(err)) from None
+    try:
+        yield services.brokers, services.pg_dsn
+    finally:
+        dev_down(root / "services")
 
 
 # ----------------------------------------------------------------------------- demo

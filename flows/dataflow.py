@@ -40,6 +40,7 @@ class FlowSettings:
     sink_parts: int = 1
     flush: bool = False
     batch_size: int = 5000
+    pg_retry_deadline_s: float = 300.0
 
 
 @dataclass
@@ -124,7 +125,8 @@ def build_flow(settings: FlowSettings, stats: FlowStats) -> Dataflow:
     op.output("parquet", outputs, DecisionSink(settings.data_root, settings.sink_parts))
     if settings.pg_dsn:
         op.output("postgres", outputs, PostgresSink(settings.pg_dsn, settings.namespace,
-                                                    settings.sink_parts))
+                                                    settings.sink_parts,
+                                                    settings.pg_retry_deadline_s))
     archive = op.map("archive_key", raw, lambda b: (f"{b.topic}:{b.partition}", b))
     op.output("archive", archive, ArchiveSink(settings.data_root, settings.sink_parts))
     return flow

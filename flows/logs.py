@@ -21,6 +21,12 @@ class UserError(Exception):
     exit_code = 2
 
 
+class FlowError(UserError):
+    """The flow stopped on an unexpected error: one line, exit code 1, detail in the log."""
+
+    exit_code = 1
+
+
 def redact(text: str) -> str:
     return _PASSWORD_KV.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", text))
 
@@ -47,3 +53,7 @@ def info(message: str, **fields) -> None:
 
 def warning(message: str, **fields) -> None:
     log.warning(message, extra={"fields": fields})
+
+
+def error(message: str, **fields) -> None:
+    log.error(message, extra={"fields": fields})

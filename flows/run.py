@@ -13,6 +13,7 @@ from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from flows import kafka_io, logs
+from flows.logs import FlowError, UserError
 from flows.dataflow import FlowSettings, FlowStats, build_flow
 from flows.progress import Progress, table
 
@@ -25,11 +26,13 @@ class RunOptions:
     namespace: str
     until_end: bool
     flush: bool = False
-    snapshot_interval_s: int = 5
+    snapshot_interval_s: float = 5.0
     recovery_dir: Path | None = None
     shards: int = 4
     process_id: int | None = None
     addresses: list[str] | None = None
+    pg_retry_deadline_s: float = 300.0
+    batch_size: int = 5000
 
 
 @dataclass
@@ -68,21 +71,41 @@ def run(options: RunOptions, settings_config, starts=None) -> RunSummary:
         config=settings_config, kafka=kafka, starts=starts, ends=ends,
         data_root=options.data_dir / options.namespace, pg_dsn=options.pg_dsn,
         namespace=options.namespace, shards=options.shards, flush=options.flush,
-        sink_parts=max(len(options.addresses or []), 1))
+        sink_parts=max(len(options.addresses or []), 1),
+        pg_retry_deadline_s=options.pg_retry_deadline_s, batch_size=options.batch_size)
     stats = FlowStats()
     flow = build_flow(settings, stats)
     total = sum(ends[p] - starts[p] for p in parts) if ends else None
     logs.info("flow starting", namespace=options.namespace, partitions=len(parts),
               records_to_end=total if total is not None else "unbounded")
-    recovery = RecoveryConfig(str(recovery_dir(options, len(options.addresses or [1]))))
+    # A zero backup interval lets bytewax delete every snapshot but the newest.
+    recovery = RecoveryConfig(str(recovery_dir(options, len(options.addresses or [1]))),
+                              backup_interval=timedelta(0))
     started = time.monotonic()
     with _progress_while_running(stats, total):
-        cli_main(flow, workers_per_process=1, process_id=options.process_id,
-                 addresses=options.addresses,
-                 epoch_interval=timedelta(seconds=options.snapshot_interval_s),
-                 recovery_config=recovery)
+        try:
+            cli_main(flow, workers_per_process=1, process_id=options.process_id,
+                     addresses=options.addresses,
+                     epoch_interval=timedelta(seconds=options.snapshot_interval_s),
+                     recovery_config=recovery)
+        except Exception as exc:
+            raise _as_user_error(exc) from None
     return RunSummary(stats.counters.total(), time.monotonic() - started,
                       dict(stats.decisions), stats.pending)
+
+
+def _as_user_error(exc: BaseException) -> UserError:
+    """Bytewax wraps an error raised in a step in its own; find ours, or say what failed."""
+    chain = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        if isinstance(exc, UserError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    logs.error("flow failed", chain=" <- ".join(f"{type(e).__name__}: {e}" for e in chain))
+    root = chain[-1]
+    return FlowError(f"the flow stopped: {type(root).__name__}: {root}. Nothing is lost: the next "
+                     f"start resumes from the last snapshot")
 
 
 class _progress_while_running:

@@ -175,14 +175,16 @@ def _log_tail(log: Path, start: int = 0) -> str:
 def _launch(name: str, argv: Callable[[int], list[str]], log: Path,
             ready: Callable[[int], bool], *, detach: bool, timeout: float,
             user: pwd.struct_passwd | None = None, env: dict[str, str] | None = None,
-            ) -> tuple[int, int]:
-    """Start argv(port) on a free port, wait until ready(port). Returns (pid, port).
+            port: int | None = None) -> tuple[int, int]:
+    """Start argv(port) on port (default: a free one), wait until ready(port).
+    Returns (pid, port).
 
     Retries on a new port when the process exits early because its port was
-    taken between free_port() and its bind.
+    taken between free_port() and its bind (unless the port was given).
     """
-    for _ in range(3):
-        port = free_port()
+    wanted = port
+    for _ in range(1 if wanted else 3):
+        port = wanted or free_port()
         with open(log, "ab") as out:
             start = out.tell()
             proc = subprocess.Popen(
@@ -296,12 +298,13 @@ def _clear_leftover_postmaster(pgdata: Path) -> None:
     lock.unlink(missing_ok=True)
 
 
-def start_postgres(run_dir: Path, *, detach: bool = False,
-                   timeout: float = READY_TIMEOUT) -> tuple[int, str]:
+def start_postgres(run_dir: Path, *, detach: bool = False, timeout: float = READY_TIMEOUT,
+                   port: int | None = None) -> tuple[int, str]:
     """Start PostgreSQL with data in run_dir/pgdata; returns (pid, dsn).
 
     Log: run_dir/postgres.log.  The password lives in run_dir/pg_password
-    (mode 0600) and is reused when the data directory already exists.
+    (mode 0600) and is reused when the data directory already exists.  Give
+    port to restart an existing server where its clients expect it.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     pgdata, pwfile, log = run_dir / "pgdata", run_dir / "pg_password", run_dir / "postgres.log"
@@ -348,7 +351,7 @@ def start_postgres(run_dir: Path, *, detach: bool = False,
             return False
 
     pid, port = _launch("PostgreSQL", argv, log, ready, detach=detach, timeout=timeout,
-                        user=user)
+                        user=user, port=port)
     try:
         with psycopg.connect(dsn(port, "postgres"), autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DB,)).fetchone() is None:

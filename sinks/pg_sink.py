@@ -12,42 +12,38 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from sinks.postgres import PgWriter, write_with_retry
 from state.decision import Decision, Fate
 
-RETRY_DEADLINE_S = 300.0
-
 
 class _PgPartition(StatefulSinkPartition):
     def __init__(self, dsn: str, namespace: str, deadline_s: float):
         self.dsn, self.namespace, self.deadline_s = dsn, namespace, deadline_s
-        self.writer = self._connect()
+        self.writer: PgWriter | None = None  # connected on first write, inside the retry loop
 
-    def _connect(self) -> PgWriter:
-        writer = PgWriter(self.dsn, self.namespace)
-        writer.ensure_schema()
-        return writer
-
-    def _reconnect(self) -> PgWriter:
-        try:
-            self.writer.close()
-        except Exception:  # the old connection is already broken; closing is best effort
-            pass
-        self.writer = self._connect()
+    def _writer(self, fresh: bool) -> PgWriter:
+        if fresh or self.writer is None:
+            if self.writer is not None:
+                try:
+                    self.writer.close()
+                except Exception:  # the old connection is already broken; closing is best effort
+                    pass
+            self.writer = PgWriter(self.dsn, self.namespace)
+            self.writer.ensure_schema()
         return self.writer
 
     def write_batch(self, values: list) -> None:
         decisions = [v for v in values if isinstance(v, Decision)]
         fates = [v for v in values if isinstance(v, Fate)]
-        write_with_retry(lambda fresh: self._reconnect() if fresh else self.writer,
-                         decisions, fates, self.deadline_s)
+        write_with_retry(self._writer, decisions, fates, self.deadline_s)
 
     def snapshot(self) -> None:
         return None
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class PostgresSink(FixedPartitionedSink):
-    def __init__(self, dsn: str, namespace: str, parts: int, deadline_s: float = RETRY_DEADLINE_S):
+    def __init__(self, dsn: str, namespace: str, parts: int, deadline_s: float):
         self.dsn, self.namespace, self.parts, self.deadline_s = dsn, namespace, parts, deadline_s
 
     def list_parts(self) -> list[str]:

@@ -370,3 +370,10 @@ def read_decisions(dsn: str, ns: str) -> list[dict]:
 def read_fates(dsn: str, ns: str) -> list[dict]:
     """All fate rows, by topic, partition, offset."""
     return _read(dsn, ns, "fates", ["topic", "partition", "offset", "day"])
+
+
+def drop_namespace(dsn: str, ns: str) -> None:
+    """Remove a namespace's schema and everything in it (drills and tests start clean)."""
+    with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+            sql.Identifier(validate_namespace(ns))))

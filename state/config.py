@@ -103,3 +103,21 @@ def validate(config: MatchConfig) -> MatchConfig:
     if config.match_window_us <= 0:
         raise ConfigError("matching.match_window must be positive")
     return config
+
+
+def to_toml(config: MatchConfig) -> str:
+    """The TOML text that `from_toml` reads back as exactly this config."""
+    def quote(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    tolerance = Decimal(config.amount_tolerance_ppm) / PPM
+    lines = ["[sources]"]
+    lines += [f"{quote(source)} = {quote(topic)}" for source, topic in config.topics.items()]
+    lines += ["", "[matching]",
+              f"expected_sources = [{', '.join(quote(s) for s in config.expected_sources)}]",
+              f'match_window = "{config.match_window_us}us"',
+              f'allowed_lateness = "{config.allowed_lateness_us}us"',
+              f'redelivery_horizon = "{config.redelivery_horizon_us}us"',
+              f'amount_tolerance = "{tolerance}"',
+              "", "[contract]", f"min_year = {config.min_year}", f"max_year = {config.max_year}"]
+    return "\n".join(lines) + "\n"

@@ -6,18 +6,15 @@ import hashlib
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import msgspec
 
-from sinks import parquet
+from sinks import compare, parquet
 from sinks.postgres import read_decisions, read_fates
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_US = timedelta(microseconds=1)
-DECISION_FIELDS = parquet.DECISIONS_SCHEMA.names
-FATE_FIELDS = parquet.FATES_SCHEMA.names
+DECISION_FIELDS = compare.DECISION_FIELDS
+FATE_FIELDS = compare.FATE_FIELDS
 
 
 def write_config(path: Path, topics: dict[str, str]) -> Path:
@@ -38,33 +35,12 @@ def tally(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return result
 
 
-def _us(value) -> int | None:
-    """Timestamps from PostgreSQL and Parquet, and the engine's integers, as UTC microseconds."""
-    if isinstance(value, datetime):
-        return (value - _EPOCH) // _ONE_US
-    return value
-
-
-def _norm(row: dict, fields: list[str]) -> tuple:
-    out = []
-    for name in fields:
-        value = row[name]
-        if name in ("window_start", "window_end"):
-            value = _us(value)
-        elif name == "candidates":
-            value = [(c["event"], c["ref"], c["confidence"]) for c in value]
-        elif isinstance(value, (list, tuple)):
-            value = list(value)
-        out.append(value)
-    return tuple(out)
-
-
 def canonical_decisions(rows: list[dict]) -> list[tuple]:
-    return sorted(_norm(r, DECISION_FIELDS) for r in rows)
+    return sorted(compare.canonical(r, DECISION_FIELDS) for r in rows)
 
 
 def canonical_fates(rows: list[dict]) -> list[tuple]:
-    return sorted(_norm(r, FATE_FIELDS) for r in rows)
+    return sorted(compare.canonical(r, FATE_FIELDS) for r in rows)
 
 
 def engine_rows(decisions, fates) -> tuple[list[tuple], list[tuple]]:
