@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import threading
 import time
@@ -51,12 +53,31 @@ class RunSummary:
         return table(rows, f"Tally run ({self.seconds:.1f}s)")
 
 
-def recovery_dir(options: RunOptions, processes: int) -> Path:
+def recovery_dir(options: RunOptions, processes: int, parts: list[tuple[str, int]]) -> Path:
     path = options.recovery_dir or options.data_dir / options.namespace / "recovery"
     if not any(path.glob("part-*.sqlite3")):
         path.mkdir(parents=True, exist_ok=True)
         init_db_dir(path, max(processes, 1))
+    _check_shape(path / "shape.json", options, parts)
     return path
+
+
+def _check_shape(manifest: Path, options: RunOptions, parts: list[tuple[str, int]]) -> None:
+    """Refuse to resume a snapshot taken with other shards or other source partitions.
+
+    Accounts are routed to shards by number, and the watermark waits for every
+    partition the snapshot knows, so either change would silently break matching.
+    """
+    shape = {"shards": options.shards, "partitions": [f"{t}:{p}" for t, p in parts]}
+    if not manifest.exists():
+        manifest.write_text(json.dumps(shape, indent=1))
+        return
+    saved = json.loads(manifest.read_text())
+    if saved != shape:
+        raise UserError(
+            f"namespace {options.namespace} was started with {saved['shards']} shards over "
+            f"{len(saved['partitions'])} source partitions; this run has {options.shards} shards "
+            f"over {len(parts)}. Run with the same --shards and topics, or use a new namespace")
 
 
 def run(options: RunOptions, settings_config, starts=None) -> RunSummary:
@@ -79,8 +100,11 @@ def run(options: RunOptions, settings_config, starts=None) -> RunSummary:
     logs.info("flow starting", namespace=options.namespace, partitions=len(parts),
               records_to_end=total if total is not None else "unbounded")
     # A zero backup interval lets bytewax delete every snapshot but the newest.
-    recovery = RecoveryConfig(str(recovery_dir(options, len(options.addresses or [1]))),
+    recovery = RecoveryConfig(str(recovery_dir(options, len(options.addresses or [1]), parts)),
                               backup_interval=timedelta(0))
+    if not logs.log.isEnabledFor(logging.DEBUG):
+        # An error in a step panics a bytewax thread; keep its Rust backtrace out of the way.
+        os.environ["RUST_BACKTRACE"] = "0"
     started = time.monotonic()
     with _progress_while_running(stats, total):
         try:

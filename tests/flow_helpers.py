@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import uuid
@@ -28,11 +29,21 @@ def unique_topics() -> dict[str, str]:
     return {s: f"t{tag}.{s}" for s in ("bank", "processor", "ledger")}
 
 
-def tally(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def tally(*args: str, timeout: float = 600, env: dict | None = None,
+          expect: int = 0) -> subprocess.CompletedProcess:
+    """Run the CLI; env is added to (None values removed from) this process's environment."""
+    full_env = {k: v for k, v in (os.environ | (env or {})).items() if v is not None}
     result = subprocess.run([sys.executable, "-m", "flows", *args], capture_output=True, text=True,
-                            timeout=timeout)
-    assert result.returncode == 0, f"tally {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+                            timeout=timeout, env=full_env)
+    assert result.returncode == expect, \
+        f"tally {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     return result
+
+
+def start_tally(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """The CLI in the background, output captured (for tests that act while it runs)."""
+    return subprocess.Popen([sys.executable, "-m", "flows", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ | (env or {}))
 
 
 def canonical_decisions(rows: list[dict]) -> list[tuple]:

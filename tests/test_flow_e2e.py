@@ -91,3 +91,11 @@ def test_resuming_after_a_clean_finish_emits_nothing_new(published, broker, pg_d
     assert summary_value(run.stdout, "records consumed") == 0
     assert pg_rows(pg_dsn, "e2e_a") == before
     assert sorted(p.name for p in (work / "data" / "e2e_a").rglob("*.parquet")) == files_before
+
+
+def test_a_namespace_refuses_to_resume_with_other_shards(published, broker, pg_dsn):
+    work, config_file, _ = published
+    run = tally("run", "--brokers", broker, "--pg", pg_dsn, "--data-dir", str(work / "data"),
+                "--namespace", "e2e_a", "--until-end", "--config", str(config_file),
+                "--shards", "2", expect=2)
+    assert "was started with 4 shards" in run.stderr and "use a new namespace" in run.stderr

@@ -1,0 +1,38 @@
+"""The TOML config: every MatchConfig survives a trip through to_toml and from_toml."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from state.config import ConfigError, MatchConfig, from_toml, to_toml
+
+names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1,
+                max_size=12)
+
+
+@st.composite
+def configs(draw) -> MatchConfig:
+    sources = draw(st.lists(names, min_size=1, max_size=4, unique=True))
+    topics = draw(st.lists(names, min_size=len(sources), max_size=len(sources), unique=True))
+    expected = draw(st.lists(st.sampled_from(sources), min_size=1, unique=True))
+    return MatchConfig(
+        topics=dict(zip(sources, topics)), expected_sources=tuple(expected),
+        match_window_us=draw(st.integers(1, 10**12)),
+        allowed_lateness_us=draw(st.integers(0, 10**12)),
+        redelivery_horizon_us=draw(st.integers(0, 10**12)),
+        amount_tolerance_ppm=draw(st.integers(0, 999_999)),
+        min_year=draw(st.integers(1, 5000)), max_year=draw(st.integers(1, 9999)))
+
+
+@given(configs())
+def test_to_toml_reads_back_as_the_same_config(config):
+    assert from_toml(tomllib.loads(to_toml(config))) == config
+
+
+def test_unknown_keys_are_refused_not_ignored():
+    with pytest.raises(ConfigError, match="unknown matching key"):
+        from_toml({"matching": {"match_windw": "30m"}})
