@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     _topics(commands)
     _produce(commands)
     _run(commands)
+    _replay(commands)
+    _verify(commands)
     _drill(commands)
     _demo(commands)
     return parser
@@ -242,6 +244,81 @@ def run_run(args) -> int:
                          pg_retry_deadline_s=args.pg_retry_deadline)
     print(run(options, config))
     return 0
+
+
+# ----------------------------------------------------------------------------- replay
+
+def _replay(commands) -> None:
+    cmd = commands.add_parser(
+        "replay", help="re-run a stretch of the log through the same flow, into a new namespace",
+        description="Run the same flow as 'tally run' over a stretch of the log (from the broker, "
+                    "or from a namespace's raw Parquet archive) into its own namespace. From a time "
+                    "T it warms up from T - WARMUP and writes only decisions whose window ends at "
+                    "or after T. An interrupted replay resumes from its snapshot.")
+    _service_options(cmd, pg=True)
+    cmd.add_argument("--namespace", type=_namespace, required=True, help="the replay's namespace")
+    cmd.add_argument("--from", dest="start", required=True,
+                     help="earliest | an RFC 3339 time (2026-03-02T12:00:00Z) | "
+                          "offsets: recon.bank:0=1200,recon.bank:1=900,... (every partition)")
+    cmd.add_argument("--to", dest="stop", default="end",
+                     help="end (the end when the replay starts; default) | a time (records stamped "
+                          "up to it) | offsets (exclusive; unnamed partitions: end)")
+    cmd.add_argument("--source", choices=("broker", "archive"), default="broker",
+                     help="read the broker (default) or a namespace's raw archive")
+    cmd.add_argument("--archive-namespace", type=_namespace, default="live",
+                     help="whose archive --source archive reads (default live)")
+    cmd.add_argument("--warmup", default=None,
+                     help="how far before a --from time to start deciding without writing "
+                          "(default 2 x match_window + allowed_lateness + redelivery_horizon)")
+    cmd.add_argument("--flush", action="store_true",
+                     help="at the end, decide everything still pending")
+    cmd.add_argument("--shards", type=int, default=4, help="engine shards (default 4)")
+    cmd.add_argument("--batch-size", type=int, default=5000, help="records per partition per poll")
+    cmd.add_argument("--snapshot-interval", type=_positive_seconds, default=5.0,
+                     help="seconds between recovery snapshots (default 5)")
+    cmd.set_defaults(handler=run_replay)
+
+
+def run_replay(args) -> int:
+    from flows import kafka_io, replay
+    from flows.run import RunOptions, run
+    from flows.settings import load_config
+    from sinks.postgres import connect_check
+    config = load_config(args.config)
+    start = replay.parse_position(args.start, start=True)
+    stop = replay.parse_position(args.stop, start=False)
+    warmup_us = replay.parse_warmup(args.warmup, config)
+    brokers = None
+    if args.source == "archive":
+        if args.archive_namespace == args.namespace:
+            raise UserError("--archive-namespace must differ from --namespace")
+        log = replay.ArchiveLog(args.data_dir / args.archive_namespace, config)
+    else:
+        brokers = resolve_brokers(args)
+        kafka_io.check_broker(brokers)
+        log = replay.BrokerLog(brokers, config)
+    dsn = resolve_pg(args)
+    connect_check(dsn)
+    origin = (f"replay --from {args.start} --to {args.stop} --source {args.source}"
+              f"{' --archive-namespace ' + args.archive_namespace if args.source == 'archive' else ''}"
+              f" --warmup {warmup_us}us")
+    chosen = replay.load_or_plan(args.data_dir / args.namespace / "replay.json", log, origin,
+                                 start, stop, warmup_us)
+    options = RunOptions(brokers=brokers or "", pg_dsn=dsn, data_dir=args.data_dir,
+                         namespace=args.namespace, until_end=True, flush=args.flush,
+                         snapshot_interval_s=args.snapshot_interval, shards=args.shards,
+                         batch_size=args.batch_size)
+    print(run(options, config, chosen.stretch(log.archive)))
+    if chosen.emit_from_us is not None:
+        from state.contract import format_us
+        print(f"  written: decisions and fates whose window ends at or after "
+              f"{format_us(chosen.emit_from_us)}")
+    return 0
+
+
+def _verify(commands) -> None:
+    from flows import verify
+    verify.register(commands)
 
 
 # ----------------------------------------------------------------------------- drill

@@ -41,6 +41,8 @@ class FlowSettings:
     flush: bool = False
     batch_size: int = 5000
     pg_retry_deadline_s: float = 300.0
+    archive: object | None = None  # flows.archive.Archive: read it instead of the broker
+    emit_from_us: int | None = None  # a replay's warm-up: decide, but write nothing ending earlier
 
 
 @dataclass
@@ -50,6 +52,7 @@ class FlowStats:
     counters: Counters = field(default_factory=Counters)
     decisions: Counter = field(default_factory=Counter)
     pending: int = 0
+    warm_up: int = 0  # decisions made but not written: they end before a replay's start
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self, decisions: list[Decision]) -> None:
@@ -105,13 +108,33 @@ def splitter(config: MatchConfig, shards: int):
     return split_batch
 
 
+def _after(since_us: int, stats: FlowStats):
+    def keep(item: tuple[str, object]) -> bool:
+        if item[1].window_end >= since_us:
+            return True
+        if isinstance(item[1], Decision):
+            with stats.lock:
+                stats.warm_up += 1
+        return False
+
+    return keep
+
+
+def _source(settings: FlowSettings, stats: FlowStats):
+    if settings.archive is not None:
+        from flows.archive import ArchiveSource
+        return ArchiveSource(settings.archive, settings.starts, settings.ends, settings.batch_size,
+                             stats.counters)
+    return TallySource(settings.kafka, settings.starts, settings.ends, settings.batch_size,
+                       stats.counters)
+
+
 def build_flow(settings: FlowSettings, stats: FlowStats) -> Dataflow:
     from sinks.pg_sink import PostgresSink
 
     partitions = sorted(settings.starts)
     flow = Dataflow("tally")
-    raw = op.input("kafka", flow, TallySource(settings.kafka, settings.starts, settings.ends,
-                                              settings.batch_size, stats.counters))
+    raw = op.input("kafka", flow, _source(settings, stats))
     slices = op.flat_map("decode_split", raw, splitter(settings.config, settings.shards))
 
     def build_shard(resume: bytes | None) -> ShardLogic:
@@ -122,6 +145,8 @@ def build_flow(settings: FlowSettings, stats: FlowStats) -> Dataflow:
         return ShardLogic(shard, settings.flush, stats)
 
     outputs = op.stateful_batch("engine", slices, build_shard)
+    if settings.emit_from_us is not None:
+        outputs = op.filter("warm_up", outputs, _after(settings.emit_from_us, stats))
     op.output("parquet", outputs, DecisionSink(settings.data_root, settings.sink_parts))
     if settings.pg_dsn:
         op.output("postgres", outputs, PostgresSink(settings.pg_dsn, settings.namespace,

@@ -21,6 +21,7 @@ import logging
 import os
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import msgspec
@@ -240,6 +241,34 @@ def record_key(value: bytes) -> bytes | None:
         return None
 
 
+class _Stamp(msgspec.Struct):
+    event_time: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_STAMP = msgspec.json.Decoder(_Stamp)
+_TIME = msgspec.json.Decoder(datetime)
+
+
+def publish_times(values: list[bytes | None]) -> list[int]:
+    """Record timestamps (ms) for a day's lines, as if published live.
+
+    A producer stamps a record when it publishes it, and it publishes an event
+    soon after it happens, so a partition's stamps follow the highest event time
+    so far. Lines without a readable, zoned event_time keep the previous stamp.
+    """
+    stamps, clock = [], 0
+    for value in values:
+        try:
+            raw = _STAMP.decode(value).event_time
+            moment = _TIME.decode(raw)
+            if moment.tzinfo is not None:
+                clock = max(clock, int(moment.timestamp() * 1000))
+        except (msgspec.DecodeError, TypeError, ValueError, OverflowError):
+            pass
+        stamps.append(clock)
+    return stamps
+
+
 def _producer_config(brokers: str, watch: _Watch, failures: list) -> dict:
     def on_error(err, msg) -> None:  # only failed deliveries are reported
         failures.append((msg.topic(), msg.partition(), err))
@@ -263,8 +292,9 @@ def produce_day(brokers: str, day_dir: Path | str, topics: list[str],
     """Publish every DIR/<topic>/<partition>.jsonl line to that partition of that topic.
 
     Values are the lines byte for byte, in file order; the key is the `account`
-    of a JSON object line (None otherwise).  Returns records published per
-    (topic, partition).  Offsets equal line numbers only when the topic was empty.
+    of a JSON object line (None otherwise); the timestamp follows the events'
+    times (`publish_times`).  Returns records published per (topic, partition).
+    Offsets equal line numbers only when the topic was empty.
     """
     day_dir = Path(day_dir)
     try:
@@ -290,12 +320,13 @@ def produce_day(brokers: str, day_dir: Path | str, topics: list[str],
     step = 5_000
     try:
         for (topic, partition), lines in values.items():
+            stamps = publish_times(lines)
             for start in range(0, len(lines), step):
-                for value in lines[start:start + step]:
+                for value, stamp in zip(lines[start:start + step], stamps[start:start + step]):
                     key = record_key(value)
                     while True:
                         try:
-                            produce(topic, value, key, partition)
+                            produce(topic, value, key, partition, timestamp=stamp)
                             break
                         except BufferError:  # local queue full: let deliveries drain
                             poll(0.05)
@@ -424,3 +455,73 @@ def end_offsets(brokers: str, topics: list[str], timeout: float = 30) -> dict[Pa
         return _drain(consumer, watch, brokers, starts, lambda *_: None, timeout)
     finally:
         consumer.close()
+
+
+def low_offsets(brokers: str, parts: list[Part], timeout: float = 30) -> dict[Part, int]:
+    """The first offset still held by the broker in each partition (retention moves it)."""
+    watch = _Watch()
+    consumer = _consumer(brokers, watch)
+    try:
+        return {part: consumer.get_watermark_offsets(TopicPartition(*part), timeout=timeout)[0]
+                for part in parts}
+    except KafkaException as exc:
+        raise UserError(f"cannot get offsets from {brokers}: {logs.redact(_reason(exc))}") from None
+    finally:
+        consumer.close()
+
+
+def offsets_at(brokers: str, ends: dict[Part, int], at_ms: int,
+               timeout: float = 30) -> dict[Part, int]:
+    """Per partition, the first offset whose record timestamp is at or after at_ms
+    (the partition's end when there is none).
+
+    Exact on any broker: the broker's `offsets_for_times` answer is only a hint,
+    since Tansu answers at record-batch granularity. We read forward from the
+    record before the hint; if even that one is stamped at or after at_ms, the
+    hint overshot and we read from the start of the partition instead.
+    """
+    lows = low_offsets(brokers, list(ends), timeout)
+    watch = _Watch()
+    consumer = _consumer(brokers, watch)
+    try:
+        hints = consumer.offsets_for_times(
+            [TopicPartition(t, p, at_ms) for t, p in ends], timeout=timeout)
+        out = {}
+        for tp in hints:
+            part = (tp.topic, tp.partition)
+            hint = tp.offset if tp.offset >= 0 else ends[part]
+            start = max(lows[part], min(hint, ends[part]) - 1)
+            first = _first_stamped(consumer, watch, brokers, part, start, ends[part], at_ms, timeout)
+            if first == start and start > lows[part]:
+                first = _first_stamped(consumer, watch, brokers, part, lows[part], ends[part],
+                                       at_ms, timeout)
+            out[part] = first
+        return out
+    except KafkaException as exc:
+        raise UserError(f"cannot look up offsets by time on {brokers}: "
+                        f"{logs.redact(_reason(exc))}") from None
+    finally:
+        consumer.close()
+
+
+def _first_stamped(consumer: Consumer, watch: _Watch, brokers: str, part: Part, start: int,
+                   end: int, at_ms: int, timeout: float) -> int:
+    """The first offset in [start, end) stamped at or after at_ms, else end."""
+    if start >= end:
+        return end
+    consumer.assign([TopicPartition(part[0], part[1], start)])
+    idle_since = time.monotonic()
+    while time.monotonic() - idle_since < timeout:
+        for msg in consumer.consume(1000, 0.05):
+            idle_since = time.monotonic()
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    return end
+                continue
+            if msg.offset() >= end:
+                return end
+            if msg.timestamp()[1] >= at_ms:
+                return msg.offset()
+    raise UserError(f"reading {part[0]}/{part[1]} from {brokers} stalled for {timeout:.0f}s: "
+                    f"{watch.reason('no data')}")

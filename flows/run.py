@@ -38,41 +38,67 @@ class RunOptions:
 
 
 @dataclass
+class Stretch:
+    """Which part of which log a run reads, and what it writes.
+
+    A live run reads every partition from its first offset on; a replay names
+    its own starts and ends, may read the archive instead of the broker, and
+    may decide a warm-up stretch without writing it.
+    """
+
+    starts: dict[tuple[str, int], int]
+    ends: dict[tuple[str, int], int] | None  # exclusive; None: follow the log forever
+    origin: str  # "run", or the replay's arguments: a namespace never mixes two
+    emit_from_us: int | None = None
+    archive: object | None = None  # flows.archive.Archive
+
+
+@dataclass
 class RunSummary:
     consumed: int
     seconds: float
     decisions: dict
     pending: int
+    warm_up: int = 0
 
     def __str__(self) -> str:
         rate = self.consumed / max(self.seconds, 1e-9)
         rows = [("records consumed", self.consumed), ("events/s", f"{rate:,.0f}"),
                 ("decisions", sum(self.decisions.values()))]
         rows += [(f"  {k}", v) for k, v in sorted(self.decisions.items())]
+        if self.warm_up:
+            rows += [("not written (warm-up)", self.warm_up)]
         rows += [("pending (kept in the recovery snapshot)", self.pending)]
         return table(rows, f"Tally run ({self.seconds:.1f}s)")
 
 
-def recovery_dir(options: RunOptions, processes: int, parts: list[tuple[str, int]]) -> Path:
+def recovery_dir(options: RunOptions, processes: int, stretch: Stretch) -> Path:
     path = options.recovery_dir or options.data_dir / options.namespace / "recovery"
     if not any(path.glob("part-*.sqlite3")):
         path.mkdir(parents=True, exist_ok=True)
         init_db_dir(path, max(processes, 1))
-    _check_shape(path / "shape.json", options, parts)
+    _check_shape(path / "shape.json", options, stretch)
     return path
 
 
-def _check_shape(manifest: Path, options: RunOptions, parts: list[tuple[str, int]]) -> None:
-    """Refuse to resume a snapshot taken with other shards or other source partitions.
+def _check_shape(manifest: Path, options: RunOptions, stretch: Stretch) -> None:
+    """Refuse to resume a snapshot taken with other shards, other source partitions,
+    or by another kind of run.
 
     Accounts are routed to shards by number, and the watermark waits for every
     partition the snapshot knows, so either change would silently break matching.
     """
-    shape = {"shards": options.shards, "partitions": [f"{t}:{p}" for t, p in parts]}
+    parts = sorted(stretch.starts)
+    shape = {"shards": options.shards, "partitions": [f"{t}:{p}" for t, p in parts],
+             "origin": stretch.origin}
     if not manifest.exists():
         manifest.write_text(json.dumps(shape, indent=1))
         return
     saved = json.loads(manifest.read_text())
+    saved.setdefault("origin", "run")
+    if saved["origin"] != shape["origin"]:
+        raise UserError(f"namespace {options.namespace} holds a run of {saved['origin']!r}, not "
+                        f"{stretch.origin!r}; use a new namespace")
     if saved != shape:
         raise UserError(
             f"namespace {options.namespace} was started with {saved['shards']} shards over "
@@ -80,27 +106,35 @@ def _check_shape(manifest: Path, options: RunOptions, parts: list[tuple[str, int
             f"over {len(parts)}. Run with the same --shards and topics, or use a new namespace")
 
 
-def run(options: RunOptions, settings_config, starts=None) -> RunSummary:
-    """Build and execute the flow in this process; blocks until it ends."""
-    kafka = kafka_io.kafka_config(options.brokers)
-    topics = list(settings_config.topics.values())
-    counts = kafka_io.topic_partitions(options.brokers, topics)
+def live_stretch(brokers: str, config) -> Stretch:
+    """Every partition of the configured topics, from the first offset the broker holds."""
+    topics = list(config.topics.values())
+    counts = kafka_io.topic_partitions(brokers, topics)
     parts = sorted((t, p) for t, n in counts.items() for p in range(n))
-    ends = kafka_io.end_offsets(options.brokers, topics) if options.until_end else None
-    starts = starts or {part: 0 for part in parts}
+    return Stretch(kafka_io.low_offsets(brokers, parts), None, "run")
+
+
+def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSummary:
+    """Build and execute the flow in this process; blocks until it ends."""
+    stretch = stretch or live_stretch(options.brokers, config)
+    if stretch.ends is None and options.until_end:
+        stretch.ends = kafka_io.end_offsets(options.brokers, list(config.topics.values()))
+    starts, ends = stretch.starts, stretch.ends
     settings = FlowSettings(
-        config=settings_config, kafka=kafka, starts=starts, ends=ends,
+        config=config, kafka=kafka_io.kafka_config(options.brokers) if options.brokers else {},
+        starts=starts, ends=ends,
         data_root=options.data_dir / options.namespace, pg_dsn=options.pg_dsn,
         namespace=options.namespace, shards=options.shards, flush=options.flush,
         sink_parts=max(len(options.addresses or []), 1),
-        pg_retry_deadline_s=options.pg_retry_deadline_s, batch_size=options.batch_size)
+        pg_retry_deadline_s=options.pg_retry_deadline_s, batch_size=options.batch_size,
+        archive=stretch.archive, emit_from_us=stretch.emit_from_us)
     stats = FlowStats()
     flow = build_flow(settings, stats)
-    total = sum(ends[p] - starts[p] for p in parts) if ends else None
-    logs.info("flow starting", namespace=options.namespace, partitions=len(parts),
+    total = sum(ends[p] - starts[p] for p in starts) if ends else None
+    logs.info("flow starting", namespace=options.namespace, partitions=len(starts),
               records_to_end=total if total is not None else "unbounded")
     # A zero backup interval lets bytewax delete every snapshot but the newest.
-    recovery = RecoveryConfig(str(recovery_dir(options, len(options.addresses or [1]), parts)),
+    recovery = RecoveryConfig(str(recovery_dir(options, len(options.addresses or [1]), stretch)),
                               backup_interval=timedelta(0))
     if not logs.log.isEnabledFor(logging.DEBUG):
         # An error in a step panics a bytewax thread; keep its Rust backtrace out of the way.
@@ -115,7 +149,7 @@ def run(options: RunOptions, settings_config, starts=None) -> RunSummary:
         except Exception as exc:
             raise _as_user_error(exc) from None
     return RunSummary(stats.counters.total(), time.monotonic() - started,
-                      dict(stats.decisions), stats.pending)
+                      dict(stats.decisions), stats.pending, stats.warm_up)
 
 
 def _as_user_error(exc: BaseException) -> UserError:
