@@ -18,6 +18,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
+from flows.logs import UserError
 from flows.source import Counters, RawBatch, TallySource
 from sinks.parquet_sink import ArchiveSink, DecisionSink
 from state.config import MatchConfig
@@ -140,8 +141,8 @@ def build_flow(settings: FlowSettings, stats: FlowStats) -> Dataflow:
     def build_shard(resume: bytes | None) -> ShardLogic:
         shard = Shard(settings.config, partitions) if resume is None else decode_snapshot(resume)
         if shard.config != settings.config:
-            raise RuntimeError("the matching config differs from the one in the recovery snapshot; "
-                               "use a new namespace (or the old config) to continue")
+            raise UserError("the matching config differs from the one in the recovery snapshot; "
+                            "use a new namespace (or the old config) to continue")
         return ShardLogic(shard, settings.flush, stats)
 
     outputs = op.stateful_batch("engine", slices, build_shard)

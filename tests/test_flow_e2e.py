@@ -99,3 +99,14 @@ def test_a_namespace_refuses_to_resume_with_other_shards(published, broker, pg_d
                 "--namespace", "e2e_a", "--until-end", "--config", str(config_file),
                 "--shards", "2", expect=2)
     assert "was started with 4 shards" in run.stderr and "use a new namespace" in run.stderr
+
+
+def test_a_namespace_refuses_to_resume_with_another_matching_config(published, broker, pg_dsn):
+    work, config_file, _ = published
+    changed = work / "changed.toml"
+    changed.write_text(config_file.read_text() + '\n[matching]\namount_tolerance = "0.01"\n')
+    run = tally("run", "--brokers", broker, "--pg", pg_dsn, "--data-dir", str(work / "data"),
+                "--namespace", "e2e_a", "--until-end", "--config", str(changed), expect=2)
+    assert run.stderr.strip().splitlines()[-1] == (
+        "tally: the matching config differs from the one in the recovery snapshot; "
+        "use a new namespace (or the old config) to continue")
