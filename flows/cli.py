@@ -208,12 +208,18 @@ def _run(commands) -> None:
                      help="PostgreSQL schema and Parquet directory (default live)")
     cmd.add_argument("--until-end", action="store_true",
                      help="stop once every partition reaches the end it had at start")
+    cmd.add_argument("--recovery-dir", type=Path, default=None,
+                     help="default <data-dir>/<namespace>/recovery")
+    _flow_options(cmd)
+    cmd.set_defaults(handler=run_run)
+
+
+def _flow_options(cmd) -> None:
+    """How the flow runs: shared by `run` and `replay`, which run the same flow."""
     cmd.add_argument("--flush", action="store_true",
                      help="at the end of a bounded run, decide everything still pending")
     cmd.add_argument("--snapshot-interval", type=_positive_seconds, default=5.0,
                      help="seconds between recovery snapshots (default 5)")
-    cmd.add_argument("--recovery-dir", type=Path, default=None,
-                     help="default <data-dir>/<namespace>/recovery")
     cmd.add_argument("--shards", type=int, default=4, help="engine shards (fixed per namespace; default 4)")
     cmd.add_argument("--batch-size", type=int, default=5000,
                      help="records read per partition per poll (default 5000); smaller batches make "
@@ -222,27 +228,30 @@ def _run(commands) -> None:
                      default=float(os.environ.get("TALLY_PG_RETRY_DEADLINE", 300)),
                      help="seconds to keep retrying when PostgreSQL is unreachable before exiting "
                           "(default $TALLY_PG_RETRY_DEADLINE or 300); the next start resumes")
-    cmd.set_defaults(handler=run_run)
+
+
+def _run_options(args, brokers: str, dsn: str, until_end: bool):
+    from flows.run import RunOptions
+    if args.batch_size < 1 or args.shards < 1:
+        raise UserError("--batch-size and --shards must be at least 1")
+    return RunOptions(brokers=brokers, pg_dsn=dsn, data_dir=args.data_dir,
+                      namespace=args.namespace, until_end=until_end, flush=args.flush,
+                      snapshot_interval_s=args.snapshot_interval,
+                      recovery_dir=getattr(args, "recovery_dir", None), shards=args.shards,
+                      batch_size=args.batch_size, pg_retry_deadline_s=args.pg_retry_deadline)
 
 
 def run_run(args) -> int:
     from flows import kafka_io
-    from flows.run import RunOptions, run
+    from flows.run import run
     from flows.settings import load_config
     from sinks.postgres import connect_check
-    if args.batch_size < 1 or args.shards < 1:
-        raise UserError("--batch-size and --shards must be at least 1")
     config = load_config(args.config)
     brokers = resolve_brokers(args)
     kafka_io.check_broker(brokers)
     dsn = resolve_pg(args)
     connect_check(dsn)
-    options = RunOptions(brokers=brokers, pg_dsn=dsn, data_dir=args.data_dir,
-                         namespace=args.namespace, until_end=args.until_end, flush=args.flush,
-                         snapshot_interval_s=args.snapshot_interval, recovery_dir=args.recovery_dir,
-                         shards=args.shards, batch_size=args.batch_size,
-                         pg_retry_deadline_s=args.pg_retry_deadline)
-    print(run(options, config))
+    print(run(_run_options(args, brokers, dsn, args.until_end), config))
     return 0
 
 
@@ -270,18 +279,13 @@ def _replay(commands) -> None:
     cmd.add_argument("--warmup", default=None,
                      help="how far before a --from time to start deciding without writing "
                           "(default 2 x match_window + allowed_lateness + redelivery_horizon)")
-    cmd.add_argument("--flush", action="store_true",
-                     help="at the end, decide everything still pending")
-    cmd.add_argument("--shards", type=int, default=4, help="engine shards (default 4)")
-    cmd.add_argument("--batch-size", type=int, default=5000, help="records per partition per poll")
-    cmd.add_argument("--snapshot-interval", type=_positive_seconds, default=5.0,
-                     help="seconds between recovery snapshots (default 5)")
+    _flow_options(cmd)
     cmd.set_defaults(handler=run_replay)
 
 
 def run_replay(args) -> int:
     from flows import kafka_io, replay
-    from flows.run import RunOptions, run
+    from flows.run import run
     from flows.settings import load_config
     from sinks.postgres import connect_check
     config = load_config(args.config)
@@ -304,10 +308,7 @@ def run_replay(args) -> int:
               f" --warmup {warmup_us}us")
     chosen = replay.load_or_plan(args.data_dir / args.namespace / "replay.json", log, origin,
                                  start, stop, warmup_us)
-    options = RunOptions(brokers=brokers or "", pg_dsn=dsn, data_dir=args.data_dir,
-                         namespace=args.namespace, until_end=True, flush=args.flush,
-                         snapshot_interval_s=args.snapshot_interval, shards=args.shards,
-                         batch_size=args.batch_size)
+    options = _run_options(args, brokers or "", dsn, until_end=True)
     print(run(options, config, chosen.stretch(log.archive)))
     if chosen.emit_from_us is not None:
         from state.contract import format_us

@@ -225,48 +225,59 @@ def create_topics(brokers: str, topics: list[str], partitions: int, replication:
 # Publishing a day on disk
 
 
-class _Account(msgspec.Struct):
-    account: str | None = None
+class _Envelope(msgspec.Struct):
+    """The two fields a publisher reads from a line, each kept raw so one bad field
+    does not hide the other."""
+
+    account: msgspec.Raw = msgspec.Raw(b"null")
+    event_time: msgspec.Raw = msgspec.Raw(b"null")
 
 
-_ACCOUNT = msgspec.json.Decoder(_Account)
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+_ACCOUNT = msgspec.json.Decoder(str | None)
+_TIME = msgspec.json.Decoder(datetime)
+_NO_ENVELOPE = _Envelope()
+
+
+def _envelope(value: bytes | None) -> _Envelope:
+    try:
+        return _ENVELOPE.decode(value)
+    except (msgspec.DecodeError, TypeError):  # not JSON, not an object, a tombstone
+        return _NO_ENVELOPE
+
+
+def _key(envelope: _Envelope) -> bytes | None:
+    try:
+        account = _ACCOUNT.decode(envelope.account)
+        return None if account is None else account.encode()
+    except (msgspec.DecodeError, UnicodeError):  # not a string, not UTF-8
+        return None
 
 
 def record_key(value: bytes) -> bytes | None:
     """The `account` string of a JSON object line, as UTF-8; None for anything else."""
-    try:
-        account = _ACCOUNT.decode(value).account
-        return None if account is None else account.encode()
-    except (msgspec.DecodeError, UnicodeError):  # not JSON, not an object, not UTF-8
-        return None
+    return _key(_envelope(value))
 
 
-class _Stamp(msgspec.Struct):
-    event_time: msgspec.Raw = msgspec.Raw(b"null")
-
-
-_STAMP = msgspec.json.Decoder(_Stamp)
-_TIME = msgspec.json.Decoder(datetime)
-
-
-def publish_times(values: list[bytes | None]) -> list[int]:
-    """Record timestamps (ms) for a day's lines, as if published live.
+def keys_and_stamps(values: list[bytes | None]) -> tuple[list[bytes | None], list[int]]:
+    """Record keys, and timestamps (ms) as if the lines were published live.
 
     A producer stamps a record when it publishes it, and it publishes an event
     soon after it happens, so a partition's stamps follow the highest event time
     so far. Lines without a readable, zoned event_time keep the previous stamp.
     """
-    stamps, clock = [], 0
+    keys, stamps, clock = [], [], 0
     for value in values:
+        envelope = _envelope(value)
+        keys.append(_key(envelope))
         try:
-            raw = _STAMP.decode(value).event_time
-            moment = _TIME.decode(raw)
+            moment = _TIME.decode(envelope.event_time)
             if moment.tzinfo is not None:
                 clock = max(clock, int(moment.timestamp() * 1000))
         except (msgspec.DecodeError, TypeError, ValueError, OverflowError):
             pass
         stamps.append(clock)
-    return stamps
+    return keys, stamps
 
 
 def _producer_config(brokers: str, watch: _Watch, failures: list) -> dict:
@@ -293,7 +304,7 @@ def produce_day(brokers: str, day_dir: Path | str, topics: list[str],
 
     Values are the lines byte for byte, in file order; the key is the `account`
     of a JSON object line (None otherwise); the timestamp follows the events'
-    times (`publish_times`).  Returns records published per (topic, partition).
+    times (`keys_and_stamps`).  Returns records published per (topic, partition).
     Offsets equal line numbers only when the topic was empty.
     """
     day_dir = Path(day_dir)
@@ -320,10 +331,10 @@ def produce_day(brokers: str, day_dir: Path | str, topics: list[str],
     step = 5_000
     try:
         for (topic, partition), lines in values.items():
-            stamps = publish_times(lines)
+            keys, stamps = keys_and_stamps(lines)
             for start in range(0, len(lines), step):
-                for value, stamp in zip(lines[start:start + step], stamps[start:start + step]):
-                    key = record_key(value)
+                for value, key, stamp in zip(lines[start:start + step], keys[start:start + step],
+                                             stamps[start:start + step]):
                     while True:
                         try:
                             produce(topic, value, key, partition, timestamp=stamp)

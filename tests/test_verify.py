@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timezone
 
 from psycopg.conninfo import conninfo_to_dict
@@ -10,25 +9,13 @@ from psycopg.conninfo import conninfo_to_dict
 from flows import verify
 from sinks import compare, parquet
 from sinks.postgres import PgWriter
-from state.decision import Candidate, Decision, Fate, decision_id
+from state.decision import Decision, Fate, decision_id
 from tests.flow_helpers import tally
+from tests.samples import US, exception, match, namespace
 
-US = 1_000_000
 DAY1 = int(datetime(2026, 3, 1, 10, tzinfo=timezone.utc).timestamp()) * US
 DAY2 = int(datetime(2026, 3, 2, 23, 59, 59, tzinfo=timezone.utc).timestamp()) * US + 999_999
 DAY2_START = "2026-03-02T00:00:00Z"
-
-
-def namespace() -> str:
-    return "v_" + uuid.uuid4().hex[:16]
-
-
-def match(n: int, window_end: int) -> Decision:
-    events, refs = [f"bank:b{n}", f"ledger:l{n}"], [f"bank-tx:0:{n}", f"ledger-tx:0:{n}"]
-    return Decision(decision_id=decision_id("match", events, refs), kind="match", tier=1,
-                    exception_kind=None, account="A1", currency="EUR", amount_minor=1000 + n,
-                    confidence=0.99, member_event_ids=events, member_refs=refs,
-                    window_start=window_end - 600 * US, window_end=window_end)
 
 
 def mismatch(n: int, window_end: int) -> Decision:
@@ -40,17 +27,6 @@ def mismatch(n: int, window_end: int) -> Decision:
                     member_event_ids=m.member_event_ids, member_refs=m.member_refs,
                     window_start=m.window_start, window_end=window_end,
                     reason="amounts differ by 3")
-
-
-def ambiguous(n: int, window_end: int) -> Decision:
-    events, refs = [f"bank:x{n}"], [f"bank-tx:1:{n}"]
-    return Decision(decision_id=decision_id("exception", events, refs), kind="exception",
-                    tier=None, exception_kind="ambiguous", account="A2", currency="USD",
-                    amount_minor=-250, confidence=None, member_event_ids=events,
-                    member_refs=refs, window_start=window_end - 600 * US,
-                    window_end=window_end, missing_sources=["ledger"],
-                    candidates=[Candidate("ledger:l1", "ledger-tx:0:1", 0.5)],
-                    reason="two candidates", raw_base64="eyJhIjoxfQ==")
 
 
 def fates_of(decisions: list[Decision]) -> list[Fate]:
@@ -84,8 +60,8 @@ def write_parquet(data_dir, decisions: list[Decision]) -> str:
 
 
 # Day 1 differs between A and B (one outcome changed, one missing, one extra); day 2 does not.
-A_SIDE = [match(1, DAY1), match(2, DAY1), match(3, DAY2), ambiguous(4, DAY2)]
-B_SIDE = [mismatch(1, DAY1), match(3, DAY2), ambiguous(4, DAY2), match(5, DAY1)]
+A_SIDE = [match(1, DAY1), match(2, DAY1), match(3, DAY2), exception(4, DAY2)]
+B_SIDE = [mismatch(1, DAY1), match(3, DAY2), exception(4, DAY2), match(5, DAY1)]
 
 
 def canonical(decisions) -> list[tuple]:
