@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     _run(commands)
     _replay(commands)
     _verify(commands)
+    _audit(commands)
+    _explain(commands)
+    _review(commands)
     _drill(commands)
     _demo(commands)
     return parser
@@ -210,6 +213,9 @@ def _run(commands) -> None:
                      help="stop once every partition reaches the end it had at start")
     cmd.add_argument("--recovery-dir", type=Path, default=None,
                      help="default <data-dir>/<namespace>/recovery")
+    cmd.add_argument("--wait-for-topics", type=float, default=0, metavar="SECONDS",
+                     help="if a source topic does not exist yet, wait up to SECONDS for it "
+                          "(default 0: exit 2 at once)")
     _flow_options(cmd)
     cmd.set_defaults(handler=run_run)
 
@@ -251,6 +257,8 @@ def run_run(args) -> int:
     kafka_io.check_broker(brokers)
     dsn = resolve_pg(args)
     connect_check(dsn)
+    if args.wait_for_topics > 0:
+        kafka_io.wait_for_topics(brokers, list(config.topics.values()), args.wait_for_topics)
     print(run(_run_options(args, brokers, dsn, args.until_end), config))
     return 0
 
@@ -320,6 +328,21 @@ def run_replay(args) -> int:
 def _verify(commands) -> None:
     from flows import verify
     verify.register(commands)
+
+
+def _audit(commands) -> None:
+    from flows import audit
+    audit.register(commands)
+
+
+def _explain(commands) -> None:
+    from flows import explain
+    explain.register(commands)
+
+
+def _review(commands) -> None:
+    from flows import review
+    review.register(commands)
 
 
 # ----------------------------------------------------------------------------- drill

@@ -50,6 +50,7 @@ _HOPELESS = {KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE, KafkaError._AUTH
 _START_HINT = "start one with 'tally dev up' or pass --brokers"
 
 Part = tuple[str, int]
+MAX_MESSAGE_BYTES = 16 << 20  # what we let a producer send; the broker has its own limit
 
 
 # --------------------------------------------------------------------------
@@ -174,6 +175,24 @@ def topic_partitions(brokers: str, topics: list[str], timeout: float = 10) -> di
     return {t: counts[t] for t in topics}
 
 
+def wait_for_topics(brokers: str, topics: list[str], seconds: float,
+                    log_every_s: float = 10.0) -> None:
+    """Block until every topic exists, saying so every few seconds; UserError after `seconds`."""
+    deadline = time.monotonic() + seconds
+    said = 0.0
+    while True:
+        try:
+            topic_partitions(brokers, topics)
+            return
+        except UserError as err:
+            if "not exist" not in str(err) or time.monotonic() >= deadline:
+                raise
+            if time.monotonic() - said >= log_every_s:
+                said = time.monotonic()
+                logs.warning(f"waiting for topics: {err}")
+            time.sleep(1.0)
+
+
 def create_topics(brokers: str, topics: list[str], partitions: int, replication: int = 1,
                   timeout: float = 30) -> dict[str, str]:
     """Create the topics; per topic "created" or "exists".
@@ -293,6 +312,7 @@ def _producer_config(brokers: str, watch: _Watch, failures: list) -> dict:
         "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1_048_576,
         "message.timeout.ms": 120_000,
+        "message.max.bytes": MAX_MESSAGE_BYTES,
         "delivery.report.only.error": True,
         "on_delivery": on_error,
     })
@@ -322,6 +342,19 @@ def produce_day(brokers: str, day_dir: Path | str, topics: list[str],
                             f"{needed} partitions")
 
     values = {part: read_values(path) for part, path in files.items()}
+    produce_values(brokers, values, progress=progress)
+    logs.info("published day", day=str(day_dir), records=sum(len(v) for v in values.values()))
+    return {part: len(lines) for part, lines in values.items()}
+
+
+def produce_values(brokers: str, values: dict[Part, list[bytes | None]],
+                   keys: dict[Part, list[bytes | None]] | None = None, progress: bool = True) -> None:
+    """Publish each partition's values in order, keyed by account unless `keys` are given.
+
+    Timestamps follow the events' times (`keys_and_stamps`). A None value is a
+    tombstone; values up to MAX_MESSAGE_BYTES are accepted here, the broker may
+    have a lower limit (Redpanda's default batch limit is 1 MiB).
+    """
     total = sum(len(v) for v in values.values())
     bar = Progress(total, "publish", unit="records")
     bar.enabled = bar.enabled and progress
@@ -331,9 +364,10 @@ def produce_day(brokers: str, day_dir: Path | str, topics: list[str],
     step = 5_000
     try:
         for (topic, partition), lines in values.items():
-            keys, stamps = keys_and_stamps(lines)
+            derived, stamps = keys_and_stamps(lines)
+            part_keys = derived if keys is None else keys[(topic, partition)]
             for start in range(0, len(lines), step):
-                for value, key, stamp in zip(lines[start:start + step], keys[start:start + step],
+                for value, key, stamp in zip(lines[start:start + step], part_keys[start:start + step],
                                              stamps[start:start + step]):
                     while True:
                         try:
@@ -363,8 +397,6 @@ def produce_day(brokers: str, day_dir: Path | str, topics: list[str],
     if left:
         raise UserError(f"{left} record(s) still undelivered to {brokers} after 120s: "
                         f"{watch.reason('timed out')}")
-    logs.info("published day", day=str(day_dir), records=total, rate=f"{bar.rate():,.0f}/s")
-    return {part: len(lines) for part, lines in values.items()}
 
 
 # --------------------------------------------------------------------------

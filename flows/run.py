@@ -92,10 +92,13 @@ def _check_shape(manifest: Path, options: RunOptions, stretch: Stretch) -> None:
     shape = {"shards": options.shards, "partitions": [f"{t}:{p}" for t, p in parts],
              "origin": stretch.origin}
     if not manifest.exists():
-        manifest.write_text(json.dumps(shape, indent=1))
+        # the first offsets are kept for `tally audit`: consumption must start there
+        starts = {f"{t}:{p}": stretch.starts[(t, p)] for t, p in parts}
+        manifest.write_text(json.dumps(shape | {"starts": starts}, indent=1))
         return
     saved = json.loads(manifest.read_text())
     saved.setdefault("origin", "run")
+    saved.pop("starts", None)
     if saved["origin"] != shape["origin"]:
         raise UserError(f"namespace {options.namespace} holds a run of {saved['origin']!r}, not "
                         f"{stretch.origin!r}; use a new namespace")

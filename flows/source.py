@@ -10,7 +10,9 @@ watermark (the embedded broker reports that at record-batch granularity).
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -19,6 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from flows import logs
 
 POLL_TIMEOUT_S = 0.05
+OUTAGE_LOG_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,42 @@ class Counters:
             return sum(self.consumed.values())
 
 
+class _BrokerTrouble:
+    """librdkafka's connection errors, as one warning per outage every few seconds.
+
+    The consumers retry on their own; without this, a lost broker would be
+    either silent (a hang without output) or a flood of raw librdkafka lines.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.since: float | None = None
+        self.logged = 0.0
+
+    def error(self, err: KafkaError) -> None:
+        with self.lock:
+            now = time.monotonic()
+            self.since = self.since or now
+            if now - self.logged < OUTAGE_LOG_EVERY_S:
+                return
+            self.logged = now
+            outage = now - self.since
+        logs.warning(f"cannot reach the Kafka broker for {outage:.0f}s ({logs.redact(err.str())}); "
+                     f"retrying, and resuming where it stopped once the broker is back")
+
+    def recovered(self) -> None:
+        if self.since is not None:
+            with self.lock:
+                outage, self.since, self.logged = time.monotonic() - self.since, None, 0.0
+            logs.info(f"the Kafka broker answers again after {outage:.0f}s")
+
+    def log(self, level: int, fmt: str, *args) -> None:
+        logging.getLogger("tally.kafka").debug("librdkafka " + (fmt % args if args else fmt))
+
+
+TROUBLE = _BrokerTrouble()
+
+
 class _Partition(StatefulSourcePartition[RawBatch, int]):
     def __init__(self, config: dict, topic: str, partition: int, start: int, end: int | None,
                  batch_size: int, counters: Counters):
@@ -54,7 +93,9 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
         self.batch_size, self.counters = batch_size, counters
         self.next_offset = start
         self.consumer = Consumer({**config, "enable.partition.eof": True,
-                                  "group.id": "tally-unused", "enable.auto.commit": False})
+                                  "group.id": "tally-unused", "enable.auto.commit": False,
+                                  "error_cb": TROUBLE.error, "logger": TROUBLE,
+                                  "log.connection.close": False})
         self.consumer.assign([TopicPartition(topic, partition, start if start >= 0 else OFFSET_BEGINNING)])
 
     def next_batch(self) -> list[RawBatch]:
@@ -77,6 +118,7 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
             stamps.append(message.timestamp()[1])
         if not offsets:
             return []
+        TROUBLE.recovered()
         self.next_offset = offsets[-1] + 1
         self.counters.add((self.topic, self.partition), len(offsets))
         return [RawBatch(self.topic, self.partition, offsets, keys, values, stamps)]

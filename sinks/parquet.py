@@ -79,9 +79,10 @@ def write_days(table: pa.Table, days: pa.ChunkedArray, root: Path, name: str) ->
     return written
 
 
-def read_dataset(root: Path, schema: pa.Schema) -> pa.Table:
+def read_dataset(root: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
     """Every visible Parquet file under root (hidden temporaries are skipped)."""
     files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
     if not files:
-        return schema.empty_table()
-    return pa.concat_tables(pq.read_table(f, schema=schema) for f in files)
+        empty = schema.empty_table()
+        return empty.select(columns) if columns else empty
+    return pa.concat_tables(pq.read_table(f, schema=schema, columns=columns) for f in files)

@@ -3,8 +3,11 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from state.config import MatchConfig
+from tests import hostile
 from state.contract import MAX_VALUE_BYTES, Decoder, Event, Heartbeat, Invalid, parse_amount, _Reject
 
 DECODER = Decoder(MatchConfig())
@@ -126,3 +129,15 @@ def test_parse_amount_rejects_rather_than_rounds():
     with pytest.raises(_Reject):
         parse_amount("0.001", "EUR", 2)
     assert parse_amount("000.10", "EUR", 2) == 10
+
+
+@settings(max_examples=400, deadline=None)
+@given(rng=st.randoms(use_true_random=False), family=st.sampled_from(hostile.FAMILIES),
+       good=st.sampled_from([GOOD, {**GOOD, "currency": "JPY", "amount": "1250"},
+                             {**GOOD, "currency": "KWD", "amount": "-0.125"}]))
+def test_every_hostile_family_is_invalid_with_its_reason(rng, family, good):
+    value, reason, _ = hostile.hostile(good, rng, family)
+    record = decode(value)
+    assert isinstance(record, Invalid), (family.__name__, value[:200] if value else value)
+    assert reason in record.reason
+    assert record.raw == (None if value is None else value[:MAX_VALUE_BYTES])

@@ -1,0 +1,278 @@
+"""`tally audit`: prove conservation for a namespace, in PostgreSQL and in Parquet.
+
+What must hold, per source partition, over the offsets the namespace consumed
+([its first offset, the committed next offset)):
+
+* the raw archive holds each offset exactly once (consumption was contiguous);
+* each offset has exactly one fate, or is pending in the committed engine state;
+* each fate's decision exists, and each decision's members have fates pointing
+  back to it;
+* and PostgreSQL and Parquet hold the same fates and decisions.
+
+The first offsets come from the namespace's recovery/shape.json, the committed
+offsets and pending records from its recovery store. Fates beyond the committed
+offsets are "in flight": written by an epoch a crash interrupted, and written
+again, identically, when the flow resumes. Audit a stopped namespace for a
+verdict about a settled state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from flows import logs
+from flows.logs import UserError
+from flows.progress import table
+
+STORES = ("postgres", "parquet")
+
+
+@dataclass
+class StoreReport:
+    where: str
+    fates: int
+    decisions: int
+    gaps: list = field(default_factory=list)  # [partition, missing, first missing offsets]
+    before_start: int = 0
+    in_flight: int = 0
+    unknown_partitions: list = field(default_factory=list)
+    duplicate_fates: tuple = (0, [])
+    duplicate_decisions: tuple = (0, [])
+    orphan_fates: tuple = (0, [])
+    unfated_members: tuple = (0, [])
+    outcomes: dict = field(default_factory=dict)
+    decision_kinds: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.gaps or self.before_start or self.unknown_partitions
+                    or self.duplicate_fates[0] or self.duplicate_decisions[0]
+                    or self.orphan_fates[0] or self.unfated_members[0])
+
+
+@dataclass
+class AuditReport:
+    namespace: str
+    partitions: int
+    committed_epoch: int | None
+    consumed: int
+    pending: int | None  # None: no recovery store, so pending records are unknown
+    notes: list = field(default_factory=list)
+    archive_gaps: list = field(default_factory=list)
+    archive_duplicates: tuple = (0, [])
+    stores: list = field(default_factory=list)
+    disagreement: dict = field(default_factory=dict)  # table -> (rows, examples)
+
+    @property
+    def ok(self) -> bool:
+        return (self.pending is not None and not self.archive_gaps
+                and not self.archive_duplicates[0] and all(s.ok for s in self.stores)
+                and not any(n for n, _ in self.disagreement.values()))
+
+
+# ----------------------------------------------------------------------------- the audit
+
+
+def audit(data_root: Path, namespace: str, stores: list[str], pg_dsn: str | None) -> AuditReport:
+    from sinks import audit as checks
+
+    archive = checks.archive_positions(data_root)
+    starts, ends, committed, notes = _ranges(data_root, archive)
+    ranges = {part: (starts[part], ends[part]) for part in starts}
+    pending = _pending(committed)
+    report = AuditReport(namespace, len(ranges), committed and committed.epoch,
+                         sum(e - s for s, e in ranges.values()),
+                         None if pending is None else sum(len(v) for v in pending.values()), notes)
+    if pending is None:
+        notes.append("no committed recovery snapshot: pending records cannot be told from lost ones")
+    report.archive_gaps = _gaps(checks.coverage(archive, ranges))
+    report.archive_duplicates = checks.duplicates(archive, checks.POSITION)
+    loaded = []
+    for store in stores:
+        logs.info("reading the store", store=store, namespace=namespace)
+        tables = (checks.from_postgres(pg_dsn, namespace) if store == "postgres"
+                  else checks.from_parquet(data_root))
+        loaded.append(tables)
+        report.stores.append(_check_store(checks, tables, ranges, pending or {}))
+    if len(loaded) == 2:
+        a, b = loaded
+        report.disagreement = {
+            "fates": checks.disagreement(a.fates, b.fates, checks.POSITION),
+            "decisions": checks.disagreement(a.decisions, b.decisions, ["decision_id"])}
+    return report
+
+
+def _ranges(data_root: Path, archive):
+    """First offsets (shape.json), committed next offsets (recovery store) per partition."""
+    from flows.recovery_store import read_committed
+
+    shape_file = data_root / "recovery" / "shape.json"
+    if not shape_file.exists():
+        raise UserError(f"{data_root} holds no Tally namespace (no recovery/shape.json); "
+                        f"check --namespace and --data-dir")
+    shape = json.loads(shape_file.read_text())
+    parts = [_part(p) for p in shape["partitions"]]
+    notes = []
+    starts = {_part(k): v for k, v in shape.get("starts", {}).items()}
+    if not starts:
+        notes.append("shape.json predates recorded first offsets: the archive's lowest is used")
+        starts = _archive_bounds(archive, parts, low=True)
+    committed = read_committed(data_root / "recovery")
+    if committed is not None:
+        ends = {p: committed.next_offsets.get(p, starts[p]) for p in parts}
+        ends = {p: max(v, starts[p]) if v >= 0 else starts[p] for p, v in ends.items()}
+    else:
+        ends = _archive_bounds(archive, parts, low=False)
+    return starts, ends, committed, notes
+
+
+def _archive_bounds(archive, parts, low: bool) -> dict:
+    import pyarrow.compute as pc
+    bounds = {}
+    for topic, partition in parts:
+        mask = pc.and_(pc.equal(archive.column("topic"), topic),
+                       pc.equal(archive.column("partition"), partition))
+        offsets = archive.filter(mask).column("offset")
+        if low:
+            bounds[(topic, partition)] = pc.min(offsets).as_py() or 0
+        else:
+            highest = pc.max(offsets).as_py()
+            bounds[(topic, partition)] = 0 if highest is None else highest + 1
+    return bounds
+
+
+def _pending(committed) -> dict | None:
+    if committed is None:
+        return None
+    by_part: dict = {}
+    for fate in committed.pending():
+        by_part.setdefault((fate.topic, fate.partition), []).append(fate.offset)
+    return by_part
+
+
+def _check_store(checks, tables, ranges, pending) -> StoreReport:
+    covered = checks.coverage(tables.fates, ranges, pending)
+    return StoreReport(
+        where=tables.where, fates=tables.fates.num_rows, decisions=tables.decisions.num_rows,
+        gaps=_gaps(covered), before_start=sum(c.before_start for c in covered),
+        in_flight=sum(c.in_flight for c in covered),
+        unknown_partitions=checks.unknown_partitions(tables.fates, ranges),
+        duplicate_fates=checks.duplicates(tables.fates, checks.POSITION),
+        duplicate_decisions=checks.duplicates(tables.decisions, ["decision_id"]),
+        orphan_fates=checks.orphan_fates(tables), unfated_members=checks.unfated_members(tables),
+        outcomes=dict(sorted(checks.outcome_counts(tables).items())),
+        decision_kinds=dict(sorted(checks.decision_counts(tables).items())))
+
+
+def _gaps(covered) -> list:
+    return [[f"{c.part[0]}:{c.part[1]}", c.missing, c.first_missing] for c in covered if c.missing]
+
+
+def _part(text: str) -> tuple[str, int]:
+    topic, partition = text.rsplit(":", 1)
+    return topic, int(partition)
+
+
+# ----------------------------------------------------------------------------- printing
+
+
+def render(report: AuditReport) -> str:
+    rows = [("source partitions", report.partitions),
+            ("committed epoch", "none" if report.committed_epoch is None else report.committed_epoch),
+            ("offsets consumed", report.consumed),
+            ("pending in the snapshot", "unknown" if report.pending is None else report.pending),
+            ("archive: each offset once", _yes(not report.archive_gaps
+                                               and not report.archive_duplicates[0],
+                                               _gap_text(report.archive_gaps)
+                                               + _count_text("duplicated", report.archive_duplicates)))]
+    for store in report.stores:
+        rows += _store_rows(store)
+    for name, (count, examples) in report.disagreement.items():
+        rows.append((f"stores agree on {name}", _yes(not count, f"{count:,} rows differ, e.g. {examples}")))
+    rows += [("note", n) for n in report.notes]
+    verdict = "CONSERVED" if report.ok else "NOT CONSERVED"
+    return table(rows, f"Audit of namespace {report.namespace}") + f"\nverdict: {verdict}"
+
+
+def _store_rows(store: StoreReport) -> list:
+    rows = [(store.where, ""), ("  fates", store.fates), ("  decisions", store.decisions),
+            ("  every offset one fate", _yes(not store.gaps and not store.duplicate_fates[0]
+                                             and not store.before_start,
+                                             _gap_text(store.gaps)
+                                             + _count_text("duplicated", store.duplicate_fates)
+                                             + _count_text("before the first offset",
+                                                           (store.before_start, [])))),
+            ("  decisions once", _yes(not store.duplicate_decisions[0],
+                                      _count_text("duplicated", store.duplicate_decisions))),
+            ("  every fate's decision exists", _yes(not store.orphan_fates[0],
+                                                    _count_text("orphaned", store.orphan_fates))),
+            ("  every member has its fate", _yes(not store.unfated_members[0],
+                                                 _count_text("without", store.unfated_members)))]
+    if store.unknown_partitions:
+        rows.append(("  fates of other partitions", ", ".join(store.unknown_partitions)))
+    if store.in_flight:
+        rows.append(("  in flight (redone on resume)", store.in_flight))
+    rows += [(f"  fates: {name}", count) for name, count in store.outcomes.items()]
+    rows += [(f"  decisions: {name}", count) for name, count in store.decision_kinds.items()]
+    return rows
+
+
+def _yes(ok: bool, why: str) -> str:
+    return "yes" if ok else f"NO: {why.strip('; ')}"
+
+
+def _gap_text(gaps: list, shown: int = 3) -> str:
+    text = "".join(f"{part}: {missing:,} missing, first {first}; "
+                   for part, missing, first in gaps[:shown])
+    return text + (f"and {len(gaps) - shown} more partitions; " if len(gaps) > shown else "")
+
+
+def _count_text(what: str, counted: tuple) -> str:
+    count, examples = counted
+    return f"{count:,} {what}{', e.g. ' + str(examples) if examples else ''}; " if count else ""
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def register(commands) -> None:
+    from flows.cli import _namespace
+    cmd = commands.add_parser(
+        "audit", help="prove every consumed record has exactly one fate, in both stores",
+        description="Check a namespace's conservation: per source partition, the consumed "
+                    "offsets are contiguous, each has exactly one fate (or is pending in the "
+                    "snapshot), every fate's decision exists and every decision's members point "
+                    "back to it; and PostgreSQL and Parquet agree. Exit 0 when conserved, 1 on "
+                    "any gap, duplicate or disagreement, 2 on usage or connection errors.")
+    cmd.add_argument("--namespace", type=_namespace, default="live",
+                     help="the namespace to audit (default live)")
+    cmd.add_argument("--store", choices=("both",) + STORES, default="both",
+                     help="which store(s) to audit (default both, and compare them)")
+    cmd.add_argument("--data-dir", type=Path,
+                     default=Path(os.environ.get("TALLY_DATA_DIR", ".tally")),
+                     help="where the namespace's Parquet and recovery live (default $TALLY_DATA_DIR or .tally)")
+    cmd.add_argument("--pg", default=os.environ.get("TALLY_PG_DSN"),
+                     help="PostgreSQL DSN (default $TALLY_PG_DSN, else the 'tally dev up' server)")
+    cmd.add_argument("--json", action="store_true", help="print the report as JSON")
+    cmd.set_defaults(handler=run_audit)
+
+
+def run_audit(args) -> int:
+    from flows.cli import resolve_pg
+    namespace = args.namespace
+    stores = list(STORES) if args.store == "both" else [args.store]
+    dsn = None
+    if "postgres" in stores:
+        from sinks.postgres import connect_check
+        dsn = resolve_pg(args)
+        connect_check(dsn)
+    report = audit(args.data_dir / namespace, namespace, stores, dsn)
+    if args.json:
+        print(json.dumps(asdict(report) | {"conserved": report.ok}, indent=1, default=str))
+    else:
+        print(render(report))
+    return 0 if report.ok else 1
+

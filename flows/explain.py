@@ -1,0 +1,791 @@
+"""`tally explain`: what happened to one record, or to every record of one event id.
+
+Everything shown is read back, not recomputed: the fate and the decision from
+PostgreSQL (or the Parquet files), the raw bytes from the namespace's archive
+(<data-dir>/<namespace>/events). Only the rule texts and the watermark condition
+are derived, from the decision's kind and the matching config.
+
+The watermark at the moment of a decision depends on how records were batched,
+so it is not stored. What is deterministic, and what is stated, is the condition
+the engine waited for (`Shard.advance` in state/engine.py): the watermark passed
+window_end, i.e. every source partition's event-time progress passed
+window_end + allowed_lateness.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from flows.logs import UserError, redact
+from state.config import MatchConfig
+from state.contract import Event, format_us
+from state.decision import (AMBIGUOUS, DUPLICATE, HEARTBEAT, INVALID_KIND, LATE, MISMATCH,
+                            MISSING, PENDING, REDELIVERY, REVIEW)
+
+# pyarrow, psycopg and the sinks are imported where used: `register` runs for every
+# `tally` command and should stay cheap.
+
+STORES = ("postgres", "parquet")
+PREVIEW_CHARS = 300  # of a raw value in the text output; --json gives it whole
+DECIDED, UNKNOWN = "decided", "unknown"  # statuses besides PENDING
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_REF = re.compile(r"^([A-Za-z0-9._-]{1,249}):([0-9]{1,10}):([0-9]{1,19})$")
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+
+# What state/matching.py does, tier by tier and kind by kind (keep in step with it).
+TIER_RULES = {
+    1: "tier 1: every member carries the same idempotency key, one event per expected source, "
+       "and the amounts agree (confidence 1.0)",
+    2: "tier 2: one event per expected source with the anchor's exact amount and currency inside "
+       "the match window, no contradicting idempotency key, the only possible set, and no outside "
+       "event could take a member's place (confidence: mean pair score of amount, time and "
+       "reference against the anchor)",
+}
+KIND_RULES = {
+    MISSING: "missing counterpart: no event of the missing source(s) with the anchor's exact "
+             "amount, nor within the amount tolerance ({tolerance}), inside the match window",
+    MISMATCH: "amount mismatch: events linked by one idempotency key carry different amounts",
+    AMBIGUOUS: "ambiguous: more than one equally good candidate set (or same-amount events of "
+               "the anchor's source with no key to tell them apart); Tally does not guess",
+    REVIEW: "review: no exact counterpart, but event(s) of the missing source(s) within the "
+            "amount tolerance ({tolerance}); scored candidates for a human, a clear best one joined",
+    DUPLICATE: "duplicate: a second event_id from the same source with an idempotency key already "
+               "used (in the window, or by a decision of the account within the redelivery "
+               "horizon, {horizon}); the later one is the duplicate",
+    LATE: "late: its event_time was more than allowed_lateness ({lateness}) behind its "
+          "partition's progress when it arrived; decided alone, at once",
+    INVALID_KIND: "invalid: the record breaks the event contract; its raw bytes are kept with "
+                  "the reason",
+}
+OUTCOME_RULES = {
+    REDELIVERY: "redelivery: its source:event_id was delivered earlier in the same partition, "
+                "within the redelivery horizon ({horizon}) of the partition's progress; it makes "
+                "no decision of its own, its fate points at the first delivery's decision",
+    HEARTBEAT: "heartbeat: the producer's statement that its partition's event time reached "
+               "{time}; it raises the partition's progress and needs no decision",
+    PENDING: "pending: consumed (in the raw archive) but not decided yet; it waits for its "
+             "window, and has no fate row until then",
+}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str
+    ref: tuple[str, int, int] | None = None  # (topic, partition, offset)
+    label: tuple[str, str] | None = None  # (source, event_id)
+
+
+@dataclass(frozen=True)
+class Raw:
+    """One archived record, as consumed."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp_us: int | None
+    value: bytes | None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+@dataclass(frozen=True)
+class Detail:
+    """A member or a candidate of a decision, with what its archived value says."""
+
+    ref: str
+    label: str | None
+    confidence: float | None = None
+    amount_minor: int | None = None
+    currency: str | None = None
+    time_us: int | None = None
+    archived: bool = False
+
+
+@dataclass
+class Explanation:
+    ref: str
+    status: str  # DECIDED, PENDING or UNKNOWN
+    raw: Raw | None
+    fate: dict | None  # canonical fate row (sinks.compare), times in microseconds
+    decision: dict | None  # canonical decision row
+    members: list[Detail] = field(default_factory=list)
+    candidates: list[Detail] = field(default_factory=list)
+    outcome_rule: str | None = None  # redelivery, heartbeat, pending
+    rule: str | None = None  # the decision's tier or kind
+    watermark: str | None = None
+    first_delivery: Detail | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def ref_key(ref: str) -> tuple[str, int, int]:
+    topic, partition, offset = ref.rsplit(":", 2)
+    return topic, int(partition), int(offset)
+
+
+def fate_ref(fate: dict) -> str:
+    return f"{fate['topic']}:{fate['partition']}:{fate['offset']}"
+
+
+def iso(us: int | None) -> str | None:
+    return None if us is None else format_us(us)
+
+
+def duration(us: int) -> str:
+    for unit, size in (("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000)):
+        if us and us % size == 0:
+            return f"{us // size}{unit}"
+    return f"{us}us"
+
+
+def parse_query(text: str, config: MatchConfig) -> Query:
+    """TOPIC:PARTITION:OFFSET, else SOURCE:EVENT_ID (a configured source wins a tie)."""
+    ref, head = _REF.match(text), text.split(":", 1)[0]
+    if ref and (head in config.topics.values() or head not in config.topics):
+        partition, offset = int(ref.group(2)), int(ref.group(3))
+        if partition >= 2**31 or offset >= 2**63:
+            raise UserError(f"{text}: partition or offset out of range")
+        return Query(text, ref=(ref.group(1), partition, offset))
+    source, sep, event_id = text.partition(":")
+    if sep and source and event_id:
+        return Query(text, label=(source, event_id))
+    raise UserError(f"{text!r} is neither TOPIC:PARTITION:OFFSET nor SOURCE:EVENT_ID")
+
+
+# ----------------------------------------------------------------------------- explaining (pure)
+
+
+def explain(ref: str, raw: Raw | None, fate: dict | None, decision: dict | None,
+            records: dict[str, object], config: MatchConfig, replay: bool = False) -> Explanation:
+    """The explanation of the record at `ref` from what the stores hold.
+
+    `records` are the decoded archived records (state.contract) of the decision's
+    members and candidates, by ref; `replay` says the namespace is a replay's.
+    """
+    out = Explanation(ref, _status(raw, fate), raw, fate, decision)
+    if decision is not None:
+        out.members, out.candidates = _details(decision, records)
+        out.rule, out.watermark = rule_text(decision, config), watermark_text(decision, config)
+        out.notes += _window_check(decision, config)
+    elif fate is not None and fate["decision_id"] is not None:
+        out.notes.append(f"decision {fate['decision_id']} is not in the store (yet)")
+    if out.status == PENDING:
+        _pending(out, records.get(ref), config, replay)
+    elif fate is not None and fate["outcome"] in (REDELIVERY, HEARTBEAT):
+        out.outcome_rule = OUTCOME_RULES[fate["outcome"]].format(
+            horizon=duration(config.redelivery_horizon_us), time=iso(fate["window_end"]))
+        out.first_delivery = _first_delivery(ref, fate, out.members)
+    return out
+
+
+def _status(raw: Raw | None, fate: dict | None) -> str:
+    if fate is not None and fate["outcome"] != PENDING:
+        return DECIDED
+    return PENDING if fate is not None or raw is not None else UNKNOWN
+
+
+def _pending(out: Explanation, record: object, config: MatchConfig, replay: bool) -> None:
+    out.outcome_rule = OUTCOME_RULES[PENDING]
+    out.watermark = _pending_watermark(record, config)
+    if replay:
+        out.notes.append("this is a replay namespace: a record without a fate may also have "
+                         "been decided during the warm-up, whose decisions are not written")
+
+
+def _details(decision: dict, records: dict[str, object]) -> tuple[list[Detail], list[Detail]]:
+    labels = decision["member_event_ids"]  # empty for an invalid record's decision
+    members = [_detail(r, labels[i] if i < len(labels) else None, None, records)
+               for i, r in enumerate(decision["member_refs"])]
+    candidates = [_detail(ref, event, confidence, records)
+                  for event, ref, confidence in decision["candidates"]]
+    return members, candidates
+
+
+def _detail(ref: str, label: str | None, confidence: float | None,
+            records: dict[str, object]) -> Detail:
+    record = records.get(ref)
+    if not isinstance(record, Event):
+        return Detail(ref, label, confidence, archived=record is not None)
+    return Detail(ref, label, confidence, record.amount_minor, record.currency, record.time_us, True)
+
+
+def _first_delivery(ref: str, fate: dict, members: list[Detail]) -> Detail | None:
+    """The member with this record's source:event_id: in its partition, before it, if any."""
+    if fate["outcome"] != REDELIVERY:
+        return None
+    label = f"{fate['source']}:{fate['event_id']}"
+    topic, partition, offset = ref_key(ref)
+    same = [m for m in members if m.label == label]
+    earlier = [m for m in same if ref_key(m.ref)[:2] == (topic, partition)
+               and ref_key(m.ref)[2] < offset]
+    if earlier:
+        return max(earlier, key=lambda m: ref_key(m.ref))
+    return same[0] if same else None
+
+
+def rule_text(decision: dict, config: MatchConfig) -> str:
+    if decision["kind"] == "match":
+        return TIER_RULES.get(decision["tier"], f"tier {decision['tier']}: not a tier this "
+                                                f"version of Tally knows")
+    kind = decision["exception_kind"]
+    template = KIND_RULES.get(kind, f"{kind}: not a kind this version of Tally knows")
+    return template.format(tolerance=f"{config.amount_tolerance_ppm / 10_000:g}% of the larger",
+                           horizon=duration(config.redelivery_horizon_us),
+                           lateness=duration(config.allowed_lateness_us))
+
+
+def watermark_text(decision: dict, config: MatchConfig) -> str:
+    kind, end = decision["exception_kind"], decision["window_end"]
+    lateness = duration(config.allowed_lateness_us)
+    if kind == LATE:
+        return ("decided on arrival, without waiting for the watermark; its window is its own "
+                "event_time")
+    if kind == INVALID_KIND:
+        return ("decided on arrival, without waiting for the watermark; its window is its "
+                "partition's event-time progress at arrival (1970-01-01 if none yet)")
+    if kind == DUPLICATE:
+        return ("decided with the window of its account's anchor then (the earliest open event; "
+                "not stored): once the watermark passed that window's end, a time between "
+                "window_start and window_end, i.e. once every source partition's event-time "
+                f"progress had passed that time + allowed_lateness ({lateness})")
+    return (f"decided once the watermark passed window_end {iso(end)}, i.e. once every source "
+            f"partition's event-time progress had passed {iso(end + config.allowed_lateness_us)} "
+            f"(window_end + allowed_lateness {lateness}); the exact watermark then depends on "
+            f"batching and is not stored (a bounded run with --flush decides the windows still "
+            f"open at its end without this wait)")
+
+
+def _pending_watermark(record: object, config: MatchConfig) -> str:
+    if not isinstance(record, Event):
+        return "no fate has been written for it yet"
+    end = record.time_us + config.match_window_us
+    return (f"decided at the latest once the watermark passes its own window end {iso(end)} "
+            f"(event_time + match_window), i.e. once every source partition's event-time "
+            f"progress passes {iso(end + config.allowed_lateness_us)}; earlier if an earlier "
+            f"anchor's window takes it")
+
+
+def _window_check(decision: dict, config: MatchConfig) -> list[str]:
+    """A window of another length than match_window: the config is not the namespace's."""
+    if decision["exception_kind"] in (LATE, INVALID_KIND):
+        return []
+    length = decision["window_end"] - decision["window_start"]
+    if length == config.match_window_us:
+        return []
+    return [f"this window is {duration(length)} long but the config's match_window is "
+            f"{duration(config.match_window_us)}: pass the namespace's config with --config"]
+
+
+# ----------------------------------------------------------------------------- text output
+
+
+def printable(text: str) -> str:
+    """Control characters escaped: a record's bytes must not drive the terminal."""
+    return text.translate(_CONTROL)
+
+
+def preview(data: bytes | None, limit: int = PREVIEW_CHARS) -> str:
+    if data is None:
+        return "null (a tombstone)"
+    try:
+        text, how = printable(data.decode("utf-8")), "UTF-8"
+    except UnicodeDecodeError:
+        text, how = base64.b64encode(data).decode(), "not UTF-8, base64"
+    shown = text if len(text) <= limit else text[:limit] + f"... (truncated; {len(data):,} bytes in all)"
+    return f"{len(data):,} bytes, {how}: {shown}"
+
+
+def _key_text(key: bytes | None) -> str:
+    if key is None:
+        return "none"
+    try:
+        return printable(key.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "base64 " + base64.b64encode(key).decode()
+
+
+def _amount(amount_minor: int | None, currency: str | None) -> str:
+    from state.matching import format_minor
+    if amount_minor is None or currency is None:
+        return "-"
+    return f"{format_minor(amount_minor, currency)} {printable(currency)}"
+
+
+def format_text(query: Query, namespace: str, where: str, found: list[Explanation]) -> str:
+    if not found:
+        return (f"no record with event id {printable(query.text)} in namespace {namespace}: no "
+                f"fate in {where}, and none pending in the raw archive")
+    lines = [f"{len(found)} record{'' if len(found) == 1 else 's'} with event id {printable(query.text)}, in log order "
+             f"(namespace {namespace}, {where})"] if query.label else []
+    for x in found:
+        lines += record_lines(x, namespace, where)
+    return "\n".join(lines)
+
+
+def record_lines(x: Explanation, namespace: str, where: str) -> list[str]:
+    if x.status == UNKNOWN:
+        return [f"{x.ref}: never consumed in namespace {namespace}: not in its raw archive, no "
+                f"fate in {where}"] + [f"  note        {n}" for n in x.notes]
+    what = x.fate["outcome"] if x.fate and x.status == DECIDED else x.status
+    lines = [f"{x.ref}  {what}"] + _raw_lines(x.raw) + _fate_lines(x)
+    if x.decision is not None:
+        lines += decision_lines(x)
+    elif x.watermark:
+        lines.append(f"  watermark   {x.watermark}")
+    return lines + [f"  note        {n}" for n in x.notes]
+
+
+def _raw_lines(raw: Raw | None) -> list[str]:
+    if raw is None:
+        return ["  archived    no: not in the raw archive (written with a delay, or another --data-dir)"]
+    return [f"  archived    key {_key_text(raw.key)}  broker time {iso(raw.timestamp_us) or '-'}",
+            f"  value       {preview(raw.value)}"]
+
+
+def _fate_lines(x: Explanation) -> list[str]:
+    lines = []
+    if x.fate is not None:
+        lines.append(f"  fate        {x.fate['outcome']}  decision {x.fate['decision_id'] or '-'}")
+    if x.outcome_rule:
+        lines.append(f"  outcome     {x.outcome_rule}")
+    if x.first_delivery is not None:
+        lines.append(f"  first       delivery at {x.first_delivery.ref} "
+                     f"({printable(x.first_delivery.label or '-')})")
+    return lines
+
+
+def decision_lines(x: Explanation) -> list[str]:
+    d = x.decision
+    what = d["kind"] + (f", tier {d['tier']}" if d["tier"] is not None else "") + \
+        (f", {d['exception_kind']}" if d["exception_kind"] else "")
+    facts = [what] + ([f"account {printable(d['account'])}"] if d["account"] else []) + \
+        ([_amount(d["amount_minor"], d["currency"])] if d["amount_minor"] is not None else []) + \
+        ([f"confidence {d['confidence']:g}"] if d["confidence"] is not None else [])
+    lines = [f"  decision    {'  '.join(facts)}",
+             f"  rule        {x.rule}",
+             f"  reason      {printable(d['reason'] or '-')}"]
+    if d["missing_sources"]:
+        lines.append(f"  missing     {', '.join(map(printable, d['missing_sources']))}")
+    lines.append(f"  members     {len(x.members)}")
+    lines += [_detail_line(m, x.ref) for m in x.members]
+    lines.append(f"  candidates  {len(x.candidates) or 'none'}")
+    lines += [_detail_line(c, x.ref) for c in x.candidates]
+    if d["raw_base64"] is not None:
+        lines.append(f"  raw bytes   {preview(base64.b64decode(d['raw_base64']))}")
+    return lines + [f"  window      {iso(d['window_start'])} .. {iso(d['window_end'])}",
+                    f"  watermark   {x.watermark}"]
+
+
+def _detail_line(m: Detail, own: str) -> str:
+    confidence = "" if m.confidence is None else f"  confidence {m.confidence:g}"
+    facts = (f"  {_amount(m.amount_minor, m.currency)}  {iso(m.time_us)}" if m.time_us is not None
+             else "" if m.archived else "  (not in the archive)")
+    this = "  <- this record" if m.ref == own else ""
+    return f"      {m.ref}  {printable(m.label or '-')}{confidence}{facts}{this}"
+
+
+# ----------------------------------------------------------------------------- JSON output
+
+
+def to_json(query: Query, namespace: str, found: list[Explanation]) -> dict:
+    return {"query": query.text, "namespace": namespace,
+            "found": any(x.status != UNKNOWN for x in found),
+            "records": [record_json(x) for x in found]}
+
+
+def record_json(x: Explanation) -> dict:
+    topic, partition, offset = ref_key(x.ref)
+    return {"ref": x.ref, "topic": topic, "partition": partition, "offset": offset,
+            "status": x.status, "archive": _raw_json(x.raw), "fate": _fate_json(x.fate),
+            "decision": _decision_json(x), "outcome_rule": x.outcome_rule, "rule": x.rule,
+            "watermark": x.watermark,
+            "first_delivery": None if x.first_delivery is None else _detail_json(x.first_delivery),
+            "notes": x.notes}
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+def _raw_json(raw: Raw | None) -> dict | None:
+    if raw is None:
+        return None
+    return {"key_base64": _b64(raw.key), "timestamp": iso(raw.timestamp_us),
+            "value_length": None if raw.value is None else len(raw.value),
+            "value_base64": _b64(raw.value)}
+
+
+def _fate_json(fate: dict | None) -> dict | None:
+    if fate is None:
+        return None
+    return {"outcome": fate["outcome"], "decision_id": fate["decision_id"],
+            "source": fate["source"], "event_id": fate["event_id"],
+            "window_end": iso(fate["window_end"])}
+
+
+def _decision_json(x: Explanation) -> dict | None:
+    d = x.decision
+    if d is None:
+        return None
+    keep = ("decision_id", "kind", "tier", "exception_kind", "account", "currency",
+            "amount_minor", "confidence", "reason", "raw_base64")
+    return {k: d[k] for k in keep} | {
+        "missing_sources": list(d["missing_sources"]),
+        "window_start": iso(d["window_start"]), "window_end": iso(d["window_end"]),
+        "members": [_detail_json(m) for m in x.members],
+        "candidates": [_detail_json(c) for c in x.candidates]}
+
+
+def _detail_json(m: Detail) -> dict:
+    return {"ref": m.ref, "label": m.label, "confidence": m.confidence,
+            "amount_minor": m.amount_minor, "currency": m.currency,
+            "event_time": iso(m.time_us), "archived": m.archived}
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _canonical(rows, fields) -> list[dict]:
+    from sinks.compare import canonical
+    return [dict(zip(fields, canonical(r, fields))) for r in rows]
+
+
+def _day(us: int):
+    return (EPOCH + timedelta(microseconds=us)).date()
+
+
+class PgStore:
+    """Fates and decisions of one namespace in PostgreSQL, read by key."""
+
+    def __init__(self, dsn: str, namespace: str):
+        import psycopg
+
+        from sinks.postgres import CONNECT_TIMEOUT_S, validate_namespace
+        self.dsn, self.ns = dsn, validate_namespace(namespace)
+        self.where = f"PostgreSQL at {redact(dsn)}"
+        self.conn = None
+        try:
+            self.conn = psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
+            self.conn.execute("SET TIME ZONE 'UTC'")
+            self.exists = self.conn.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s"
+                " AND table_name IN ('decisions', 'fates')", (self.ns,)).fetchone()[0] == 2
+        except psycopg.Error as exc:
+            self.close()
+            raise self._error(exc) from None
+
+    def _error(self, exc: BaseException) -> UserError:
+        from sinks.postgres import _safe_reason
+        return UserError(f"cannot read namespace {self.ns} from {self.where}: "
+                         f"{_safe_reason(exc, self.dsn)}")
+
+    def _rows(self, table: str, fields, where: list[tuple[str, object]]) -> list[dict]:
+        import psycopg
+        from psycopg import sql
+        from psycopg.rows import dict_row
+        if not self.exists:
+            return []
+        query = sql.SQL("SELECT {} FROM {}.{} WHERE {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, fields)), sql.Identifier(self.ns),
+            sql.Identifier(table),
+            sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c, _ in where))
+        try:
+            with self.conn.cursor(row_factory=dict_row) as cur:
+                return _canonical(cur.execute(query, [v for _, v in where]).fetchall(), fields)
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+
+    def fates_at(self, topic: str, partition: int, offset: int) -> list[dict]:
+        from sinks.compare import FATE_FIELDS
+        return self._rows("fates", FATE_FIELDS,
+                          [("topic", topic), ("partition", partition), ("offset", offset)])
+
+    def fates_of(self, source: str, event_id: str) -> list[dict]:
+        from sinks.compare import FATE_FIELDS
+        return self._rows("fates", FATE_FIELDS, [("source", source), ("event_id", event_id)])
+
+    def decision(self, decision_id: str, window_end: int | None) -> dict | None:
+        from sinks.compare import DECISION_FIELDS
+        where = [("decision_id", decision_id)]
+        if window_end is not None:  # the day partition holding it, by its window_end
+            where.append(("day", _day(window_end)))
+        rows = self._rows("decisions", DECISION_FIELDS, where)
+        return rows[0] if rows else None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def _visible(root: Path, pattern: str) -> list[str]:
+    return sorted(str(p) for p in root.glob(pattern) if not p.name.startswith("."))
+
+
+def _scan(files: list[str], schema, condition, columns=None):
+    """Rows of the Parquet files that match `condition` (row groups skipped by statistics)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    try:
+        return ds.dataset(files, schema=schema, format="parquet").to_table(
+            columns=columns, filter=condition)
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"cannot read Parquet files under {Path(files[0]).parent.parent}: "
+                        f"{' '.join(str(exc).split())}") from None
+
+
+class ParquetStore:
+    """Fates and decisions of one namespace in the Parquet files under <data-dir>/<ns>."""
+
+    def __init__(self, data_dir: Path, namespace: str):
+        self.root = data_dir / namespace
+        self.where = f"Parquet under {self.root}"
+        self.exists = (self.root / "fates").is_dir()
+
+    def _fates(self, condition) -> list[dict]:
+        from sinks.compare import FATE_FIELDS
+        from sinks.parquet import FATES_SCHEMA
+        files = _visible(self.root / "fates", "date=*/*.parquet")
+        if not files:
+            return []
+        return _canonical(_scan(files, FATES_SCHEMA, condition).to_pylist(), FATE_FIELDS)
+
+    def fates_at(self, topic: str, partition: int, offset: int) -> list[dict]:
+        import pyarrow.dataset as ds
+        return self._fates((ds.field("topic") == topic) & (ds.field("partition") == partition)
+                           & (ds.field("offset") == offset))
+
+    def fates_of(self, source: str, event_id: str) -> list[dict]:
+        import pyarrow.dataset as ds
+        return self._fates((ds.field("source") == source) & (ds.field("event_id") == event_id))
+
+    def decision(self, decision_id: str, window_end: int | None) -> dict | None:
+        import pyarrow.dataset as ds
+
+        from sinks.compare import DECISION_FIELDS
+        from sinks.parquet import DECISIONS_SCHEMA
+        day = "*" if window_end is None else f"date={_day(window_end).isoformat()}"
+        files = _visible(self.root / "decisions", f"{day}/*.parquet")
+        if not files:
+            return None
+        rows = _scan(files, DECISIONS_SCHEMA, ds.field("decision_id") == decision_id).to_pylist()
+        return _canonical(rows, DECISION_FIELDS)[0] if rows else None
+
+    def close(self) -> None:
+        pass
+
+
+class ArchiveReader:
+    """The raw archive of one namespace, read with filters on topic, partition and offset."""
+
+    def __init__(self, namespace_root: Path):
+        self.root = namespace_root / "events"
+        self.files = _visible(self.root, "date=*/part*-*.parquet")
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.files)
+
+    def _table(self, condition, columns=None):
+        from sinks.parquet_sink import ARCHIVE_SCHEMA
+        return _scan(self.files, ARCHIVE_SCHEMA, condition, columns)
+
+    def rows(self, refs) -> dict[str, Raw]:
+        import pyarrow.dataset as ds
+        parts: dict[tuple[str, int], list[int]] = {}
+        for topic, partition, offset in sorted({ref_key(r) for r in refs}):
+            parts.setdefault((topic, partition), []).append(offset)
+        if not parts or not self.files:
+            return {}
+        condition = None
+        for (topic, partition), offsets in parts.items():
+            one = ((ds.field("topic") == topic) & (ds.field("partition") == partition)
+                   & ds.field("offset").isin(offsets))
+            condition = one if condition is None else condition | one
+        return _raws(self._table(condition).to_pylist())
+
+    def with_event_id(self, topic: str, event_id: str) -> dict[str, Raw]:
+        """Records of `topic` whose value contains the event id as JSON would write it."""
+        import msgspec
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+        if not self.files:
+            return {}
+        needle = msgspec.json.encode(event_id).decode()[1:-1]
+        condition = (ds.field("topic") == topic) & pc.match_substring(ds.field("value"), needle)
+        return _raws(self._table(condition).to_pylist())
+
+    def span(self, topic: str, partition: int) -> tuple[int, int, int] | None:
+        """(first offset, last offset, records) archived for one partition."""
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+        if not self.files:
+            return None
+        offsets = self._table((ds.field("topic") == topic) & (ds.field("partition") == partition),
+                              ["offset"]).column("offset")
+        if not len(offsets):
+            return None
+        bounds = pc.min_max(offsets).as_py()
+        return bounds["min"], bounds["max"], len(offsets)
+
+
+def _raws(rows: list[dict]) -> dict[str, Raw]:
+    out: dict[str, Raw] = {}
+    for row in rows:
+        stamp = row["timestamp"]
+        raw = Raw(row["topic"], row["partition"], row["offset"], row["key"],
+                  None if stamp is None else (stamp - EPOCH) // timedelta(microseconds=1),
+                  row["value"])
+        out.setdefault(raw.ref, raw)  # a correct archive holds each position once
+    return out
+
+
+# ----------------------------------------------------------------------------- looking up
+
+
+@dataclass
+class Sources:
+    store: object  # PgStore or ParquetStore
+    archive: ArchiveReader
+    config: MatchConfig
+    replay: bool = False
+
+
+def lookup(query: Query, src: Sources) -> list[Explanation]:
+    """Explanations for the query: one for a ref (maybe UNKNOWN), one per record for a label."""
+    from state.contract import Decoder
+    decoder = Decoder(src.config)
+    if query.ref is not None:
+        fates = _by_ref(src.store.fates_at(*query.ref))
+        raws = src.archive.rows([":".join(map(str, query.ref))])
+        refs = [":".join(map(str, query.ref))]
+    else:
+        fates = _by_ref(src.store.fates_of(*query.label))
+        raws = _label_records(query.label, src, decoder)
+        refs = sorted(fates.keys() | raws.keys(), key=ref_key)
+        raws |= src.archive.rows([r for r in refs if r not in raws])
+    decisions = {r: _decision(src.store, fates.get(r)) for r in refs}
+    records = _decoded(src.archive.rows(_detail_refs(decisions.values(), refs)), decoder)
+    found = [explain(r, raws.get(r), fates.get(r), decisions[r], records, src.config, src.replay)
+             for r in refs]
+    for x in found:
+        if x.status == UNKNOWN:
+            x.notes.append(_span_note(src.archive, x.ref))
+        if not src.store.exists:
+            x.notes.append(f"the namespace has no fates in {src.store.where}: is --pg or "
+                           f"--data-dir the one the flow wrote to?")
+    return found
+
+
+def _by_ref(fates: list[dict]) -> dict[str, dict]:
+    return {fate_ref(f): f for f in sorted(fates, key=lambda f: ref_key(fate_ref(f)))}
+
+
+def _label_records(label: tuple[str, str], src: Sources, decoder) -> dict[str, Raw]:
+    """Archived records that decode as an event with this source:event_id (pending ones too)."""
+    source, event_id = label
+    topic = src.config.topics.get(source)
+    if topic is None:
+        return {}
+    hits = src.archive.with_event_id(topic, event_id)
+    decoded = _decoded(hits, decoder)
+    return {r: raw for r, raw in hits.items()
+            if isinstance(decoded[r], Event) and decoded[r].label == f"{source}:{event_id}"}
+
+
+def _decision(store, fate: dict | None) -> dict | None:
+    if fate is None or fate["decision_id"] is None:
+        return None
+    return store.decision(fate["decision_id"], fate["window_end"])
+
+
+def _detail_refs(decisions, refs: list[str]) -> set[str]:
+    wanted = set(refs)
+    for d in decisions:
+        if d is not None:
+            wanted |= set(d["member_refs"]) | {ref for _, ref, _ in d["candidates"]}
+    return wanted
+
+
+def _decoded(raws: dict[str, Raw], decoder) -> dict[str, object]:
+    return {r: decoder.decode(raw.value, raw.topic, raw.partition, raw.offset)
+            for r, raw in raws.items()}
+
+
+def _span_note(archive: ArchiveReader, ref: str) -> str:
+    topic, partition, _ = ref_key(ref)
+    if not archive.exists:
+        return f"there is no raw archive under {archive.root}"
+    span = archive.span(topic, partition)
+    if span is None:
+        return f"the archive under {archive.root} holds no record of {topic}:{partition}"
+    return (f"the archive holds offsets {span[0]}..{span[1]} of {topic}:{partition} "
+            f"({span[2]:,} records)")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def register(commands) -> None:
+    """Add `explain` to the `tally` subcommands."""
+    from flows.cli import _data_dir_option, _namespace
+    cmd = commands.add_parser(
+        "explain", help="show what happened to one record",
+        description="Explain one record (TOPIC:PARTITION:OFFSET) or every record of one event "
+                    "(SOURCE:EVENT_ID): its raw value from the namespace's archive, its fate, its "
+                    "decision with every member and candidate, the rule that decided it and the "
+                    "watermark condition it waited for. Exit 0 if found, 1 if the record is "
+                    "unknown, 2 on errors.")
+    cmd.add_argument("record", metavar="TOPIC:PARTITION:OFFSET|SOURCE:EVENT_ID",
+                     help="a log position, or a source and event id")
+    cmd.add_argument("--namespace", type=_namespace, default="live",
+                     help="PostgreSQL schema and Parquet directory (default live)")
+    cmd.add_argument("--store", choices=STORES, default="postgres",
+                     help="read fates and decisions from PostgreSQL (default) or the Parquet "
+                          "files under --data-dir; the raw archive is always Parquet")
+    _data_dir_option(cmd)
+    cmd.add_argument("--pg", default=os.environ.get("TALLY_PG_DSN"),
+                     help="PostgreSQL DSN (default $TALLY_PG_DSN, else the 'tally dev up' server)")
+    cmd.add_argument("--config", default=None,
+                     help="the namespace's TOML config (default: $TALLY_CONFIG or built-in)")
+    cmd.add_argument("--json", action="store_true",
+                     help="print JSON, with the raw values whole (base64)")
+    cmd.set_defaults(handler=run_explain)
+
+
+def open_store(args):
+    if args.store == "parquet":
+        return ParquetStore(args.data_dir, args.namespace)
+    from flows.cli import resolve_pg
+    return PgStore(resolve_pg(args), args.namespace)
+
+
+def run_explain(args) -> int:
+    from flows.settings import load_config
+    config = load_config(args.config)
+    query = parse_query(args.record, config)
+    root = args.data_dir / args.namespace
+    store = open_store(args)
+    try:
+        archive = ArchiveReader(root)
+        if not store.exists and not archive.exists:
+            raise UserError(f"namespace {args.namespace} does not exist: nothing in "
+                            f"{store.where}, and no raw archive under {archive.root}")
+        found = lookup(query, Sources(store, archive, config, (root / "replay.json").exists()))
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(to_json(query, args.namespace, found), indent=1))
+    else:
+        print(format_text(query, args.namespace, store.where, found))
+    return 0 if any(x.status != UNKNOWN for x in found) else 1

@@ -1,0 +1,264 @@
+"""Conservation, checked over what a store holds: every record one fate, every fate its decision.
+
+A store (PostgreSQL or Parquet) is read into three compact Arrow tables, the
+same shape from either, so one set of vectorised checks serves both:
+
+* fates: topic, partition, offset, source, event_id, outcome, decision_id, window_end
+* decisions: decision_id, kind, tier, exception_kind, account, currency,
+  amount_minor, window_start, window_end
+* members: decision_id, topic, partition, offset (one row per member of a decision)
+
+Times are UTC microseconds (int64) in all three.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from sinks import parquet
+
+Part = tuple[str, int]
+POSITION = ["topic", "partition", "offset"]
+EXAMPLES = 5  # how many offending keys a verdict names
+
+FATES = pa.schema([("topic", pa.string()), ("partition", pa.int32()), ("offset", pa.int64()),
+                   ("source", pa.string()), ("event_id", pa.string()), ("outcome", pa.string()),
+                   ("decision_id", pa.string()), ("window_end", pa.int64())])
+DECISIONS = pa.schema([("decision_id", pa.string()), ("kind", pa.string()), ("tier", pa.int8()),
+                       ("exception_kind", pa.string()), ("account", pa.string()),
+                       ("currency", pa.string()), ("amount_minor", pa.int64()),
+                       ("window_start", pa.int64()), ("window_end", pa.int64())])
+MEMBERS = pa.schema([("decision_id", pa.string()), ("topic", pa.string()),
+                     ("partition", pa.int32()), ("offset", pa.int64())])
+
+
+@dataclass
+class Tables:
+    where: str
+    fates: pa.Table
+    decisions: pa.Table
+    members: pa.Table
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def from_parquet(root: Path) -> Tables:
+    fates = parquet.read_dataset(root / "fates", parquet.FATES_SCHEMA)
+    decisions = parquet.read_dataset(root / "decisions", parquet.DECISIONS_SCHEMA)
+    refs = decisions.column("member_refs")
+    members = _members(pc.take(decisions.column("decision_id"), pc.list_parent_indices(refs)),
+                       pc.list_flatten(refs))
+    return Tables(f"Parquet {root}", _cast(fates, FATES), _cast(decisions, DECISIONS), members)
+
+
+def from_postgres(dsn: str, ns: str) -> Tables:
+    import psycopg
+    from psycopg import sql
+
+    from sinks.postgres import CONNECT_TIMEOUT_S, validate_namespace
+
+    schema = sql.Identifier(validate_namespace(ns))
+    us = "(extract(epoch FROM {0}) * 1000000)::bigint"
+    queries = {
+        "fates": sql.SQL('SELECT topic, partition, "offset", source, event_id, outcome, decision_id, '
+                         + us.format("window_end") + " FROM {}.fates").format(schema),
+        "decisions": sql.SQL("SELECT decision_id, kind, tier, exception_kind, account, currency, "
+                             "amount_minor, " + us.format("window_start") + ", "
+                             + us.format("window_end") + " FROM {}.decisions").format(schema),
+        "refs": sql.SQL("SELECT decision_id, unnest(member_refs) FROM {}.decisions").format(schema),
+    }
+    with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+        fates = _copy_csv(conn, queries["fates"], FATES)
+        decisions = _copy_csv(conn, queries["decisions"], DECISIONS)
+        refs = _copy_csv(conn, queries["refs"], pa.schema([("decision_id", pa.string()),
+                                                           ("ref", pa.string())]))
+    return Tables(f"PostgreSQL schema {ns}", fates, decisions,
+                  _members(refs.column("decision_id"), refs.column("ref")))
+
+
+def _copy_csv(conn, query, schema: pa.Schema) -> pa.Table:
+    """A query's rows through COPY ... CSV into Arrow: no Python object per row."""
+    from psycopg import sql
+    buffer = io.BytesIO()
+    with conn.cursor() as cur:
+        with cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)) as copy:
+            for chunk in copy:
+                buffer.write(chunk)
+    if not buffer.tell():
+        return schema.empty_table()
+    buffer.seek(0)
+    # CSV from PostgreSQL: NULL is an unquoted empty field, '' a quoted one
+    return pcsv.read_csv(
+        buffer, read_options=pcsv.ReadOptions(column_names=schema.names),
+        parse_options=pcsv.ParseOptions(newlines_in_values=True),
+        convert_options=pcsv.ConvertOptions(column_types=schema, strings_can_be_null=True,
+                                            quoted_strings_can_be_null=False, null_values=[""]))
+
+
+def _members(decision_ids, refs) -> pa.Table:
+    """Member refs "topic:partition:offset" as columns (topics cannot contain ':')."""
+    parts = pc.split_pattern(refs, ":", max_splits=None)
+    return pa.table({"decision_id": decision_ids,
+                     "topic": pc.list_element(parts, 0),
+                     "partition": pc.cast(pc.list_element(parts, 1), pa.int32()),
+                     "offset": pc.cast(pc.list_element(parts, 2), pa.int64())}, schema=MEMBERS)
+
+
+def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    columns = []
+    for name in schema.names:
+        column = table.column(name)
+        if pa.types.is_timestamp(column.type):
+            column = pc.cast(column, pa.int64())
+        columns.append(pc.cast(column, schema.field(name).type))
+    return pa.table(columns, schema=schema)
+
+
+def archive_positions(root: Path) -> pa.Table:
+    """Log positions of every archived (consumed) record under <namespace>/events."""
+    from sinks.parquet_sink import ARCHIVE_SCHEMA
+    return parquet.read_dataset(root / "events", ARCHIVE_SCHEMA, columns=POSITION)
+
+
+# ----------------------------------------------------------------------------- coverage
+
+
+@dataclass
+class Coverage:
+    """How one partition's offsets in [start, end) are accounted for."""
+
+    part: Part
+    start: int
+    end: int
+    missing: int = 0
+    first_missing: list[int] = field(default_factory=list)
+    before_start: int = 0
+    in_flight: int = 0  # beyond the committed end: redone identically on resume
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.before_start
+
+
+def coverage(positions: pa.Table, ranges: dict[Part, tuple[int, int]],
+             pending: dict[Part, list[int]] | None = None) -> list[Coverage]:
+    """Whether every offset in each partition's range is in `positions` (or pending)."""
+    found = []
+    for part, (start, end) in sorted(ranges.items()):
+        mask = pc.and_(pc.equal(positions.column("topic"), part[0]),
+                       pc.equal(positions.column("partition"), part[1]))
+        offsets = positions.filter(mask).column("offset").combine_chunks()
+        if pending and part in pending:
+            offsets = pa.concat_arrays([offsets, pa.array(pending[part], pa.int64())])
+        offsets = pc.unique(offsets)
+        inside = offsets.filter(pc.and_(pc.greater_equal(offsets, start), pc.less(offsets, end)))
+        report = Coverage(part, start, end, missing=end - start - len(inside),
+                          before_start=pc.sum(pc.less(offsets, start)).as_py() or 0,
+                          in_flight=pc.sum(pc.greater_equal(offsets, end)).as_py() or 0)
+        if report.missing:
+            report.first_missing = _first_missing(start, end, inside)
+        found.append(report)
+    return found
+
+
+def _first_missing(start: int, end: int, inside: pa.Array, step: int = 1 << 20) -> list[int]:
+    missing: list[int] = []
+    for low in range(start, end, step):
+        window = pa.array(range(low, min(low + step, end)), pa.int64())
+        missing += window.filter(pc.invert(pc.is_in(window, value_set=inside))).to_pylist()
+        if len(missing) >= EXAMPLES:
+            break
+    return missing[:EXAMPLES]
+
+
+def unknown_partitions(positions: pa.Table, ranges: dict[Part, tuple[int, int]]) -> list[str]:
+    seen = positions.select(["topic", "partition"]).group_by(["topic", "partition"]).aggregate([])
+    return sorted(f"{t}:{p}" for t, p in zip(seen.column("topic").to_pylist(),
+                                              seen.column("partition").to_pylist())
+                  if (t, p) not in ranges)
+
+
+def duplicates(table: pa.Table, keys: list[str]) -> tuple[int, list]:
+    """Rows beyond the first per key, and a few of the keys."""
+    counts = table.group_by(keys).aggregate([([], "count_all")])
+    extra = counts.filter(pc.greater(counts.column("count_all"), 1))
+    total = pc.sum(pc.subtract(extra.column("count_all"), 1)).as_py() or 0
+    examples = sorted(tuple(row[k] for k in keys) for row in extra.slice(0, EXAMPLES).to_pylist())
+    return total, examples
+
+
+# ----------------------------------------------------------------------------- links
+
+
+def orphan_fates(tables: Tables) -> tuple[int, list]:
+    """Fates naming a decision the store does not hold."""
+    ids = tables.fates.column("decision_id")
+    known = pc.is_in(ids, value_set=pc.unique(tables.decisions.column("decision_id")))
+    orphans = tables.fates.filter(pc.and_(pc.is_valid(ids), pc.invert(known)))
+    return orphans.num_rows, _positions(orphans)
+
+
+def unfated_members(tables: Tables) -> tuple[int, list]:
+    """Decision members without a fate at their position pointing back to that decision."""
+    fates = tables.fates.select(POSITION + ["decision_id"]).rename_columns(
+        POSITION + ["fate_decision"])
+    joined = tables.members.join(fates, keys=POSITION, join_type="left outer")
+    pointing = pc.fill_null(pc.equal(joined.column("decision_id"), joined.column("fate_decision")),
+                            False)
+    # a member may have a duplicate fate row elsewhere; it counts once if any row points back
+    good = joined.filter(pointing).select(["decision_id"] + POSITION).group_by(
+        ["decision_id"] + POSITION).aggregate([])
+    lost = tables.members.num_rows - good.num_rows
+    if not lost:
+        return 0, []
+    bad = tables.members.join(good, keys=["decision_id"] + POSITION, join_type="left anti")
+    return lost, _positions(bad)
+
+
+def _positions(table: pa.Table) -> list[str]:
+    rows = table.sort_by([(k, "ascending") for k in POSITION]).slice(0, EXAMPLES).to_pylist()
+    return [f"{r['topic']}:{r['partition']}:{r['offset']}" for r in rows]
+
+
+def outcome_counts(tables: Tables) -> Counter:
+    return Counter(tables.fates.column("outcome").to_pylist())
+
+
+def decision_counts(tables: Tables) -> Counter:
+    labels = Counter()
+    for kind, tier, exception in zip(*(tables.decisions.column(c).to_pylist()
+                                       for c in ("kind", "tier", "exception_kind"))):
+        labels[f"match tier {tier}" if kind == "match" else exception] += 1
+    return labels
+
+
+# ----------------------------------------------------------------------------- agreement
+
+
+def disagreement(a: pa.Table, b: pa.Table, keys: list[str]) -> tuple[int, list]:
+    """Distinct rows in one table and not the other, and a few of their keys."""
+    a, b = _distinct(a), _distinct(b)
+    only_a = a.join(b, keys=a.column_names, join_type="left anti")
+    only_b = b.join(a, keys=b.column_names, join_type="left anti")
+    examples = sorted({tuple(r[k] for k in keys) for r in only_a.slice(0, EXAMPLES).to_pylist()}
+                      | {tuple(r[k] for k in keys) for r in only_b.slice(0, EXAMPLES).to_pylist()})
+    return only_a.num_rows + only_b.num_rows, examples[:EXAMPLES]
+
+
+def _distinct(table: pa.Table) -> pa.Table:
+    """Distinct rows, nulls replaced by a sentinel (a join never matches null keys)."""
+    columns = []
+    for column in table.columns:
+        sentinel = ("\x00null" if pa.types.is_string(column.type)
+                    else -(2 ** (column.type.bit_width - 1)))
+        columns.append(pc.fill_null(column, pa.scalar(sentinel, column.type)))
+    table = pa.table(columns, names=table.column_names)
+    return table.group_by(table.column_names).aggregate([])
