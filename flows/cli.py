@@ -251,12 +251,13 @@ def run_run(args) -> int:
     from flows import kafka_io
     from flows.run import run
     from flows.settings import load_config
-    from sinks.postgres import connect_check
+    from sinks.postgres import connect_check, prepare_namespace
     config = load_config(args.config)
     brokers = resolve_brokers(args)
     kafka_io.check_broker(brokers)
     dsn = resolve_pg(args)
     connect_check(dsn)
+    prepare_namespace(dsn, args.namespace)
     if args.wait_for_topics > 0:
         kafka_io.wait_for_topics(brokers, list(config.topics.values()), args.wait_for_topics)
     print(run(_run_options(args, brokers, dsn, args.until_end), config))
@@ -295,7 +296,7 @@ def run_replay(args) -> int:
     from flows import kafka_io, replay
     from flows.run import run
     from flows.settings import load_config
-    from sinks.postgres import connect_check
+    from sinks.postgres import connect_check, prepare_namespace
     config = load_config(args.config)
     start = replay.parse_position(args.start, start=True)
     stop = replay.parse_position(args.stop, start=False)
@@ -311,6 +312,7 @@ def run_replay(args) -> int:
         log = replay.BrokerLog(brokers, config)
     dsn = resolve_pg(args)
     connect_check(dsn)
+    prepare_namespace(dsn, args.namespace)
     origin = (f"replay --from {args.start} --to {args.stop} --source {args.source}"
               f"{' --archive-namespace ' + args.archive_namespace if args.source == 'archive' else ''}"
               f" --warmup {warmup_us}us")

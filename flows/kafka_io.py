@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
 from datetime import datetime
@@ -34,15 +35,9 @@ from flows.logs import UserError
 from flows.progress import Progress
 
 _KAFKA_LOG = logging.getLogger("tally.kafka")
-# Environment variable -> librdkafka property, passed through when set (non-empty).
-_ENV_SETTINGS = {
-    "TALLY_KAFKA_SECURITY_PROTOCOL": "security.protocol",
-    "TALLY_KAFKA_SASL_MECHANISM": "sasl.mechanism",
-    "TALLY_KAFKA_SASL_USERNAME": "sasl.username",
-    "TALLY_KAFKA_SASL_PASSWORD": "sasl.password",
-    "TALLY_KAFKA_SSL_CA_LOCATION": "ssl.ca.location",
-}
-_PASSWORD_FILE_ENV = "TALLY_KAFKA_SASL_PASSWORD_FILE"
+_ENV_PREFIX = "TALLY_KAFKA_"
+# Settings that must not sit in a config file (files get committed and shared).
+_SECRET = re.compile(r"password|secret|ssl\.key\.pem|sasl\.jaas", re.IGNORECASE)
 # Errors after which waiting for the broker is pointless.
 _HOPELESS = {KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE, KafkaError._AUTHENTICATION,
              KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED,
@@ -51,36 +46,65 @@ _START_HINT = "start one with 'tally dev up' or pass --brokers"
 
 Part = tuple[str, int]
 MAX_MESSAGE_BYTES = 16 << 20  # what we let a producer send; the broker has its own limit
+_FILE_SETTINGS: dict = {}  # the config file's [kafka] table (`use_file_settings`)
 
 
 # --------------------------------------------------------------------------
 # Configuration
 
 
-def kafka_config(brokers: str, extra: dict | None = None) -> dict:
-    """Base librdkafka config: bootstrap.servers plus security settings from the environment.
+def use_file_settings(settings: dict) -> None:
+    """librdkafka settings from the config file's [kafka] table, for every client of this process.
 
-    TALLY_KAFKA_SECURITY_PROTOCOL, TALLY_KAFKA_SASL_MECHANISM, TALLY_KAFKA_SASL_USERNAME,
-    TALLY_KAFKA_SASL_PASSWORD (or TALLY_KAFKA_SASL_PASSWORD_FILE, whose content minus the
-    trailing newline is the password) and TALLY_KAFKA_SSL_CA_LOCATION.  `extra` wins.
+    Secrets are refused here: they belong in the environment or in a file named there.
+    """
+    for name, value in settings.items():
+        if _SECRET.search(name):
+            env = _ENV_PREFIX + name.upper().replace(".", "_")
+            raise UserError(f"[kafka] {name} is a secret and cannot be in the config file; "
+                            f"set {env} or {env}_FILE instead")
+        if name == "bootstrap.servers":
+            raise UserError("[kafka] bootstrap.servers: use --brokers or TALLY_BROKERS instead")
+    _FILE_SETTINGS.clear()
+    _FILE_SETTINGS.update({str(k): str(v).lower() if isinstance(v, bool) else str(v)
+                           for k, v in settings.items()})
+
+
+def _env_settings() -> dict:
+    """TALLY_KAFKA_<PROPERTY> (dots as underscores) and TALLY_KAFKA_<PROPERTY>_FILE (the
+    value is that file's content, less a trailing newline) for any librdkafka property."""
+    direct, from_files = {}, {}
+    for env, value in os.environ.items():
+        if not env.startswith(_ENV_PREFIX) or not value.strip():
+            continue
+        name = env[len(_ENV_PREFIX):]
+        if name.endswith("_FILE"):
+            from_files[name[:-5].lower().replace("_", ".")] = (env, value.strip())
+        else:
+            direct[name.lower().replace("_", ".")] = value.strip()
+    for prop, (env, path) in from_files.items():
+        if prop in direct:
+            raise UserError(f"set {env[:-5]} or {env}, not both")
+        try:
+            direct[prop] = Path(path).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise UserError(f"cannot read {env} file {path}: "
+                            f"{exc.strerror or type(exc).__name__}") from None
+    direct.pop("bootstrap.servers", None)  # --brokers / TALLY_BROKERS say where
+    return direct
+
+
+def kafka_config(brokers: str, extra: dict | None = None) -> dict:
+    """librdkafka config: bootstrap.servers, the [kafka] table, then the environment.
+
+    Any property can come from TALLY_KAFKA_<PROPERTY>, e.g. TALLY_KAFKA_SECURITY_PROTOCOL,
+    TALLY_KAFKA_SASL_MECHANISM, TALLY_KAFKA_SASL_USERNAME, TALLY_KAFKA_SASL_PASSWORD (or
+    TALLY_KAFKA_SASL_PASSWORD_FILE), TALLY_KAFKA_SSL_CA_LOCATION.  `extra` wins.
     Only plain values, so the dict can be handed to any Kafka client.
     """
     if not brokers or not brokers.strip():
         raise UserError(f"no Kafka broker given; {_START_HINT}")
-    config: dict = {"bootstrap.servers": brokers.strip()}
-    for env, prop in _ENV_SETTINGS.items():
-        value = os.environ.get(env, "").strip()
-        if value:
-            config[prop] = value
-    pwfile = os.environ.get(_PASSWORD_FILE_ENV, "").strip()
-    if pwfile:
-        if "sasl.password" in config:
-            raise UserError(f"set TALLY_KAFKA_SASL_PASSWORD or {_PASSWORD_FILE_ENV}, not both")
-        try:
-            config["sasl.password"] = Path(pwfile).read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise UserError(f"cannot read {_PASSWORD_FILE_ENV} file {pwfile}: "
-                            f"{exc.strerror or type(exc).__name__}") from None
+    config = {"bootstrap.servers": brokers.strip(), **_FILE_SETTINGS, **_env_settings()}
     config.update(extra or {})
     return config
 
@@ -130,8 +154,11 @@ def _reason(exc: BaseException) -> str:
 def _admin(brokers: str, timeout: float) -> tuple[AdminClient, _Watch]:
     watch = _Watch()
     ms = str(max(1000, int(timeout * 1000)))
-    return AdminClient(_client_config(brokers, watch, {"socket.connection.setup.timeout.ms": ms,
-                                                       "socket.timeout.ms": ms})), watch
+    try:
+        return AdminClient(_client_config(brokers, watch, {"socket.connection.setup.timeout.ms": ms,
+                                                           "socket.timeout.ms": ms})), watch
+    except KafkaException as exc:  # a bad setting from TALLY_KAFKA_* or [kafka]
+        raise UserError(f"invalid Kafka client setting: {logs.redact(_reason(exc))}") from None
 
 
 def _metadata(admin: AdminClient, watch: _Watch, brokers: str, timeout: float):

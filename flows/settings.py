@@ -21,6 +21,11 @@ def load_config(path: str | None) -> MatchConfig:
         raise UserError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"config file {path} is not valid TOML: {err}") from None
+    from flows import kafka_io
+    kafka = data.pop("kafka", {})
+    if not isinstance(kafka, dict):
+        raise UserError(f"config file {path}: [kafka] must be a table of librdkafka settings")
+    kafka_io.use_file_settings(kafka)
     try:
         return from_toml(data)
     except ConfigError as err:

@@ -158,8 +158,24 @@ class PgWriter:
                     raise  # IF NOT EXISTS now sees the winner's object, so this is unexpected
 
     def ensure_schema(self) -> None:
+        try:
+            self._ensure_schema()
+        except errors.InsufficientPrivilege as exc:
+            user = self.conn.info.user
+            raise UserError(
+                f"PostgreSQL role {user} may not create namespace {self.ns} "
+                f"({_safe_reason(exc, self.dsn)}); as an administrator run: CREATE SCHEMA "
+                f"{self.ns} AUTHORIZATION {user}  (see docs/operations.md)") from None
+
+    def _ensure_schema(self) -> None:
         table = "CREATE TABLE IF NOT EXISTS {}.{} ({}{}) PARTITION BY RANGE (day)"
-        self._ddl(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self._schema))
+        # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema
+        # exists, so a least-privilege role that owns a schema made for it skips it.
+        with self.conn.transaction():
+            exists = self.conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                                       (self.ns,)).fetchone()
+        if not exists:
+            self._ddl(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self._schema))
         self._ddl(sql.SQL(table).format(self._schema, sql.Identifier("decisions"),
                                         _columns(DECISION_COLUMNS), sql.SQL(REVIEW_COLUMNS)))
         self._ddl(sql.SQL(table).format(self._schema, sql.Identifier("fates"),
@@ -337,6 +353,12 @@ def write_with_retry(writer_factory: Callable[[bool], PgWriter], decisions: list
             log(f"PostgreSQL write failed ({reason}); reconnecting to {where} in {delay:.1f}s")
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+def prepare_namespace(dsn: str, ns: str) -> None:
+    """Create the namespace's schema and tables now, so a refusal is one line before the flow starts."""
+    with PgWriter(dsn, ns) as writer:
+        writer.ensure_schema()
 
 
 def connect_check(dsn: str, timeout_s: int = 3) -> None:

@@ -214,3 +214,43 @@ def test_produce_day_needs_existing_topics_and_a_day(broker, tmp_path):
         kafka_io.produce_day(broker, tmp_path / "day", list(topics.values()), progress=False)
     with pytest.raises(UserError, match="is not a directory"):
         kafka_io.produce_day(broker, tmp_path / "nowhere", list(topics.values()), progress=False)
+
+
+def test_any_librdkafka_property_passes_from_env_and_file_table(monkeypatch, tmp_path):
+    monkeypatch.setenv("TALLY_KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM", "https")
+    keyfile = tmp_path / "key-password"
+    keyfile.write_text("k3y\n")
+    monkeypatch.setenv("TALLY_KAFKA_SSL_KEY_PASSWORD_FILE", str(keyfile))
+    monkeypatch.setenv("TALLY_KAFKA_BOOTSTRAP_SERVERS", "elsewhere:1")  # --brokers decides
+    kafka_io.use_file_settings({"client.id": "tally-7", "enable.ssl.certificate.verification": True})
+    try:
+        assert kafka_io.kafka_config("h:1") == {
+            "bootstrap.servers": "h:1", "client.id": "tally-7",
+            "enable.ssl.certificate.verification": "true",
+            "ssl.endpoint.identification.algorithm": "https", "ssl.key.password": "k3y"}
+    finally:
+        kafka_io.use_file_settings({})
+
+
+@pytest.mark.parametrize("name", ["sasl.password", "ssl.key.password", "ssl.key.pem",
+                                  "sasl.oauthbearer.client.secret"])
+def test_secrets_are_refused_in_the_config_file(name):
+    env = "TALLY_KAFKA_" + name.upper().replace(".", "_")
+    with pytest.raises(UserError, match=rf"{name} is a secret .* set {env} or {env}_FILE"):
+        kafka_io.use_file_settings({name: "hunter2"})
+
+
+def test_a_kafka_table_in_the_config_file_reaches_the_clients(tmp_path, monkeypatch):
+    from flows.settings import load_config
+    config = tmp_path / "tally.toml"
+    config.write_text('[kafka]\n"security.protocol" = "bogus"\n')
+    load_config(str(config))
+    try:
+        with pytest.raises(UserError, match='invalid Kafka client setting: .*"security.protocol"'):
+            kafka_io.check_broker("127.0.0.1:9")
+    finally:
+        kafka_io.use_file_settings({})
+    config.write_text('[kafka]\n"sasl.password" = "hunter2"\n')
+    with pytest.raises(UserError, match="is a secret") as err:
+        load_config(str(config))
+    assert "hunter2" not in str(err.value)
