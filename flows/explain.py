@@ -486,9 +486,9 @@ class PgStore:
             raise self._error(exc) from None
 
     def _error(self, exc: BaseException) -> UserError:
-        from sinks.postgres import _safe_reason
+        from sinks.postgres import safe_reason
         return UserError(f"cannot read namespace {self.ns} from {self.where}: "
-                         f"{_safe_reason(exc, self.dsn)}")
+                         f"{safe_reason(exc, self.dsn)}")
 
     def _rows(self, table: str, fields, where: list[tuple[str, object]]) -> list[dict]:
         import psycopg

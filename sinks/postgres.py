@@ -85,7 +85,7 @@ NOT_NULL = {"decision_id", "kind", "member_event_ids", "member_refs", "window_st
             "outcome"}
 
 # Another session created the same object between our check and our CREATE.
-_RACES = (errors.DuplicateTable, errors.DuplicateSchema, errors.DuplicateObject,
+RACES = (errors.DuplicateTable, errors.DuplicateSchema, errors.DuplicateObject,
           errors.UniqueViolation)
 
 
@@ -121,7 +121,7 @@ def _day(us: int) -> date:
     return _timestamp(us).date()
 
 
-def _safe_reason(exc: BaseException, dsn: str) -> str:
+def safe_reason(exc: BaseException, dsn: str) -> str:
     """The error as one line, without the DSN's password."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     try:
@@ -153,7 +153,7 @@ class PgWriter:
                 with self.conn.transaction():
                     self.conn.execute(statement)
                 return
-            except _RACES:
+            except RACES:
                 if attempt == 2:
                     raise  # IF NOT EXISTS now sees the winner's object, so this is unexpected
 
@@ -164,7 +164,7 @@ class PgWriter:
             user = self.conn.info.user
             raise UserError(
                 f"PostgreSQL role {user} may not create namespace {self.ns} "
-                f"({_safe_reason(exc, self.dsn)}); as an administrator run: CREATE SCHEMA "
+                f"({safe_reason(exc, self.dsn)}); as an administrator run: CREATE SCHEMA "
                 f"{self.ns} AUTHORIZATION {user}  (see docs/operations.md)") from None
 
     def _ensure_schema(self) -> None:
@@ -345,7 +345,7 @@ def write_with_retry(writer_factory: Callable[[bool], PgWriter], decisions: list
                 writer.close()
             fresh = True
             where = redact(dsn) if dsn else "PostgreSQL"
-            reason = _safe_reason(exc, dsn or "")
+            reason = safe_reason(exc, dsn or "")
             elapsed = time.monotonic() - start
             if elapsed + delay > deadline_s:
                 raise UserError(f"cannot write to PostgreSQL at {where} for "
@@ -367,7 +367,7 @@ def connect_check(dsn: str, timeout_s: int = 3) -> None:
         psycopg.connect(dsn, connect_timeout=timeout_s).close()
     except psycopg.Error as exc:
         raise UserError(f"cannot connect to PostgreSQL at {redact(dsn)}: "
-                        f"{_safe_reason(exc, dsn)}; start it with 'tally dev up' "
+                        f"{safe_reason(exc, dsn)}; start it with 'tally dev up' "
                         f"or pass --pg") from None
 
 

@@ -25,7 +25,7 @@ from psycopg import errors, sql
 from psycopg.rows import dict_row
 
 from flows.logs import UserError, redact
-from sinks.postgres import _RACES, CONNECT_TIMEOUT_S, _safe_reason, validate_namespace
+from sinks.postgres import RACES, CONNECT_TIMEOUT_S, safe_reason, validate_namespace
 from state.currency import EXPONENTS
 
 RESOLUTIONS = ("matched", "written-off", "duplicate", "refunded", "false-positive", "escalated")
@@ -61,7 +61,7 @@ def _connect(dsn: str, ns: str) -> Iterator[psycopg.Connection]:
                                row_factory=dict_row)
     except psycopg.Error as exc:
         raise UserError(f"cannot connect to PostgreSQL at {redact(dsn)}: "
-                        f"{_safe_reason(exc, dsn)}; start it with 'tally dev up' "
+                        f"{safe_reason(exc, dsn)}; start it with 'tally dev up' "
                         f"or pass --pg") from None
     try:
         with conn:
@@ -70,7 +70,7 @@ def _connect(dsn: str, ns: str) -> Iterator[psycopg.Connection]:
     except (errors.UndefinedTable, errors.InvalidSchemaName):
         raise UserError(f"namespace {ns} has no decisions in PostgreSQL at {redact(dsn)}") from None
     except psycopg.Error as exc:
-        raise UserError(f"PostgreSQL error on namespace {ns}: {_safe_reason(exc, dsn)}") from None
+        raise UserError(f"PostgreSQL error on namespace {ns}: {safe_reason(exc, dsn)}") from None
 
 
 def _table(ns: str, name: str) -> sql.Composed:
@@ -85,7 +85,7 @@ def _ensure_log(conn: psycopg.Connection, ns: str) -> None:
             with conn.transaction():
                 conn.execute(statement)
             return
-        except _RACES:
+        except RACES:
             if attempt == 2:
                 raise
 
