@@ -24,7 +24,7 @@ from sinks.parquet_sink import ArchiveSink, DecisionSink
 from state.config import MatchConfig
 from state.contract import NEVER, Decoder
 from state.decision import Decision
-from state.engine import Shard, decode_snapshot, encode_snapshot
+from state.engine import Output, Shard, decode_snapshot, encode_snapshot
 from state.routing import split
 
 
@@ -73,24 +73,20 @@ class ShardLogic(StatefulBatchLogic):
         self.shard, self.flush, self.stats = shard, flush, stats
 
     def on_batch(self, slices: list) -> tuple[list, bool]:
-        emitted: list = []
-        decisions: list[Decision] = []
+        # One output item per batch, not one per row: Bytewax's cost is per item.
+        out = Output([], [])
         for piece in slices:
-            out = self.shard.ingest(piece)
-            decisions += out.decisions
-            emitted += out.decisions
-            emitted += out.fates
-        self.stats.count(decisions)
-        return emitted, StatefulBatchLogic.RETAIN
+            out.extend(self.shard.ingest(piece))
+        self.stats.count(out.decisions)
+        return ([out] if out.decisions or out.fates else []), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list, bool]:
-        emitted: list = []
+        out = Output([], [])
         if self.flush:
             out = self.shard.flush()
             self.stats.count(out.decisions)
-            emitted = out.decisions + out.fates
         self.stats.add_pending(len(self.shard.pending()))
-        return emitted, StatefulBatchLogic.RETAIN
+        return ([out] if out.decisions or out.fates else []), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
         return encode_snapshot(self.shard)
@@ -110,13 +106,13 @@ def splitter(config: MatchConfig, shards: int):
 
 
 def _after(since_us: int, stats: FlowStats):
-    def keep(item: tuple[str, object]) -> bool:
-        if item[1].window_end >= since_us:
-            return True
-        if isinstance(item[1], Decision):
-            with stats.lock:
-                stats.warm_up += 1
-        return False
+    """A replay's warm-up: keep only what ends at or after `since_us`, count what is dropped."""
+    def keep(item: tuple[str, Output]) -> tuple[str, Output]:
+        key, out = item
+        decisions = [d for d in out.decisions if d.window_end >= since_us]
+        with stats.lock:
+            stats.warm_up += len(out.decisions) - len(decisions)
+        return key, Output(decisions, [f for f in out.fates if f.window_end >= since_us])
 
     return keep
 
@@ -147,7 +143,7 @@ def build_flow(settings: FlowSettings, stats: FlowStats) -> Dataflow:
 
     outputs = op.stateful_batch("engine", slices, build_shard)
     if settings.emit_from_us is not None:
-        outputs = op.filter("warm_up", outputs, _after(settings.emit_from_us, stats))
+        outputs = op.map("warm_up", outputs, _after(settings.emit_from_us, stats))
     op.output("parquet", outputs, DecisionSink(settings.data_root, settings.sink_parts))
     if settings.pg_dsn:
         op.output("postgres", outputs, PostgresSink(settings.pg_dsn, settings.namespace,

@@ -14,6 +14,7 @@ import zlib
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from sinks import parquet
@@ -48,11 +49,13 @@ class _BufferedPartition(StatefulSinkPartition):
     def __init__(self, part: str, next_seq: int):
         self.part, self.seq = part, next_seq
         self.rows: list = []
+        self.count = 0  # rows buffered (an item of `rows` may hold many)
         self.last_flush = time.monotonic()
 
     def write_batch(self, values: list) -> None:
         self.rows.extend(values)
-        if len(self.rows) >= FLUSH_ROWS or time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+        self.count += len(values)
+        if self.count >= FLUSH_ROWS or time.monotonic() - self.last_flush >= FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
@@ -60,7 +63,7 @@ class _BufferedPartition(StatefulSinkPartition):
         if not self.rows:
             return
         self.write_files(f"{self.part}-{self.seq:09d}.parquet")
-        self.rows = []
+        self.rows, self.count = [], 0
         self.seq += 1
 
     def write_files(self, name: str) -> None:
@@ -78,6 +81,13 @@ class _DecisionPartition(_BufferedPartition):
     def __init__(self, root: Path, part: str, next_seq: int):
         super().__init__(part, next_seq)
         self.root = root
+
+    def write_batch(self, values: list) -> None:
+        for out in values:  # engine Outputs: a batch of decisions and fates each
+            self.rows.extend(out.decisions)
+            self.rows.extend(out.fates)
+            self.count += len(out.decisions) + len(out.fates)
+        super().write_batch([])
 
     def write_files(self, name: str) -> None:
         decisions = [r for r in self.rows if isinstance(r, Decision)]
@@ -112,16 +122,20 @@ class _ArchivePartition(_BufferedPartition):
         self.root = root
 
     def write_batch(self, values: list) -> None:
-        for batch in values:  # RawBatch objects: one row per record
-            self.rows.extend(zip([batch.topic] * len(batch.offsets), [batch.partition] * len(batch.offsets),
-                                 batch.offsets, batch.keys, batch.timestamps_ms, batch.values))
+        # RawBatch objects become Arrow record batches at once: no Python tuple per record
+        for batch in values:
+            size = len(batch.offsets)
+            self.rows.append(pa.record_batch([
+                pa.array([batch.topic] * size, pa.string()),
+                pa.array([batch.partition] * size, pa.int32()),
+                pa.array(batch.offsets, pa.int64()), pa.array(batch.keys, pa.binary()),
+                pc.multiply(pa.array(batch.timestamps_ms, pa.int64()), 1000).cast(parquet.TIMESTAMP),
+                pa.array(batch.values, pa.binary())], schema=ARCHIVE_SCHEMA))
+            self.count += size
         super().write_batch([])
 
     def write_files(self, name: str) -> None:
-        topic, partition, offset, key, stamp, value = zip(*self.rows)
-        table = pa.table({"topic": topic, "partition": partition, "offset": offset, "key": key,
-                          "timestamp": [ms * 1000 for ms in stamp], "value": value},
-                         schema=ARCHIVE_SCHEMA)
+        table = pa.Table.from_batches(self.rows, schema=ARCHIVE_SCHEMA)
         days = parquet.day_column(table.column("timestamp"))
         parquet.write_days(table, days, self.root / "events", name)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from sinks.postgres import PgWriter, write_with_retry
-from state.decision import Decision, Fate
 
 
 class _PgPartition(StatefulSinkPartition):
@@ -30,8 +29,8 @@ class _PgPartition(StatefulSinkPartition):
         return self.writer
 
     def write_batch(self, values: list) -> None:
-        decisions = [v for v in values if isinstance(v, Decision)]
-        fates = [v for v in values if isinstance(v, Fate)]
+        decisions = [d for out in values for d in out.decisions]  # engine Outputs
+        fates = [f for out in values for f in out.fates]
         write_with_retry(self._writer, decisions, fates, self.deadline_s)
 
     def snapshot(self) -> None:

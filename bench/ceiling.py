@@ -1,0 +1,121 @@
+"""The Kafka ceiling: how fast the day's records leave the broker, before Tally does any work.
+
+raw_ceiling: one confluent-kafka Consumer assigned every partition of the day's
+topics from offset 0, `consume(BATCH)` in a loop until every record of the day
+has arrived. Each record's value is touched (its length summed), nothing else.
+Consumer settings are `FAST` below: bigger fetches and a deeper local queue than
+librdkafka's defaults, a short fetch wait; no group, no commits.
+
+raw_ceiling_per_partition: the flow's own source code (flows.source.TallySource
+partitions: one Consumer per partition, the flow's settings, batches of 5,000,
+each turned into a RawBatch), polled round-robin from one thread as a single
+bytewax worker would, without bytewax.
+
+decode_only: raw_ceiling plus `Decoder.decode(value, topic, partition, offset)`
+on every record (the records are then dropped).
+
+Measured: from just before the first poll (consumers already connected) to the
+return of the poll that delivered the day's last record. Excluded: finding the
+end offsets and creating and connecting the consumers.
+"""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Consumer, TopicPartition
+
+from bench.common import Context, Result
+from flows import kafka_io
+from flows.source import TallySource
+from state.contract import Decoder
+
+BATCH = 10_000  # messages per consume() call
+POLL_S = 0.05
+STALL_S = 30.0  # no record for this long: the broker is not delivering, give up
+FAST = {
+    "group.id": "bench-unused", "enable.auto.commit": False, "enable.partition.eof": False,
+    "fetch.max.bytes": 64 << 20,  # default 50 MiB
+    "max.partition.fetch.bytes": 16 << 20,  # default 1 MiB
+    "fetch.wait.max.ms": 10,  # default 500
+    "queued.min.messages": 1_000_000,  # default 100,000
+    "queued.max.messages.kbytes": 1 << 20,  # 1 GiB; default 64 MiB
+}
+
+
+def _ends(ctx: Context) -> dict[tuple[str, int], int]:
+    ends = kafka_io.end_offsets(ctx.brokers, list(ctx.topics.values()))
+    return {part: end for part, end in ends.items() if end > 0}
+
+
+def _one_consumer(ctx: Context, decoder: Decoder | None) -> tuple[int, int, float]:
+    """(records, value bytes, seconds) for the whole day through one consumer."""
+    ends = _ends(ctx)
+    total = sum(ends.values())  # the topics were empty before the day: offsets start at 0
+    consumer = Consumer(kafka_io.kafka_config(ctx.brokers, FAST))
+    try:
+        consumer.list_topics(timeout=10)  # connected before the clock starts
+        records = size = 0
+        started = last = time.perf_counter()
+        consumer.assign([TopicPartition(t, p, 0) for t, p in ends])
+        while records < total:
+            messages = consumer.consume(BATCH, POLL_S)
+            for message in messages:
+                if message.error() is not None:
+                    raise RuntimeError(f"consumer error: {message.error().str()}")
+                value = message.value()
+                size += len(value)
+                if decoder is not None:
+                    decoder.decode(value, message.topic(), message.partition(), message.offset())
+            records += len(messages)
+            now = time.perf_counter()
+            if messages:
+                last = now
+            elif now - last > STALL_S:
+                raise RuntimeError(f"no record for {STALL_S:.0f}s after {records} of {total}")
+        return records, size, last - started
+    finally:
+        consumer.close()
+
+
+def _per_partition(ctx: Context) -> tuple[int, int, float]:
+    """(records, consumers, seconds) through the flow's source partitions, polled round-robin."""
+    ends = _ends(ctx)
+    source = TallySource(kafka_io.kafka_config(ctx.brokers), {p: 0 for p in ends}, ends)
+    parts = [source.build_part("bench", f"{t}:{p}", None) for t, p in ends]
+    try:
+        for part in parts:
+            part.consumer.list_topics(timeout=10)  # connected before the clock starts
+        records, active = 0, list(parts)
+        started = last = time.perf_counter()
+        while active:
+            for part in list(active):
+                try:
+                    batches = part.next_batch()
+                except StopIteration:
+                    active.remove(part)
+                    continue
+                records += sum(len(b.offsets) for b in batches)
+                if batches:
+                    last = time.perf_counter()
+            if time.perf_counter() - last > STALL_S:
+                raise RuntimeError(f"no record for {STALL_S:.0f}s after {records}")
+        return records, len(parts), last - started
+    finally:
+        for part in parts:
+            part.close()
+
+
+def run(ctx: Context) -> list[Result]:
+    records, size, seconds = _one_consumer(ctx, None)
+    raw = Result("raw_ceiling", records, seconds, {
+        "MB": round(size / 1e6, 1), "MB_per_s": round(size / 1e6 / seconds, 1),
+        "consumers": 1, "batch": BATCH, "settings": dict(FAST)})
+    records, consumers, seconds = _per_partition(ctx)
+    per_part = Result("raw_ceiling_per_partition", records, seconds, {
+        "consumers": consumers, "batch": 5000, "settings": "the flow's (flows/source.py)"})
+    records, size, seconds = _one_consumer(ctx, Decoder(ctx.config))
+    decode = Result("decode_only", records, seconds, {
+        "consumers": 1, "batch": BATCH, "settings": "as raw_ceiling"})
+    return [raw, per_part, decode]
+

@@ -1,0 +1,100 @@
+"""What every benchmark shares: the services, the generated day on disk and in the broker.
+
+One `Context` is built per `make bench` run: one embedded broker, one embedded
+PostgreSQL, one generated day published once into its own topics. So every
+benchmark reads the same bytes on the same machine in the same session, and
+their ratios mean something.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from flows import kafka_io
+from flows.dayfiles import partitions, read_values
+from flows.generate import generate_day
+from state.config import MatchConfig
+
+PARTITIONS = 3  # per source topic, as `tally topics create` makes them
+
+
+@dataclass
+class Context:
+    brokers: str
+    pg_dsn: str
+    work: Path  # scratch space for this run
+    day: Path  # the generated day: <day>/<topic>/<partition>.jsonl
+    topics: dict[str, str]  # source -> topic, holding the day
+    config_file: Path
+    events: int  # records in the day (all topics, all partitions)
+    quick: bool = False  # a small day: checks the suite runs, figures are not meaningful
+
+    @property
+    def config(self) -> MatchConfig:
+        return MatchConfig(topics=self.topics)
+
+    def values(self) -> dict[tuple[str, int], list[bytes]]:
+        return {part: read_values(path)
+                for part, path in partitions(self.day, list(self.topics.values())).items()}
+
+
+@dataclass
+class Result:
+    """One benchmark's figures. `events_per_s` is compared with the raw ceiling."""
+
+    name: str
+    events: int
+    seconds: float
+    extra: dict = field(default_factory=dict)
+    ratio_to_ceiling: float | None = None
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    def as_json(self) -> dict:
+        return asdict(self) | {"events_per_s": round(self.events_per_s)}
+
+
+def prepare(brokers: str, pg_dsn: str, work: Path, transactions: int, quick: bool) -> Context:
+    """Generate the day and publish it into fresh topics."""
+    tag = time.strftime("%H%M%S")
+    topics = {s: f"bench{tag}.{s}" for s in ("bank", "processor", "ledger")}
+    day = work / "day"
+    generate_day(day, transactions, seed=2026, partitions=PARTITIONS, topics=topics)
+    kafka_io.create_topics(brokers, list(topics.values()), PARTITIONS)
+    counts = kafka_io.produce_day(brokers, day, list(topics.values()), progress=True)
+    config_file = work / "tally.toml"
+    config_file.write_text("[sources]\n" + "".join(f'{s} = "{t}"\n' for s, t in topics.items()))
+    return Context(brokers, pg_dsn, work, day, topics, config_file, sum(counts.values()), quick)
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(memory / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def peak_rss_mb(children: bool = False) -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return usage.ru_maxrss / 1024  # kilobytes on Linux
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")

@@ -1,0 +1,99 @@
+"""The sinks alone: writing the day's decisions and fates, no Kafka, no engine in the clock.
+
+The rows are what the engine emits over the whole day (bench.engine.ingest_day,
+run first, not timed), kept in emission order: per engine step, its decisions
+then its fates, as the flow's sinks receive them. Pending fates are never
+emitted, so every fate is writable. `events` is the number of fates written: one
+per record the day's rows account for, so events/s compares with the ceiling;
+rows/s counts decisions and fates together.
+
+postgres_write: `PgWriter.write(decisions, fates)` on consecutive slices of
+PG_BATCH rows (each slice split into its decisions and fates beforehand, not
+timed), into a fresh namespace on ctx.pg_dsn. Timed: every write, including the
+creation of the day partitions on first use. Excluded: connecting, creating the
+schema, and dropping the namespace afterwards. Every row must be inserted (the
+namespace is fresh), which is checked. PG_SWEEP repeats it at other batch sizes,
+each into its own fresh namespace.
+
+parquet_write: for consecutive slices of FLUSH_ROWS rows (the flow's Parquet sink
+flushes at that many rows, or every 5 s), `decisions_table` + `fates_table`
+(timed as "build") and `write_by_day` of each (timed as "write": zstd, fsync,
+rename) into a fresh directory under ctx.work.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from bench.common import Context, Result
+from bench.engine import ingest_day
+from sinks import parquet
+from sinks.parquet_sink import FLUSH_ROWS
+from sinks.postgres import PgWriter, drop_namespace
+from state.decision import Decision, Fate
+
+PG_BATCH = 20_000  # rows per write: the flow's sink gets one engine step's output at a time
+PG_SWEEP = (5_000, 50_000)
+
+
+def _slices(rows: list, size: int) -> list[tuple[list[Decision], list[Fate]]]:
+    return [([r for r in rows[i:i + size] if isinstance(r, Decision)],
+             [r for r in rows[i:i + size] if isinstance(r, Fate)])
+            for i in range(0, len(rows), size)]
+
+
+def _postgres(ctx: Context, rows: list, size: int) -> float:
+    """Seconds to write every row in writes of `size` rows into a fresh namespace."""
+    batches = _slices(rows, size)
+    namespace = f"bench_{uuid.uuid4().hex[:12]}"
+    writer = PgWriter(ctx.pg_dsn, namespace)
+    try:
+        writer.ensure_schema()
+        inserted = 0
+        started = time.perf_counter()
+        for decisions, fates in batches:
+            inserted += sum(writer.write(decisions, fates))
+        seconds = time.perf_counter() - started
+    finally:
+        writer.close()
+        drop_namespace(ctx.pg_dsn, namespace)
+    if inserted != len(rows):
+        raise RuntimeError(f"{inserted} of {len(rows)} rows inserted into a fresh namespace")
+    return seconds
+
+
+def _parquet(ctx: Context, rows: list) -> tuple[float, float, int]:
+    """(build seconds, write seconds, bytes on disk) for every row, in the flow's file sizes."""
+    root = ctx.work / f"bench-parquet-{uuid.uuid4().hex[:8]}"
+    build = write = 0.0
+    for seq, (decisions, fates) in enumerate(_slices(rows, FLUSH_ROWS)):
+        name = f"part0-{seq:09d}.parquet"
+        t0 = time.perf_counter()
+        tables = [(parquet.decisions_table(decisions), root / "decisions"),
+                  (parquet.fates_table(fates), root / "fates")]
+        t1 = time.perf_counter()
+        for table, where in tables:
+            parquet.write_by_day(table, where, name)
+        build, write = build + t1 - t0, write + time.perf_counter() - t1
+    size = sum(p.stat().st_size for p in root.rglob("*.parquet"))
+    return build, write, size
+
+
+def run(ctx: Context) -> list[Result]:
+    rows, _, _ = ingest_day(ctx.values(), ctx.config)
+    fates = sum(isinstance(r, Fate) for r in rows)
+    counts = {"decisions": len(rows) - fates, "fates": fates, "rows": len(rows)}
+
+    seconds = _postgres(ctx, rows, PG_BATCH)
+    sweep = {size: round(len(rows) / _postgres(ctx, rows, size)) for size in PG_SWEEP}
+    pg = Result("postgres_write", fates, seconds, counts | {
+        "rows_per_s": round(len(rows) / seconds), "batch_rows": PG_BATCH,
+        "writes": -(-len(rows) // PG_BATCH), "rows_per_s_by_batch_rows": sweep})
+
+    build, write, size = _parquet(ctx, rows)
+    seconds = build + write
+    pq = Result("parquet_write", fates, seconds, counts | {
+        "rows_per_s": round(len(rows) / seconds), "batch_rows": FLUSH_ROWS,
+        "build_s": round(build, 3), "write_s": round(write, 3), "MB_on_disk": round(size / 1e6, 1)})
+    return [pg, pq]
