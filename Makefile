@@ -19,7 +19,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $(VENV)/.bench
+
+bench: $(VENV)/.bench
 	$(BIN)/python -m bench.run
 
 clean:

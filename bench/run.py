@@ -27,6 +27,7 @@ BENCHMARKS = [
     ("sinks", "PostgreSQL and Parquet write paths alone"),
     ("state_size", "one million open events: memory and snapshot"),
     ("latency", "live decision latency at a steady rate"),
+    ("profile", "where the flow spends its time (py-spy)"),
 ]
 
 
@@ -91,7 +92,11 @@ def _table(results: list[Result], ctx: Context) -> str:
     for r in results:
         ratio = "" if r.ratio_to_ceiling is None else f"  ({r.ratio_to_ceiling:.2f} of ceiling)"
         rows.append((r.name, f"{r.events_per_s:>12,.0f} events/s{ratio}"))
-        rows += [(f"  {k}", v) for k, v in r.extra.items() if not isinstance(v, (dict, list))]
+        for key, value in r.extra.items():
+            if isinstance(value, dict):
+                rows += [(f"  {key}: {k}", v) for k, v in value.items()]
+            elif not isinstance(value, list):
+                rows.append((f"  {key}", value))
     return table(rows, f"Tally benchmarks ({ctx.events:,} events in the day"
                        f"{', quick: figures not meaningful' if ctx.quick else ''})")
 

@@ -6,14 +6,15 @@ from the day's own late records, which are decided on arrival).
 
 (a) In process, in a fresh subprocess (`python -m bench.state_size`, so that its
 peak RSS is its own): the day is read and decoded once, then its events are
-ingested into one Shard in copies, copy k in its own partitions (topic "<topic>~k")
-with event ids "<id>~k", so no copy looks late or redelivered to another; copies
+ingested into one Shard in copies: copy 0 as decoded, copy k > 0 in its own
+partitions (topic "<topic>~k") with event ids "<id>~k", so no copy looks late or redelivered to another; copies
 are added until `open_count() >= target`. Spare declared partitions (and one named
 "bench.never") never progress. Timed: the ingest of all copies (extra), then
 `encode_snapshot` (the bytes the flow stores per shard) and `decode_snapshot`.
 RSS from /proc/self/status: after imports; with the state (inputs dropped,
-gc.collect()); peak (VmHWM, which includes the snapshot bytes and the decoded
-copy held together at the end).
+gc.collect()); after decoding (both copies held); with the decoded copy alone
+(the original and the bytes dropped; freed memory the allocator keeps still
+counts); peak (VmHWM).
 
 (b) The flow: `tally run --until-end` in a subprocess, with a config whose
 [sources] adds one empty topic ("idle", created here) to the day's topics. If
@@ -100,22 +101,26 @@ def _day_events(day: Path, topics: dict[str, str]) -> dict[tuple[str, int], list
 
 # ----------------------------------------------------------------------------- (a) in process
 
+def _copy(topic: str, k: int) -> str:
+    return topic if k == 0 else f"{topic}~{k}"
+
+
 def build_and_snapshot(day: Path, topics: dict[str, str], target: int) -> dict:
     """Runs in the subprocess: the figures of part (a), as a dict."""
     base = _status_mb("VmRSS")
     events = _day_events(day, topics)
     per_copy = sum(map(len, events.values()))
     copies = math.ceil(target * 1.05 / per_copy) + 1  # late records are decided, hence the margin
-    declared = [(f"{t}~{k}", p) for k in range(copies) for t, p in events] + [("bench.never", 0)]
+    declared = [(_copy(t, k), p) for k in range(copies) for t, p in events] + [("bench.never", 0)]
     shard = Shard(MatchConfig(topics=topics), declared)
     started, k = time.perf_counter(), 0
     while shard.open_count() < target:
         if k == copies:
             raise RuntimeError(f"{copies} copies of the day hold {shard.open_count()} open events")
         for (topic, partition), originals in events.items():
-            name = f"{topic}~{k}"  # one string per partition, as the flow shares a batch's topic
-            copy = [msgspec.structs.replace(e, topic=name, event_id=f"{e.event_id}~{k}")
-                    for e in originals]
+            name = _copy(topic, k)  # one string per partition, as the flow shares a batch's topic
+            copy = originals if k == 0 else [
+                msgspec.structs.replace(e, topic=name, event_id=f"{e.event_id}~{k}") for e in originals]
             (piece,) = split(name, partition, copy, 1)
             shard.ingest(piece)
         k += 1
@@ -130,12 +135,16 @@ def build_and_snapshot(day: Path, topics: dict[str, str], target: int) -> dict:
     started = time.perf_counter()
     restored = decode_snapshot(snapshot)
     decode_s = time.perf_counter() - started
-    open_events = shard.open_count()
+    open_events, accounts, size = shard.open_count(), len(shard.accounts), len(snapshot)
     assert open_events >= target and restored.open_count() == open_events
-    return {"open_events": open_events, "accounts": len(shard.accounts), "copies": k,
+    after_decode = _status_mb("VmRSS")
+    del shard, snapshot
+    gc.collect()
+    return {"open_events": open_events, "accounts": accounts, "copies": k,
             "ingest_s": ingest_s, "encode_s": encode_s, "decode_s": decode_s,
-            "snapshot_bytes": len(snapshot), "rss_base_mb": base, "rss_with_state_mb": with_state,
-            "rss_after_decode_mb": _status_mb("VmRSS"), "peak_rss_mb": _status_mb("VmHWM")}
+            "snapshot_bytes": size, "rss_base_mb": base, "rss_with_state_mb": with_state,
+            "rss_after_decode_mb": after_decode, "rss_restored_only_mb": _status_mb("VmRSS"),
+            "peak_rss_mb": _status_mb("VmHWM")}
 
 
 def _in_process(ctx: Context, target: int) -> list[Result]:
@@ -153,6 +162,7 @@ def _in_process(ctx: Context, target: int) -> list[Result]:
         "state_rss_MB": round(state_mb), "rss_bytes_per_event": round(state_mb * 2**20 / n),
         "rss_with_state_MB": round(f["rss_with_state_mb"]), "peak_rss_MB": round(peak),
         "rss_after_decode_MB": round(f["rss_after_decode_mb"]),
+        "rss_restored_only_MB": round(f["rss_restored_only_mb"]),
         "ingest_s": round(f["ingest_s"], 2), "copies_of_day": f["copies"]})
     decode = Result("open_state_decode", n, f["decode_s"], common)
     return [encode, decode]

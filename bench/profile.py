@@ -1,0 +1,57 @@
+"""Where the whole flow spends its time: py-spy samples of `tally run`, by dataflow step.
+
+py-spy (a sampling profiler, from the `bench` extra) records the Python stacks
+of the flow subprocess; each sample is put in the step whose code it is in.
+"Bytewax runtime" is time in the Rust runtime with no Python step on the stack.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from bench.common import Context, Result
+
+# (step, a frame that only that step's stacks contain), first match wins
+STEPS = [("source poll", "next_batch (flows/source.py"),
+         ("decode and split", "split_batch (flows/dataflow.py"),
+         ("engine", "(state/engine.py"),
+         ("PostgreSQL sink", "(sinks/pg_sink.py"),
+         ("Parquet decisions sink", "_DecisionPartition"),
+         ("raw archive sink", "_ArchivePartition"),
+         ("Parquet file writing", "(sinks/parquet_sink.py"),
+         ("Bytewax runtime", "run (flows/run.py")]
+RATE_HZ = 200
+
+
+def shares(raw_stacks: Path) -> dict[str, float]:
+    """Share of samples per step, from py-spy's raw (collapsed) output."""
+    counts, total = Counter(), 0
+    for line in raw_stacks.read_text().splitlines():
+        stack, _, number = line.rpartition(" ")
+        samples = int(number)
+        total += samples
+        step = next((name for name, needle in STEPS if needle in stack), "other (start-up, imports)")
+        counts[step] += samples
+    return {step: round(count / total, 3) for step, count in counts.most_common()}
+
+
+def run(ctx: Context) -> list[Result]:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return [Result("profile (py-spy missing: pip install -e '.[bench]')", 0, 0.0)]
+    out = ctx.work / "profile.txt"
+    command = [spy, "record", "-r", str(RATE_HZ), "--format", "raw", "-o", str(out), "--",
+               sys.executable, "-m", "flows", "run", "--brokers", ctx.brokers, "--pg", ctx.pg_dsn,
+               "--data-dir", str(ctx.work / "data"), "--namespace", f"bench_{uuid.uuid4().hex[:8]}",
+               "--until-end", "--config", str(ctx.config_file)]
+    started = time.monotonic()
+    subprocess.run(command, check=True, capture_output=True)
+    return [Result("profiled flow", ctx.events, time.monotonic() - started,
+                   {"sampling_hz": RATE_HZ, "share_by_step": shares(out),
+                    "note": "sampling slows the flow; use the shares, not this rate"})]
