@@ -1,17 +1,17 @@
 """The Kafka ceiling: how fast the day's records leave the broker, before Tally does any work.
 
-raw_ceiling: one confluent-kafka Consumer assigned every partition of the day's
+raw ceiling: one confluent-kafka Consumer assigned every partition of the day's
 topics from offset 0, `consume(BATCH)` in a loop until every record of the day
 has arrived. Each record's value is touched (its length summed), nothing else.
 Consumer settings are `FAST` below: bigger fetches and a deeper local queue than
 librdkafka's defaults, a short fetch wait; no group, no commits.
 
-raw_ceiling_per_partition: the flow's own source code (flows.source.TallySource
+raw ceiling per partition: the flow's own source code (flows.source.TallySource
 partitions: one Consumer per partition, the flow's settings, batches of 5,000,
 each turned into a RawBatch), polled round-robin from one thread as a single
 bytewax worker would, without bytewax.
 
-decode_only: raw_ceiling plus `Decoder.decode(value, topic, partition, offset)`
+decode only: raw ceiling plus `Decoder.decode(value, topic, partition, offset)`
 on every record (the records are then dropped).
 
 Measured: from just before the first poll (consumers already connected) to the
@@ -108,14 +108,14 @@ def _per_partition(ctx: Context) -> tuple[int, int, float]:
 
 def run(ctx: Context) -> list[Result]:
     records, size, seconds = _one_consumer(ctx, None)
-    raw = Result("raw_ceiling", records, seconds, {
+    raw = Result("raw ceiling", records, seconds, {
         "MB": round(size / 1e6, 1), "MB_per_s": round(size / 1e6 / seconds, 1),
-        "consumers": 1, "batch": BATCH, "settings": dict(FAST)})
+        "consumers": 1, "batch": BATCH, "settings": {k: str(v) for k, v in FAST.items()}})
     records, consumers, seconds = _per_partition(ctx)
-    per_part = Result("raw_ceiling_per_partition", records, seconds, {
+    per_part = Result("raw ceiling per partition", records, seconds, {
         "consumers": consumers, "batch": 5000, "settings": "the flow's (flows/source.py)"})
     records, size, seconds = _one_consumer(ctx, Decoder(ctx.config))
-    decode = Result("decode_only", records, seconds, {
-        "consumers": 1, "batch": BATCH, "settings": "as raw_ceiling"})
+    decode = Result("decode only", records, seconds, {
+        "consumers": 1, "batch": BATCH, "settings": "as raw ceiling"})
     return [raw, per_part, decode]
 

@@ -1,6 +1,6 @@
 """The engine alone: decode, split and Shard.ingest over the whole day, in memory.
 
-engine_alone: the day's values are read from disk first (not timed). Then, timed:
+engine alone: the day's values are read from disk first (not timed). Then, timed:
 for chunks of CHUNK records per partition, taken round-robin
 (flows.dayfiles.interleave; the flow reads 5,000 per partition per poll),
 `Decoder.decode` of every record, `split` into one shard, `Shard.ingest`, and
@@ -10,7 +10,7 @@ Excluded: reading files, Kafka, bytewax, sinks, the final flush (events still
 open at the end stay pending, as in `tally run` without --flush), sorting.
 Python's garbage collector stays on, as in the flow.
 
-engine_run_engine: `flows.match.run_engine(day, config)` as `tally match` calls it,
+engine via run_engine: `flows.match.run_engine(day, config)` as `tally match` calls it,
 timed whole: reading the files, chunks of 2,000, the same loop, sorting the output.
 """
 
@@ -62,7 +62,7 @@ def run(ctx: Context) -> list[Result]:
     emitted, shard, phases = ingest_day(values, ctx.config)
     seconds = time.perf_counter() - started
     decisions = sum(isinstance(x, Decision) for x in emitted)
-    alone = Result("engine_alone", records, seconds, {
+    alone = Result("engine alone", records, seconds, {
         "decisions": decisions, "decisions_per_s": round(decisions / seconds),
         "fates": len(emitted) - decisions, "open_at_end": shard.open_count(), "chunk": CHUNK,
         "seconds_by_phase": {k: round(v, 3) for k, v in phases.items()}})
@@ -71,7 +71,7 @@ def run(ctx: Context) -> list[Result]:
     started = time.perf_counter()
     result = run_engine(ctx.day, ctx.config, show_progress=False)
     seconds = time.perf_counter() - started
-    whole = Result("engine_run_engine", result.records, seconds, {
+    whole = Result("engine via run_engine", result.records, seconds, {
         "decisions": len(result.decisions),
         "decisions_per_s": round(len(result.decisions) / seconds),
         "includes": "reading the day's files, chunks of 2,000, sorting the output"})

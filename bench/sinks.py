@@ -7,7 +7,7 @@ emitted, so every fate is writable. `events` is the number of fates written: one
 per record the day's rows account for, so events/s compares with the ceiling;
 rows/s counts decisions and fates together.
 
-postgres_write: `PgWriter.write(decisions, fates)` on consecutive slices of
+postgres write: `PgWriter.write(decisions, fates)` on consecutive slices of
 PG_BATCH rows (each slice split into its decisions and fates beforehand, not
 timed), into a fresh namespace on ctx.pg_dsn. Timed: every write, including the
 creation of the day partitions on first use. Excluded: connecting, creating the
@@ -15,7 +15,7 @@ schema, and dropping the namespace afterwards. Every row must be inserted (the
 namespace is fresh), which is checked. PG_SWEEP repeats it at other batch sizes,
 each into its own fresh namespace.
 
-parquet_write: for consecutive slices of FLUSH_ROWS rows (the flow's Parquet sink
+parquet write: for consecutive slices of FLUSH_ROWS rows (the flow's Parquet sink
 flushes at that many rows, or every 5 s), `decisions_table` + `fates_table`
 (timed as "build") and `write_by_day` of each (timed as "write": zstd, fsync,
 rename) into a fresh directory under ctx.work.
@@ -87,13 +87,13 @@ def run(ctx: Context) -> list[Result]:
 
     seconds = _postgres(ctx, rows, PG_BATCH)
     sweep = {size: round(len(rows) / _postgres(ctx, rows, size)) for size in PG_SWEEP}
-    pg = Result("postgres_write", fates, seconds, counts | {
+    pg = Result("postgres write", fates, seconds, counts | {
         "rows_per_s": round(len(rows) / seconds), "batch_rows": PG_BATCH,
         "writes": -(-len(rows) // PG_BATCH), "rows_per_s_by_batch_rows": sweep})
 
     build, write, size = _parquet(ctx, rows)
     seconds = build + write
-    pq = Result("parquet_write", fates, seconds, counts | {
+    pq = Result("parquet write", fates, seconds, counts | {
         "rows_per_s": round(len(rows) / seconds), "batch_rows": FLUSH_ROWS,
         "build_s": round(build, 3), "write_s": round(write, 3), "MB_on_disk": round(size / 1e6, 1)})
     return [pg, pq]

@@ -4,27 +4,29 @@ Nothing is decided while the watermark stays at NEVER, so both parts hold a
 source partition that never progresses, and every event stays open (apart
 from the day's own late records, which are decided on arrival).
 
-(a) In process, in a fresh subprocess (`python -m bench.state_size`, so that its
-peak RSS is its own): the day is read and decoded once, then its events are
-ingested into one Shard in copies: copy 0 as decoded, copy k > 0 in its own
-partitions (topic "<topic>~k") with event ids "<id>~k", so no copy looks late or redelivered to another; copies
-are added until `open_count() >= target`. Spare declared partitions (and one named
-"bench.never") never progress. Timed: the ingest of all copies (extra), then
-`encode_snapshot` (the bytes the flow stores per shard) and `decode_snapshot`.
-RSS from /proc/self/status: after imports; with the state (inputs dropped,
-gc.collect()); after decoding (both copies held); with the decoded copy alone
-(the original and the bytes dropped; freed memory the allocator keeps still
-counts); peak (VmHWM).
+(a) In process, in fresh subprocesses (`python -m bench.state_size build|restore`),
+each reporting its own RSS and peak (VmHWM) from /proc/self/status. build: the day is read and decoded,
+then its events are ingested into one Shard, CHUNK at a time: the day as decoded,
+then if needed copies k = 1, 2, ... in their own partitions (topic "<topic>~k",
+event ids "<id>~k", so no copy looks late or redelivered to another), stopping
+at the first chunk that brings `open_count()` to the target. Spare declared
+partitions (and one named "bench.never") never progress. Timed:
+`encode_snapshot` (the bytes the flow stores per shard); the ingest time is in
+extra. State MB = VmRSS with the state (inputs dropped, gc.collect()) minus VmRSS
+after imports. restore: a second fresh process reads the saved snapshot, then
+timed: `decode_snapshot`; restored MB = its VmRSS after (bytes dropped) minus
+after imports. Excluded: reading the day, decoding it, saving the snapshot file.
 
 (b) The flow: `tally run --until-end` in a subprocess, with a config whose
 [sources] adds one empty topic ("idle", created here) to the day's topics. If
 the day has fewer events than the target, copies of the day are published
 first into fresh topics (sources "<source>_c<k>", event ids prefixed "c<k>.";
 the last copy a prefix of each partition) and added to [sources]. Measured:
-records consumed and seconds as the run's own summary prints them (bytewax
-running, from first poll to the end), its wall time including start-up, its peak
-RSS (`os.wait4` rusage of that child), and its committed engine snapshots
-(flows.recovery_store: bytes of every shard's snapshot, and their open events).
+records consumed and seconds as the run's own summary prints them (from the
+dataflow starting to its end), its wall time including start-up, its peak RSS
+(its VmHWM, polled every 20 ms while it runs), and its committed engine
+snapshots (flows.recovery_store: bytes of every shard's snapshot, and the open
+events in them).
 Excluded: publishing; reading the snapshot back.
 
 In quick mode the target is QUICK_TARGET, not TARGET.
@@ -35,7 +37,6 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -59,35 +60,40 @@ TARGET = 1_000_000
 QUICK_TARGET = 50_000
 REPO = Path(__file__).resolve().parents[1]
 FLOW_TIMEOUT_S = 3600
+CHUNK = 5000
 
 
 # ----------------------------------------------------------------------------- helpers
 
-def _status_mb(field: str) -> float:
-    """VmRSS or VmHWM of this process, in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def _status_mb(field: str, pid: int | str = "self") -> float:
+    """VmRSS or VmHWM of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    raise ValueError(f"no {field} in /proc/{pid}/status")
 
 
 def _run_child(argv: list[str], log_dir: Path, timeout: float) -> tuple[int, str, float, float]:
-    """Run argv; (exit code, stdout, wall seconds, peak RSS MB of that child alone)."""
+    """Run argv; (exit code, stdout, wall seconds, peak RSS MB of that child alone).
+
+    The peak is the child's VmHWM, polled until it exits. Not its rusage: Linux
+    carries the parent's own peak into a child's ru_maxrss (vfork, exec), so
+    RUSAGE_CHILDREN and wait4 report at least this process's peak.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "stdout", "w+") as out, open(log_dir / "stderr", "w") as err:
-        started = time.perf_counter()
+        started, peak = time.perf_counter(), 0.0
         proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=REPO)
-        while True:  # os.wait4 reaps it and gives its own rusage (RUSAGE_CHILDREN mixes children)
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
+        while proc.poll() is None:
+            try:
+                peak = max(peak, _status_mb("VmHWM", proc.pid))
+            except (OSError, ValueError):  # exiting: no memory left to read
+                pass
             if time.perf_counter() - started > timeout:
                 proc.kill()
-            time.sleep(0.05)
-        seconds = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
+            time.sleep(0.02)
         out.seek(0)
-        return proc.returncode, out.read(), seconds, usage.ru_maxrss / 1024
+        return proc.returncode, out.read(), time.perf_counter() - started, peak
 
 
 def _day_events(day: Path, topics: dict[str, str]) -> dict[tuple[str, int], list[Event]]:
@@ -101,70 +107,87 @@ def _day_events(day: Path, topics: dict[str, str]) -> dict[tuple[str, int], list
 
 # ----------------------------------------------------------------------------- (a) in process
 
-def _copy(topic: str, k: int) -> str:
-    return topic if k == 0 else f"{topic}~{k}"
+def _chunks(events: dict[tuple[str, int], list[Event]], copies: int):
+    """(topic, partition, events) of every copy, CHUNK events at a time."""
+    for k in range(copies):
+        for (topic, partition), originals in events.items():
+            name = topic if k == 0 else f"{topic}~{k}"  # one string per partition, as in the flow
+            for i in range(0, len(originals), CHUNK):
+                chunk = originals[i:i + CHUNK]
+                yield name, partition, chunk if k == 0 else [
+                    msgspec.structs.replace(e, topic=name, event_id=f"{e.event_id}~{k}") for e in chunk]
 
 
-def build_and_snapshot(day: Path, topics: dict[str, str], target: int) -> dict:
-    """Runs in the subprocess: the figures of part (a), as a dict."""
+def build(day: Path, topics: dict[str, str], target: int, snapshot_file: Path) -> dict:
+    """Subprocess: a shard with `target` open events; its snapshot, timed and saved."""
     base = _status_mb("VmRSS")
     events = _day_events(day, topics)
-    per_copy = sum(map(len, events.values()))
-    copies = math.ceil(target * 1.05 / per_copy) + 1  # late records are decided, hence the margin
-    declared = [(_copy(t, k), p) for k in range(copies) for t, p in events] + [("bench.never", 0)]
-    shard = Shard(MatchConfig(topics=topics), declared)
-    started, k = time.perf_counter(), 0
-    while shard.open_count() < target:
-        if k == copies:
-            raise RuntimeError(f"{copies} copies of the day hold {shard.open_count()} open events")
-        for (topic, partition), originals in events.items():
-            name = _copy(topic, k)  # one string per partition, as the flow shares a batch's topic
-            copy = originals if k == 0 else [
-                msgspec.structs.replace(e, topic=name, event_id=f"{e.event_id}~{k}") for e in originals]
-            (piece,) = split(name, partition, copy, 1)
-            shard.ingest(piece)
-        k += 1
+    copies = math.ceil(target * 1.05 / sum(map(len, events.values()))) + 1  # late ones are decided
+    declared = [(t if k == 0 else f"{t}~{k}", p) for k in range(copies) for t, p in events]
+    shard = Shard(MatchConfig(topics=topics), declared + [("bench.never", 0)])
+    started = time.perf_counter()
+    for topic, partition, chunk in _chunks(events, copies):
+        (piece,) = split(topic, partition, chunk, 1)
+        shard.ingest(piece)
+        if shard.open_count() >= target:
+            break
+    else:
+        raise RuntimeError(f"{copies} copies of the day hold only {shard.open_count()} open events")
     ingest_s = time.perf_counter() - started
-    del events, copy, piece
+    del events, chunk, piece
     gc.collect()
     with_state = _status_mb("VmRSS")
-
     started = time.perf_counter()
     snapshot = encode_snapshot(shard)
     encode_s = time.perf_counter() - started
+    snapshot_file.write_bytes(snapshot)
+    return {"open_events": shard.open_count(), "accounts": len(shard.accounts),
+            "ingest_s": ingest_s, "encode_s": encode_s, "snapshot_bytes": len(snapshot),
+            "rss_base_mb": base, "rss_with_state_mb": with_state, "peak_rss_mb": _status_mb("VmHWM")}
+
+
+def restore(snapshot_file: Path) -> dict:
+    """Subprocess: decode a saved snapshot, timed; the RSS of the restored shard alone."""
+    base = _status_mb("VmRSS")
+    data = snapshot_file.read_bytes()
     started = time.perf_counter()
-    restored = decode_snapshot(snapshot)
+    shard = decode_snapshot(data)
     decode_s = time.perf_counter() - started
-    open_events, accounts, size = shard.open_count(), len(shard.accounts), len(snapshot)
-    assert open_events >= target and restored.open_count() == open_events
-    after_decode = _status_mb("VmRSS")
-    del shard, snapshot
+    del data
     gc.collect()
-    return {"open_events": open_events, "accounts": accounts, "copies": k,
-            "ingest_s": ingest_s, "encode_s": encode_s, "decode_s": decode_s,
-            "snapshot_bytes": size, "rss_base_mb": base, "rss_with_state_mb": with_state,
-            "rss_after_decode_mb": after_decode, "rss_restored_only_mb": _status_mb("VmRSS"),
-            "peak_rss_mb": _status_mb("VmHWM")}
+    return {"open_events": shard.open_count(), "decode_s": decode_s, "rss_base_mb": base,
+            "rss_restored_mb": _status_mb("VmRSS"), "peak_rss_mb": _status_mb("VmHWM")}
+
+
+def _child(ctx: Context, name: str, **spec) -> dict:
+    """Run `python -m bench.state_size <name> <spec>`; the figures it prints."""
+    log = ctx.work / f"open-state-{name}"
+    argv = [sys.executable, "-m", "bench.state_size", name, json.dumps(spec, default=str)]
+    code, out, _, _ = _run_child(argv, log, FLOW_TIMEOUT_S)
+    if code != 0:
+        raise RuntimeError(f"bench.state_size {name} exited {code}; see {log}/stderr")
+    return json.loads(out.splitlines()[-1])
 
 
 def _in_process(ctx: Context, target: int) -> list[Result]:
-    args = json.dumps({"day": str(ctx.day), "topics": ctx.topics, "target": target})
-    code, out, _, peak = _run_child([sys.executable, "-m", "bench.state_size", args],
-                                    ctx.work / "open-state-a", FLOW_TIMEOUT_S)
-    if code != 0:
-        raise RuntimeError(f"bench.state_size exited {code}; see {ctx.work / 'open-state-a'}")
-    f = json.loads(out.splitlines()[-1])
-    n, size = f["open_events"], f["snapshot_bytes"]
-    state_mb = f["rss_with_state_mb"] - f["rss_base_mb"]
-    common = {"open_events": n, "accounts": f["accounts"], "snapshot_MB": round(size / 1e6, 1),
+    snapshot_file = ctx.work / "open-state.snapshot"
+    b = _child(ctx, "build", day=ctx.day, topics=ctx.topics, target=target,
+                           snapshot_file=snapshot_file)
+    r = _child(ctx, "restore", snapshot_file=snapshot_file)
+    snapshot_file.unlink()
+    n, size = b["open_events"], b["snapshot_bytes"]
+    if r["open_events"] != n:
+        raise RuntimeError(f"the snapshot of {n} open events restored {r['open_events']}")
+    live_mb = b["rss_with_state_mb"] - b["rss_base_mb"]
+    restored_mb = r["rss_restored_mb"] - r["rss_base_mb"]
+    common = {"open_events": n, "accounts": b["accounts"], "snapshot_MB": round(size / 1e6, 1),
               "snapshot_bytes_per_event": round(size / n)}
-    encode = Result("open_state_encode", n, f["encode_s"], common | {
-        "state_rss_MB": round(state_mb), "rss_bytes_per_event": round(state_mb * 2**20 / n),
-        "rss_with_state_MB": round(f["rss_with_state_mb"]), "peak_rss_MB": round(peak),
-        "rss_after_decode_MB": round(f["rss_after_decode_mb"]),
-        "rss_restored_only_MB": round(f["rss_restored_only_mb"]),
-        "ingest_s": round(f["ingest_s"], 2), "copies_of_day": f["copies"]})
-    decode = Result("open_state_decode", n, f["decode_s"], common)
+    encode = Result("open state encode", n, b["encode_s"], common | {
+        "state_MB": round(live_mb), "state_bytes_per_event": round(live_mb * 2**20 / n),
+        "peak_rss_MB": round(b["peak_rss_mb"]), "ingest_s": round(b["ingest_s"], 2)})
+    decode = Result("open state decode", n, r["decode_s"], common | {
+        "restored_state_MB": round(restored_mb),
+        "restored_bytes_per_event": round(restored_mb * 2**20 / n), "peak_rss_MB": round(r["peak_rss_mb"])})
     return [encode, decode]
 
 
@@ -172,26 +195,38 @@ def _in_process(ctx: Context, target: int) -> list[Result]:
 
 def _publish_copies(ctx: Context, copies: float, tag: str) -> dict[str, str]:
     """Publish `copies` (fractional) more copies of the day; their sources -> topics."""
-    values = ctx.values()
+    values, source_of = ctx.values(), ctx.config.source_of_topic()
     added: dict[str, str] = {}
     k = 1
     while copies > 0:
-        share = min(copies, 1.0)
-        part_values = {}
-        for source, topic in ctx.topics.items():
-            new_source, new_topic = f"{source}_c{k}", f"{topic}.c{k}{tag}"
-            added[new_source] = new_topic
-            swap = (b'"source":"%s"' % source.encode(), b'"source":"%s"' % new_source.encode())
-            for (t, p), lines in values.items():
-                if t == topic:
-                    lines = lines[:math.ceil(len(lines) * share)]
-                    part_values[(new_topic, p)] = [
-                        v.replace(*swap).replace(b'"event_id":"', b'"event_id":"c%d.' % k) for v in lines]
-        kafka_io.create_topics(ctx.brokers, sorted({t for t, _ in part_values}), PARTITIONS)
-        kafka_io.produce_values(ctx.brokers, part_values, progress=False)
+        share, copy = min(copies, 1.0), {}
+        for (topic, partition), lines in values.items():
+            source = source_of[topic]
+            added[f"{source}_c{k}"] = new_topic = f"{topic}.c{k}.{tag}"
+            swap = (b'"source":"%s"' % source.encode(), b'"source":"%s_c%d"' % (source.encode(), k))
+            copy[(new_topic, partition)] = [
+                v.replace(*swap).replace(b'"event_id":"', b'"event_id":"c%d.' % k)
+                for v in lines[:math.ceil(len(lines) * share)]]
+        kafka_io.create_topics(ctx.brokers, sorted({t for t, _ in copy}), PARTITIONS)
+        kafka_io.produce_values(ctx.brokers, copy, progress=False)
         copies -= share
         k += 1
     return added
+
+
+class _OpenOnly(msgspec.Struct):
+    """An engine Account, reading only its open events (kept raw)."""
+
+    open: list[msgspec.Raw] = []
+
+
+# A ShardSnapshot (config, progress, accounts, flushed), without building its events.
+_OPEN_IN_SNAPSHOT = msgspec.msgpack.Decoder(
+    tuple[msgspec.Raw, msgspec.Raw, list[tuple[str, _OpenOnly]], bool])
+
+
+def _open_events(snapshot: bytes) -> int:
+    return sum(len(account.open) for _, account in _OPEN_IN_SNAPSHOT.decode(snapshot)[2])
 
 
 def _flow(ctx: Context, target: int) -> Result:
@@ -218,14 +253,14 @@ def _flow(ctx: Context, target: int) -> Result:
 
     committed = read_committed(here / "data" / namespace / "recovery")
     snapshots = list(committed.shards.values())
-    open_events = sum(decode_snapshot(s).open_count() for s in snapshots)
+    open_events = sum(map(_open_events, snapshots))
     size = sum(map(len, snapshots))
     drop_namespace(ctx.pg_dsn, namespace)
     shutil.rmtree(here / "data")  # the archive holds every record again
-    return Result("open_state_flow", consumed, seconds, {
+    return Result("open state flow", consumed, seconds, {
         "open_events": open_events, "peak_rss_MB": round(peak),
         "snapshot_MB": round(size / 1e6, 1), "snapshot_bytes_per_event": round(size / max(open_events, 1)),
-        "shards": len(snapshots), "snapshot_epochs": committed.epoch, "wall_s": round(wall, 1),
+        "shards": len(snapshots), "committed_epoch": committed.epoch, "wall_s": round(wall, 1),
         "records_per_s_wall": round(consumed / wall), "copies_of_day_added": round(extra, 3)})
 
 
@@ -235,5 +270,9 @@ def run(ctx: Context) -> list[Result]:
 
 
 if __name__ == "__main__":
-    spec = json.loads(sys.argv[1])
-    print(json.dumps(build_and_snapshot(Path(spec["day"]), spec["topics"], spec["target"])))
+    spec = json.loads(sys.argv[2])
+    if sys.argv[1] == "build":
+        figures = build(Path(spec["day"]), spec["topics"], spec["target"], Path(spec["snapshot_file"]))
+    else:
+        figures = restore(Path(spec["snapshot_file"]))
+    print(json.dumps(figures))

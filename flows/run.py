@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -139,6 +141,10 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
     # A zero backup interval lets bytewax delete every snapshot but the newest.
     recovery = RecoveryConfig(str(recovery_dir(options, len(options.addresses or [1]), stretch)),
                               backup_interval=timedelta(0))
+    # SIGTERM (a deploy, `docker stop`) stops the flow like Ctrl-C: exit 130, resume later.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # The engine allocates much and frees little: collect the old generations rarely.
+    gc.set_threshold(100_000, 50, 100)
     if not logs.log.isEnabledFor(logging.DEBUG):
         # An error in a step panics a bytewax thread; keep its Rust backtrace out of the way.
         os.environ["RUST_BACKTRACE"] = "0"
@@ -162,6 +168,8 @@ def _as_user_error(exc: BaseException) -> UserError:
         chain.append(exc)
         if isinstance(exc, UserError):
             return exc
+        if isinstance(exc, KeyboardInterrupt):
+            raise KeyboardInterrupt from None  # `tally: interrupted`, exit 130
         exc = exc.__cause__ or exc.__context__
     logs.error("flow failed", chain=" <- ".join(f"{type(e).__name__}: {e}" for e in chain))
     root = chain[-1]

@@ -25,7 +25,7 @@ from state.scoring import group_confidence, pair_confidence, within_tolerance, a
 MAX_CANDIDATE_SETS = 64  # beyond this many combinations the answer is "ambiguous" anyway
 
 
-class Claim(msgspec.Struct, frozen=True, array_like=True):
+class Claim(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """An idempotency key already used by a decided event of this account."""
 
     label: str

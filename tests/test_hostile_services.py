@@ -154,3 +154,22 @@ def test_a_least_privilege_role_runs_its_own_namespace_and_nothing_more(broker, 
     assert f"CREATE SCHEMA not_granted AUTHORIZATION {role}" in line
     assert "app-Secret-77" not in refused.stdout + refused.stderr
     assert "panicked" not in refused.stderr  # refused before the flow starts
+
+
+def test_sigterm_stops_the_flow_like_ctrl_c_and_it_resumes(broker, pg_dsn, tmp_path):
+    import signal
+    topics, config = _setup(tmp_path)
+    generate_day(tmp_path / "day", 500, seed=6, topics=topics)
+    kafka_io.create_topics(broker, list(topics.values()), 3)
+    kafka_io.produce_day(broker, tmp_path / "day", list(topics.values()), progress=False)
+    common = ["--brokers", broker, "--pg", pg_dsn, "--data-dir", str(tmp_path / "data"),
+              "--config", str(config), "--namespace", "sigterm"]
+    flow = start_tally("run", *common)
+    lines = _collect(flow)
+    _wait_for(lambda: any("flow starting" in line for line in lines), 60)
+    time.sleep(2)
+    flow.send_signal(signal.SIGTERM)
+    assert flow.wait(timeout=30) == 130
+    assert "tally: interrupted" in "".join(lines)
+    resumed = tally("run", *common, "--until-end")
+    assert "records consumed" in resumed.stdout
