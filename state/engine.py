@@ -183,7 +183,10 @@ class Shard:
         while self.deadlines and self.deadlines[0][0] < watermark:
             deadline, name = heapq.heappop(self.deadlines)
             account = self.accounts.get(name)
-            if account is None or not account.open:
+            if account is None:
+                continue
+            if not account.open:
+                self._forget(name, account, watermark)  # a quiet account's memories expire
                 continue
             anchor = account.open[0][1]
             if anchor.time_us + self.config.match_window_us != deadline:
@@ -236,6 +239,19 @@ class Shard:
             del account.claims[key]
         if not account.open and not account.seen and not account.claims:
             del self.accounts[name]
+        elif not account.open:
+            self._schedule_expiry(name, account)
+
+    def _schedule_expiry(self, name: str, account: Account) -> None:
+        """Come back once the watermark has passed every memory's horizon, so that an
+        account with no further events does not keep its memories forever."""
+        times = [s.time_us for s in account.seen.values() if s.decision_id]
+        times += [c.time_us for c in account.claims.values()]
+        if not times:
+            return
+        # strictly after the watermark that kept them, so this never loops in `advance`
+        newest = max(times)
+        heapq.heappush(self.deadlines, (newest + self.config.redelivery_horizon_us + 1, name))
 
     def flush(self) -> Output:
         """Treat the end of input as the end of time: decide everything still open."""
@@ -273,6 +289,8 @@ class Shard:
             account.open = [(tuple(order), event) for order, event in account.open]
             if account.open:
                 shard._schedule(name, account)
+            elif account.seen or account.claims:
+                shard._schedule_expiry(name, account)
         return shard
 
 

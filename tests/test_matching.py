@@ -1,7 +1,9 @@
 """One test per matching rule and exception kind, through the real engine."""
 
 from state.config import MatchConfig
+from state.contract import Decoder
 from state.decision import AMBIGUOUS, DUPLICATE, LATE, MISMATCH, MISSING, REVIEW
+from state.routing import split
 from tests.engine_helpers import heartbeat, only, run, tx
 
 
@@ -185,3 +187,21 @@ def test_a_unique_candidate_that_could_complete_another_group_is_ambiguous():
                                       tx("ledger", "l2", "10.00", 3, "k2")]})
     assert not [d for d in decisions if d.kind == "match"]
     assert "bank:b2" in only(decisions, exception_kind=AMBIGUOUS).member_event_ids
+
+
+def test_a_quiet_account_forgets_its_memories_once_past_the_horizon():
+    """Months of running must not keep every account ever seen: a decided account with no
+    further events is dropped once the watermark passes its memories' redelivery horizon."""
+    day = {s: [tx(s, f"{s}-1", "10.00", 0, key="k1", account="QUIET"),
+               # another account's events move the watermark just past QUIET's window (10:30)
+               tx(s, f"{s}-2", "5.00", 40, key="k2", account="BUSY")]
+           for s in ("bank", "processor", "ledger")}
+    decisions, _, shard = run(day, close=False)
+    assert only(decisions, account="QUIET").kind == "match"
+    assert "QUIET" in shard.accounts  # within the horizon, its memories still guard redeliveries
+
+    config, decoder = shard.config, Decoder(shard.config)
+    for source, topic in config.topics.items():  # hours later, and not a word from QUIET
+        (piece,) = split(topic, 0, [decoder.decode(heartbeat(source), topic, 0, 2)], 1)
+        shard.ingest(piece)
+    assert "QUIET" not in shard.accounts and "BUSY" not in shard.accounts
