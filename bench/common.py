@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from flows.generate import generate_day
 from state.config import MatchConfig
 
 PARTITIONS = 3  # per source topic, as `tally topics create` makes them
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -90,9 +92,40 @@ def machine() -> dict:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def peak_rss_mb(children: bool = False) -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
-    return usage.ru_maxrss / 1024  # kilobytes on Linux
+def peak_rss_mb() -> float:
+    """This process's peak RSS (for a child's, use run_child: rusage would mislead)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def status_mb(field: str, pid: int | str = "self") -> float:
+    """VmRSS or VmHWM of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no {field} in /proc/{pid}/status")
+
+
+def run_child(argv: list[str], log_dir: Path, timeout: float) -> tuple[int, str, float, float]:
+    """Run argv; (exit code, stdout, wall seconds, peak RSS MB of that child alone).
+
+    The peak is the child's VmHWM, polled until it exits. Not its rusage: Linux
+    carries the parent's own peak into a child's ru_maxrss (vfork, exec), so
+    RUSAGE_CHILDREN and wait4 report at least this process's peak.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "stdout", "w+") as out, open(log_dir / "stderr", "w") as err:
+        started, peak = time.perf_counter(), 0.0
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=REPO)
+        while proc.poll() is None:
+            try:
+                peak = max(peak, status_mb("VmHWM", proc.pid))
+            except (OSError, ValueError):  # exiting: no memory left to read
+                pass
+            if time.perf_counter() - started > timeout:
+                proc.kill()
+            time.sleep(0.02)
+        out.seek(0)
+        return proc.returncode, out.read(), time.perf_counter() - started, peak
 
 
 def write_json(path: Path, data: dict) -> None:

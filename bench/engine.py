@@ -8,19 +8,22 @@ collecting the decisions and fates in the order the engine emits them. extra
 splits the time into decode / split / ingest (perf_counter around each, per chunk).
 Excluded: reading files, Kafka, bytewax, sinks, the final flush (events still
 open at the end stay pending, as in `tally run` without --flush), sorting.
-Python's garbage collector stays on, as in the flow.
+The garbage collector runs with the flow's thresholds (GC_THRESHOLD, as flows/run.py sets).
 
 engine via run_engine: `flows.match.run_engine(day, config)` as `tally match` calls it,
-timed whole: reading the files, chunks of 2,000, the same loop, sorting the output.
+timed whole: reading the files, chunks of 2,000, the same loop, sorting the output;
+default GC thresholds, as `tally match` has.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 
 from bench.common import Context, Result
 from flows import dayfiles
 from flows.match import run_engine
+from flows.run import GC_THRESHOLD
 from state.config import MatchConfig
 from state.contract import Decoder
 from state.decision import Decision, Fate
@@ -58,13 +61,19 @@ def ingest_day(values: dict[tuple[str, int], list[bytes]], config: MatchConfig
 def run(ctx: Context) -> list[Result]:
     values = ctx.values()
     records = sum(map(len, values.values()))
-    started = time.perf_counter()
-    emitted, shard, phases = ingest_day(values, ctx.config)
-    seconds = time.perf_counter() - started
+    default_gc = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLD)
+    try:
+        started = time.perf_counter()
+        emitted, shard, phases = ingest_day(values, ctx.config)
+        seconds = time.perf_counter() - started
+    finally:
+        gc.set_threshold(*default_gc)
     decisions = sum(isinstance(x, Decision) for x in emitted)
     alone = Result("engine alone", records, seconds, {
         "decisions": decisions, "decisions_per_s": round(decisions / seconds),
         "fates": len(emitted) - decisions, "open_at_end": shard.open_count(), "chunk": CHUNK,
+        "gc_threshold": str(GC_THRESHOLD),
         "seconds_by_phase": {k: round(v, 3) for k, v in phases.items()}})
     del emitted, shard, values
 

@@ -9,12 +9,10 @@ command (adds Python start-up, checks and schema creation).
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
-import time
 import uuid
 
-from bench.common import Context, Result, peak_rss_mb
+from bench.common import Context, Result, run_child
 
 
 def whole_flow(ctx: Context, *extra: str, name: str = "whole flow") -> Result:
@@ -22,17 +20,14 @@ def whole_flow(ctx: Context, *extra: str, name: str = "whole flow") -> Result:
     command = [sys.executable, "-m", "flows", "run", "--brokers", ctx.brokers, "--pg", ctx.pg_dsn,
                "--data-dir", str(ctx.work / "data"), "--namespace", namespace, "--until-end",
                "--config", str(ctx.config_file), *extra]
-    started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True)
-    wall = time.monotonic() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"tally run failed ({done.returncode}): {done.stderr[-2000:]}")
-    consumed = _figure(done.stdout, r"records consumed\s+([\d,]+)")
-    seconds = float(re.search(r"Tally run \(([\d.]+)s\)", done.stdout).group(1))
+    code, stdout, wall, peak = run_child(command, ctx.work / namespace, timeout=3600)
+    if code != 0:
+        raise RuntimeError(f"tally run failed ({code}); see {ctx.work / namespace}/stderr")
+    consumed = _figure(stdout, r"records consumed\s+([\d,]+)")
+    seconds = float(re.search(r"Tally run \(([\d.]+)s\)", stdout).group(1))
     return Result(name, consumed, seconds,
                   {"wall_seconds": round(wall, 2), "namespace": namespace,
-                   "options": " ".join(extra) or "defaults",
-                   "peak_rss_mb_children": round(peak_rss_mb(children=True))})
+                   "options": " ".join(extra) or "defaults", "peak_rss_mb": round(peak)})
 
 
 def _figure(text: str, pattern: str) -> int:

@@ -39,7 +39,6 @@ import json
 import math
 import re
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -47,7 +46,7 @@ from pathlib import Path
 
 import msgspec
 
-from bench.common import PARTITIONS, Context, Result
+from bench.common import PARTITIONS, Context, Result, run_child, status_mb
 from flows import dayfiles, kafka_io
 from flows.recovery_store import read_committed
 from sinks.postgres import drop_namespace
@@ -58,43 +57,11 @@ from state.routing import split
 
 TARGET = 1_000_000
 QUICK_TARGET = 50_000
-REPO = Path(__file__).resolve().parents[1]
 FLOW_TIMEOUT_S = 3600
 CHUNK = 5000
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _status_mb(field: str, pid: int | str = "self") -> float:
-    """VmRSS or VmHWM of a process, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise ValueError(f"no {field} in /proc/{pid}/status")
-
-
-def _run_child(argv: list[str], log_dir: Path, timeout: float) -> tuple[int, str, float, float]:
-    """Run argv; (exit code, stdout, wall seconds, peak RSS MB of that child alone).
-
-    The peak is the child's VmHWM, polled until it exits. Not its rusage: Linux
-    carries the parent's own peak into a child's ru_maxrss (vfork, exec), so
-    RUSAGE_CHILDREN and wait4 report at least this process's peak.
-    """
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / "stdout", "w+") as out, open(log_dir / "stderr", "w") as err:
-        started, peak = time.perf_counter(), 0.0
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=REPO)
-        while proc.poll() is None:
-            try:
-                peak = max(peak, _status_mb("VmHWM", proc.pid))
-            except (OSError, ValueError):  # exiting: no memory left to read
-                pass
-            if time.perf_counter() - started > timeout:
-                proc.kill()
-            time.sleep(0.02)
-        out.seek(0)
-        return proc.returncode, out.read(), time.perf_counter() - started, peak
-
 
 def _day_events(day: Path, topics: dict[str, str]) -> dict[tuple[str, int], list[Event]]:
     decoder = Decoder(MatchConfig(topics=topics))
@@ -120,7 +87,7 @@ def _chunks(events: dict[tuple[str, int], list[Event]], copies: int):
 
 def build(day: Path, topics: dict[str, str], target: int, snapshot_file: Path) -> dict:
     """Subprocess: a shard with `target` open events; its snapshot, timed and saved."""
-    base = _status_mb("VmRSS")
+    base = status_mb("VmRSS")
     events = _day_events(day, topics)
     copies = math.ceil(target * 1.05 / sum(map(len, events.values()))) + 1  # late ones are decided
     declared = [(t if k == 0 else f"{t}~{k}", p) for k in range(copies) for t, p in events]
@@ -136,19 +103,19 @@ def build(day: Path, topics: dict[str, str], target: int, snapshot_file: Path) -
     ingest_s = time.perf_counter() - started
     del events, chunk, piece
     gc.collect()
-    with_state = _status_mb("VmRSS")
+    with_state = status_mb("VmRSS")
     started = time.perf_counter()
     snapshot = encode_snapshot(shard)
     encode_s = time.perf_counter() - started
     snapshot_file.write_bytes(snapshot)
     return {"open_events": shard.open_count(), "accounts": len(shard.accounts),
             "ingest_s": ingest_s, "encode_s": encode_s, "snapshot_bytes": len(snapshot),
-            "rss_base_mb": base, "rss_with_state_mb": with_state, "peak_rss_mb": _status_mb("VmHWM")}
+            "rss_base_mb": base, "rss_with_state_mb": with_state, "peak_rss_mb": status_mb("VmHWM")}
 
 
 def restore(snapshot_file: Path) -> dict:
     """Subprocess: decode a saved snapshot, timed; the RSS of the restored shard alone."""
-    base = _status_mb("VmRSS")
+    base = status_mb("VmRSS")
     data = snapshot_file.read_bytes()
     started = time.perf_counter()
     shard = decode_snapshot(data)
@@ -156,14 +123,14 @@ def restore(snapshot_file: Path) -> dict:
     del data
     gc.collect()
     return {"open_events": shard.open_count(), "decode_s": decode_s, "rss_base_mb": base,
-            "rss_restored_mb": _status_mb("VmRSS"), "peak_rss_mb": _status_mb("VmHWM")}
+            "rss_restored_mb": status_mb("VmRSS"), "peak_rss_mb": status_mb("VmHWM")}
 
 
 def _child(ctx: Context, name: str, **spec) -> dict:
     """Run `python -m bench.state_size <name> <spec>`; the figures it prints."""
     log = ctx.work / f"open-state-{name}"
     argv = [sys.executable, "-m", "bench.state_size", name, json.dumps(spec, default=str)]
-    code, out, _, _ = _run_child(argv, log, FLOW_TIMEOUT_S)
+    code, out, _, _ = run_child(argv, log, FLOW_TIMEOUT_S)
     if code != 0:
         raise RuntimeError(f"bench.state_size {name} exited {code}; see {log}/stderr")
     return json.loads(out.splitlines()[-1])
@@ -245,7 +212,7 @@ def _flow(ctx: Context, target: int) -> Result:
     argv = [sys.executable, "-m", "flows", "run", "--brokers", ctx.brokers, "--pg", ctx.pg_dsn,
             "--data-dir", str(here / "data"), "--namespace", namespace, "--until-end",
             "--config", str(config)]
-    code, out, wall, peak = _run_child(argv, here, FLOW_TIMEOUT_S)
+    code, out, wall, peak = run_child(argv, here, FLOW_TIMEOUT_S)
     if code != 0:
         raise RuntimeError(f"tally run exited {code}; see {here}/stderr")
     consumed = int(re.search(r"records consumed\s+([\d,]+)", out).group(1).replace(",", ""))

@@ -22,6 +22,10 @@ from flows.dataflow import FlowSettings, FlowStats, build_flow
 from flows.progress import Progress, table
 
 
+# The engine allocates much and frees little: collect the old generations rarely.
+GC_THRESHOLD = (100_000, 50, 100)
+
+
 @dataclass
 class RunOptions:
     brokers: str
@@ -143,8 +147,7 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
                               backup_interval=timedelta(0))
     # SIGTERM (a deploy, `docker stop`) stops the flow like Ctrl-C: exit 130, resume later.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    # The engine allocates much and frees little: collect the old generations rarely.
-    gc.set_threshold(100_000, 50, 100)
+    gc.set_threshold(*GC_THRESHOLD)
     if not logs.log.isEnabledFor(logging.DEBUG):
         # An error in a step panics a bytewax thread; keep its Rust backtrace out of the way.
         os.environ["RUST_BACKTRACE"] = "0"
