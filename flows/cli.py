@@ -230,17 +230,49 @@ def _flow_options(cmd) -> None:
     cmd.add_argument("--batch-size", type=int, default=5000,
                      help="records read per partition per poll (default 5000); smaller batches make "
                           "shorter epochs, so less is redone after a crash, at some cost in speed")
+    cmd.add_argument("--processes", type=int, default=1,
+                     help="Bytewax processes on this host, one per core (default 1); decisions "
+                          "are the same whatever the number")
+    cmd.add_argument("--process-id", type=int, default=None,
+                     help="this process's index in a cluster across hosts (with --addresses)")
+    cmd.add_argument("--addresses", default=None,
+                     help="host:port of every cluster process, ';'-separated, the same on each")
     cmd.add_argument("--pg-retry-deadline", type=float,
                      default=float(os.environ.get("TALLY_PG_RETRY_DEADLINE", 300)),
                      help="seconds to keep retrying when PostgreSQL is unreachable before exiting "
                           "(default $TALLY_PG_RETRY_DEADLINE or 300); the next start resumes")
 
 
+def _cluster(args) -> list[str] | None:
+    addresses = [a.strip() for a in (args.addresses or "").split(";") if a.strip()] or None
+    if args.processes < 1:
+        raise UserError("--processes must be at least 1")
+    if (addresses is None) != (args.process_id is None):
+        raise UserError("--process-id and --addresses go together")
+    if addresses and not 0 <= args.process_id < len(addresses):
+        raise UserError(f"--process-id must be from 0 to {len(addresses) - 1}")
+    if addresses and args.processes > 1:
+        raise UserError("use --processes on one host, or --process-id/--addresses across hosts")
+    return addresses
+
+
+def _spawn_processes(args) -> int | None:
+    """With --processes N > 1, run this command as N local cluster members; their exit code."""
+    if args.processes == 1:
+        return None
+    from flows.processes import run_local, without_option
+    recovery = getattr(args, "recovery_dir", None) or args.data_dir / args.namespace / "recovery"
+    argv = without_option(sys.argv[1:], "--processes")
+    return run_local(argv, args.processes, recovery)
+
+
 def _run_options(args, brokers: str, dsn: str, until_end: bool):
     from flows.run import RunOptions
     if args.batch_size < 1 or args.shards < 1:
         raise UserError("--batch-size and --shards must be at least 1")
+    addresses = _cluster(args)
     return RunOptions(brokers=brokers, pg_dsn=dsn, data_dir=args.data_dir,
+                      process_id=args.process_id, addresses=addresses,
                       namespace=args.namespace, until_end=until_end, flush=args.flush,
                       snapshot_interval_s=args.snapshot_interval,
                       recovery_dir=getattr(args, "recovery_dir", None), shards=args.shards,
@@ -260,7 +292,11 @@ def run_run(args) -> int:
     prepare_namespace(dsn, args.namespace)
     if args.wait_for_topics > 0:
         kafka_io.wait_for_topics(brokers, list(config.topics.values()), args.wait_for_topics)
-    print(run(_run_options(args, brokers, dsn, args.until_end), config))
+    options = _run_options(args, brokers, dsn, args.until_end)
+    spawned = _spawn_processes(args)
+    if spawned is not None:
+        return spawned
+    print(run(options, config))
     return 0
 
 
@@ -319,6 +355,9 @@ def run_replay(args) -> int:
     chosen = replay.load_or_plan(args.data_dir / args.namespace / "replay.json", log, origin,
                                  start, stop, warmup_us)
     options = _run_options(args, brokers or "", dsn, until_end=True)
+    spawned = _spawn_processes(args)  # after the plan is saved: every member loads the same one
+    if spawned is not None:
+        return spawned
     print(run(options, config, chosen.stretch(log.archive)))
     if chosen.emit_from_us is not None:
         from state.contract import format_us

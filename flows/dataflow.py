@@ -19,6 +19,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
 from flows.logs import UserError
+from flows.placement import shard_key
 from flows.source import Counters, RawBatch, TallySource
 from sinks.parquet_sink import ArchiveSink, DecisionSink
 from state.config import MatchConfig
@@ -39,6 +40,7 @@ class FlowSettings:
     namespace: str
     shards: int = 4
     sink_parts: int = 1
+    spread_keys: bool = False  # shard keys named to spread over workers (flows/placement.py)
     flush: bool = False
     batch_size: int = 5000
     pg_retry_deadline_s: float = 300.0
@@ -92,14 +94,15 @@ class ShardLogic(StatefulBatchLogic):
         return encode_snapshot(self.shard)
 
 
-def splitter(config: MatchConfig, shards: int):
+def splitter(config: MatchConfig, shards: int, spread_keys: bool):
     decoder = Decoder(config)
+    keys = [shard_key(i) if spread_keys else str(i) for i in range(shards)]
 
     def split_batch(batch: RawBatch) -> list[tuple[str, object]]:
         records = [decoder.decode(value, batch.topic, batch.partition, offset)
                    for offset, value in zip(batch.offsets, batch.values)]
         pieces = split(batch.topic, batch.partition, records, shards)
-        return [(str(i), piece) for i, piece in enumerate(pieces)
+        return [(keys[i], piece) for i, piece in enumerate(pieces)
                 if piece.records or piece.high != NEVER]
 
     return split_batch
@@ -132,7 +135,8 @@ def build_flow(settings: FlowSettings, stats: FlowStats) -> Dataflow:
     partitions = sorted(settings.starts)
     flow = Dataflow("tally")
     raw = op.input("kafka", flow, _source(settings, stats))
-    slices = op.flat_map("decode_split", raw, splitter(settings.config, settings.shards))
+    slices = op.flat_map("decode_split", raw, splitter(settings.config, settings.shards,
+                                                              settings.spread_keys))
 
     def build_shard(resume: bytes | None) -> ShardLogic:
         shard = Shard(settings.config, partitions) if resume is None else decode_snapshot(resume)

@@ -66,6 +66,7 @@ class RunSummary:
     decisions: dict
     pending: int
     warm_up: int = 0
+    member: str = ""  # ", process I of N" in a cluster
 
     def __str__(self) -> str:
         rate = self.consumed / max(self.seconds, 1e-9)
@@ -75,24 +76,38 @@ class RunSummary:
         if self.warm_up:
             rows += [("not written (warm-up)", self.warm_up)]
         rows += [("pending (kept in the recovery snapshot)", self.pending)]
-        return table(rows, f"Tally run ({self.seconds:.1f}s)")
+        return table(rows, f"Tally run ({self.seconds:.1f}s{self.member})")
 
 
-def recovery_dir(options: RunOptions, processes: int, stretch: Stretch) -> Path:
+def recovery_dir(options: RunOptions, stretch: Stretch) -> tuple[Path, dict]:
+    """The namespace's recovery directory (created by the first process) and its layout."""
     path = options.recovery_dir or options.data_dir / options.namespace / "recovery"
     if not any(path.glob("part-*.sqlite3")):
-        path.mkdir(parents=True, exist_ok=True)
-        init_db_dir(path, max(processes, 1))
-    _check_shape(path / "shape.json", options, stretch)
-    return path
+        if options.process_id:  # another process of the cluster creates it
+            _wait_for(lambda: any(path.glob("part-*.sqlite3")), path)
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            init_db_dir(path, len(options.addresses or [None]))
+    return path, _check_shape(path / "shape.json", options, stretch)
 
 
-def _check_shape(manifest: Path, options: RunOptions, stretch: Stretch) -> None:
+def _wait_for(ready, path: Path, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if time.monotonic() > deadline:
+            raise UserError(f"process 0 did not create the recovery directory {path} "
+                            f"within {seconds:.0f}s; start it first, on a shared directory")
+        time.sleep(0.2)
+
+
+def _check_shape(manifest: Path, options: RunOptions, stretch: Stretch) -> dict:
     """Refuse to resume a snapshot taken with other shards, other source partitions,
-    or by another kind of run.
+    or by another kind of run; return the namespace's layout (sink parts, shard keys).
 
     Accounts are routed to shards by number, and the watermark waits for every
     partition the snapshot knows, so either change would silently break matching.
+    Sink parts are fixed per namespace (one per shard), so the process count may
+    change between runs without moving a shard's files or archive order.
     """
     parts = sorted(stretch.starts)
     shape = {"shards": options.shards, "partitions": [f"{t}:{p}" for t, p in parts],
@@ -100,10 +115,15 @@ def _check_shape(manifest: Path, options: RunOptions, stretch: Stretch) -> None:
     if not manifest.exists():
         # the first offsets are kept for `tally audit`: consumption must start there
         starts = {f"{t}:{p}": stretch.starts[(t, p)] for t, p in parts}
-        manifest.write_text(json.dumps(shape | {"starts": starts}, indent=1))
-        return
+        layout = {"sink_parts": options.shards, "shard_keys": "spread"}
+        temporary = manifest.with_name(f".{manifest.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(shape | {"starts": starts} | layout, indent=1))
+        os.replace(temporary, manifest)  # processes starting together see one whole file
+        return layout
     saved = json.loads(manifest.read_text())
     saved.setdefault("origin", "run")
+    # namespaces from before these were fixed: one sink part, shard keys "0".."N-1"
+    layout = {"sink_parts": saved.pop("sink_parts", 1), "shard_keys": saved.pop("shard_keys", "plain")}
     saved.pop("starts", None)
     if saved["origin"] != shape["origin"]:
         raise UserError(f"namespace {options.namespace} holds a run of {saved['origin']!r}, not "
@@ -113,6 +133,7 @@ def _check_shape(manifest: Path, options: RunOptions, stretch: Stretch) -> None:
             f"namespace {options.namespace} was started with {saved['shards']} shards over "
             f"{len(saved['partitions'])} source partitions; this run has {options.shards} shards "
             f"over {len(parts)}. Run with the same --shards and topics, or use a new namespace")
+    return layout
 
 
 def live_stretch(brokers: str, config) -> Stretch:
@@ -129,12 +150,13 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
     if stretch.ends is None and options.until_end:
         stretch.ends = kafka_io.end_offsets(options.brokers, list(config.topics.values()))
     starts, ends = stretch.starts, stretch.ends
+    recovery_path, layout = recovery_dir(options, stretch)
     settings = FlowSettings(
         config=config, kafka=kafka_io.kafka_config(options.brokers) if options.brokers else {},
         starts=starts, ends=ends,
         data_root=options.data_dir / options.namespace, pg_dsn=options.pg_dsn,
         namespace=options.namespace, shards=options.shards, flush=options.flush,
-        sink_parts=max(len(options.addresses or []), 1),
+        sink_parts=layout["sink_parts"], spread_keys=layout["shard_keys"] == "spread",
         pg_retry_deadline_s=options.pg_retry_deadline_s, batch_size=options.batch_size,
         archive=stretch.archive, emit_from_us=stretch.emit_from_us)
     stats = FlowStats()
@@ -143,8 +165,7 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
     logs.info("flow starting", namespace=options.namespace, partitions=len(starts),
               records_to_end=total if total is not None else "unbounded")
     # A zero backup interval lets bytewax delete every snapshot but the newest.
-    recovery = RecoveryConfig(str(recovery_dir(options, len(options.addresses or [1]), stretch)),
-                              backup_interval=timedelta(0))
+    recovery = RecoveryConfig(str(recovery_path), backup_interval=timedelta(0))
     # SIGTERM (a deploy, `docker stop`) stops the flow like Ctrl-C: exit 130, resume later.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     gc.set_threshold(*GC_THRESHOLD)
@@ -152,7 +173,8 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
         # An error in a step panics a bytewax thread; keep its Rust backtrace out of the way.
         os.environ["RUST_BACKTRACE"] = "0"
     started = time.monotonic()
-    with _progress_while_running(stats, total):
+    with _progress_while_running(stats, total if options.process_id is None else None,
+                                 enabled=options.process_id is None):
         try:
             cli_main(flow, workers_per_process=1, process_id=options.process_id,
                      addresses=options.addresses,
@@ -161,7 +183,12 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
         except Exception as exc:
             raise _as_user_error(exc) from None
     return RunSummary(stats.counters.total(), time.monotonic() - started,
-                      dict(stats.decisions), stats.pending, stats.warm_up)
+                      dict(stats.decisions), stats.pending, stats.warm_up,
+                      _member(options.process_id, options.addresses))
+
+
+def _member(process_id: int | None, addresses: list[str] | None) -> str:
+    return "" if process_id is None else f", process {process_id} of {len(addresses)}"
 
 
 def _as_user_error(exc: BaseException) -> UserError:
@@ -183,8 +210,9 @@ def _as_user_error(exc: BaseException) -> UserError:
 class _progress_while_running:
     """A thread that draws the progress bar from the source counters."""
 
-    def __init__(self, stats: FlowStats, total: int | None):
+    def __init__(self, stats: FlowStats, total: int | None, enabled: bool = True):
         self.stats, self.progress = stats, Progress(total, "catching up", "events")
+        self.progress.enabled &= enabled  # a cluster member sees only its own partitions
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 

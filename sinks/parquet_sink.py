@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from flows.placement import shard_of_key
 from sinks import parquet
 from state.decision import Decision, Fate
 
@@ -108,7 +109,7 @@ class DecisionSink(FixedPartitionedSink):
         return [f"part{i}" for i in range(self.parts)]
 
     def part_fn(self, item_key: str) -> int:
-        return int(item_key) % self.parts  # keys are shard numbers
+        return shard_of_key(item_key) % self.parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _DecisionPartition:
         next_seq = resume_state or 0

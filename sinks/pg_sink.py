@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from flows.placement import shard_of_key
 from sinks.postgres import PgWriter, write_with_retry
 
 
@@ -49,7 +50,7 @@ class PostgresSink(FixedPartitionedSink):
         return [f"part{i}" for i in range(self.parts)]
 
     def part_fn(self, item_key: str) -> int:
-        return int(item_key) % self.parts  # keys are shard numbers
+        return shard_of_key(item_key) % self.parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _PgPartition:
         return _PgPartition(self.dsn, self.namespace, self.deadline_s)

@@ -5,6 +5,7 @@ The flow must decide exactly what the in-process engine decides for the same day
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -110,3 +111,18 @@ def test_a_namespace_refuses_to_resume_with_another_matching_config(published, b
     assert run.stderr.strip().splitlines()[-1] == (
         "tally: the matching config differs from the one in the recovery snapshot; "
         "use a new namespace (or the old config) to continue")
+
+
+def test_two_processes_decide_exactly_what_one_does(published, broker, pg_dsn):
+    """`--processes 2`: a Bytewax cluster of two local processes, same decisions, same rows."""
+    work, config_file, result = published
+    run = tally("run", "--brokers", broker, "--pg", pg_dsn, "--data-dir", str(work / "data"),
+                "--namespace", "e2e_p2", "--until-end", "--config", str(config_file),
+                "--processes", "2")
+    assert "process 0 of 2" in run.stdout and "process 1 of 2" in run.stdout
+    # both processes decide: the shard keys spread over them (flows/placement.py)
+    decided = re.findall(r"Tally run .*\n.*\n.*\n\s+decisions\s+([\d,]+)", run.stdout)
+    assert len(decided) == 2 and all(int(n.replace(",", "")) > 0 for n in decided), run.stdout
+    expected_decisions, expected_fates = engine_rows(result.decisions, result.fates)
+    assert pg_rows(pg_dsn, "e2e_p2") == (expected_decisions, expected_fates)
+    assert parquet_rows(work / "data" / "e2e_p2") == (expected_decisions, expected_fates)

@@ -1,0 +1,50 @@
+"""`tally run --processes N`: N Bytewax processes on this host, one per core.
+
+Threads in one process share the GIL, so a second core needs a second process.
+This starts N copies of the same command as a Bytewax cluster on local ports
+(`--process-id I --addresses ...`, which is also how to run across hosts) and
+waits for them. Accounts are routed to engine shards by number and each shard
+lives in exactly one process, so the decisions do not depend on N.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from bytewax.recovery import init_db_dir
+
+from flows.services import free_port
+
+
+def run_local(argv: list[str], processes: int, recovery: Path) -> int:
+    """Run `tally <argv>` as `processes` cluster members; the worst exit code wins."""
+    if not any(recovery.glob("part-*.sqlite3")):  # created once, before any member starts
+        recovery.mkdir(parents=True, exist_ok=True)
+        init_db_dir(recovery, processes)
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    members = [subprocess.Popen([sys.executable, "-m", "flows", *argv, "--process-id", str(i),
+                                 "--addresses", addresses]) for i in range(processes)]
+    try:
+        codes = [member.wait() for member in members]
+    except KeyboardInterrupt:
+        for member in members:
+            member.send_signal(signal.SIGTERM)  # each stops like Ctrl-C and resumes later
+        codes = [member.wait() for member in members]
+        return 130
+    return max(codes, key=lambda code: (code != 0, abs(code)))
+
+
+def without_option(argv: list[str], name: str) -> list[str]:
+    """argv less `name VALUE` / `name=VALUE`."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
