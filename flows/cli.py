@@ -230,6 +230,9 @@ def _flow_options(cmd) -> None:
     cmd.add_argument("--batch-size", type=int, default=5000,
                      help="records read per partition per poll (default 5000); smaller batches make "
                           "shorter epochs, so less is redone after a crash, at some cost in speed")
+    cmd.add_argument("--max-rate", type=float, default=0, metavar="RECORDS_PER_S",
+                     help="read at most this many records/s from the broker (default 0: no "
+                          "limit), e.g. to spare PostgreSQL during a backfill")
     cmd.add_argument("--processes", type=int, default=1,
                      help="Bytewax processes on this host, one per core (default 1); decisions "
                           "are the same whatever the number")
@@ -276,7 +279,8 @@ def _run_options(args, brokers: str, dsn: str, until_end: bool):
                       namespace=args.namespace, until_end=until_end, flush=args.flush,
                       snapshot_interval_s=args.snapshot_interval,
                       recovery_dir=getattr(args, "recovery_dir", None), shards=args.shards,
-                      batch_size=args.batch_size, pg_retry_deadline_s=args.pg_retry_deadline)
+                      batch_size=args.batch_size, pg_retry_deadline_s=args.pg_retry_deadline,
+                      max_rate=max(args.max_rate, 0.0))
 
 
 def run_run(args) -> int:

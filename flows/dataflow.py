@@ -40,6 +40,7 @@ class FlowSettings:
     namespace: str
     shards: int = 4
     sink_parts: int = 1
+    max_rate: float = 0.0  # records/s over all partitions; 0: as fast as it goes
     spread_keys: bool = False  # shard keys named to spread over workers (flows/placement.py)
     flush: bool = False
     batch_size: int = 5000
@@ -126,7 +127,7 @@ def _source(settings: FlowSettings, stats: FlowStats):
         return ArchiveSource(settings.archive, settings.starts, settings.ends, settings.batch_size,
                              stats.counters)
     return TallySource(settings.kafka, settings.starts, settings.ends, settings.batch_size,
-                       stats.counters)
+                       stats.counters, settings.max_rate)
 
 
 def build_flow(settings: FlowSettings, stats: FlowStats) -> Dataflow:

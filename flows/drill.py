@@ -48,6 +48,7 @@ KINDS = ("random", "after-snapshot", "postgres-write", "parquet-write")
 # so the crashed run reads small batches: a few epochs between two kills.
 SNAPSHOT_INTERVAL_S = 0.2
 EPOCHS_PER_KILL = 3
+SECONDS_PER_KILL = 2
 TRIGGER_TIMEOUT_S = 20.0  # a trigger not seen by then becomes a plain kill
 RUN_TIMEOUT_S = 900.0
 
@@ -194,10 +195,14 @@ def _crash_repeatedly(flow: _Flow, options: DrillOptions, config: MatchConfig,
     kinds = [KINDS[i % len(KINDS)] for i in range(options.kills)]
     rng.shuffle(kinds)
     batch = _batch_size(options, config, total)
+    # Paced, so that a whole run lasts a few seconds per kill: unpaced, a small day is
+    # read faster than a kill can be placed in it.
+    rate = max(1000, total // ((options.kills + 1) * SECONDS_PER_KILL))
     watch = _Watch(options.root / CRASHED, options.pg_dsn)
     kills: list[Kill] = []
     for kind in kinds:
-        proc = flow.start(CRASHED, f"kill-{len(kills) + 1}-{kind}", "--batch-size", str(batch))
+        proc = flow.start(CRASHED, f"kill-{len(kills) + 1}-{kind}", "--batch-size", str(batch),
+                          "--max-rate", str(rate))
         started = time.monotonic()
         done = watch.committed()[1]
         share = rng.uniform(0.2, 1.0) / (options.kills - len(kills) + 1)

@@ -41,6 +41,7 @@ class RunOptions:
     addresses: list[str] | None = None
     pg_retry_deadline_s: float = 300.0
     batch_size: int = 5000
+    max_rate: float = 0.0
 
 
 @dataclass
@@ -158,7 +159,7 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
         namespace=options.namespace, shards=options.shards, flush=options.flush,
         sink_parts=layout["sink_parts"], spread_keys=layout["shard_keys"] == "spread",
         pg_retry_deadline_s=options.pg_retry_deadline_s, batch_size=options.batch_size,
-        archive=stretch.archive, emit_from_us=stretch.emit_from_us)
+        archive=stretch.archive, emit_from_us=stretch.emit_from_us, max_rate=options.max_rate)
     stats = FlowStats()
     flow = build_flow(settings, stats)
     total = sum(ends[p] - starts[p] for p in starts) if ends else None

@@ -92,8 +92,9 @@ TROUBLE = _BrokerTrouble()
 
 class _Partition(StatefulSourcePartition[RawBatch, int]):
     def __init__(self, config: dict, topic: str, partition: int, start: int, end: int | None,
-                 batch_size: int, counters: Counters):
+                 batch_size: int, counters: Counters, seconds_per_record: float = 0.0):
         self.topic, self.partition, self.end = topic, partition, end
+        self.seconds_per_record = seconds_per_record  # --max-rate, spread over the partitions
         self.batch_size, self.counters = batch_size, counters
         self.next_offset = start
         self.awake: datetime | None = None
@@ -127,6 +128,9 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
             self.awake = datetime.now(timezone.utc) + IDLE_WAIT
             return []
         self.awake = None
+        if self.seconds_per_record:
+            pause = timedelta(seconds=len(offsets) * self.seconds_per_record)
+            self.awake = datetime.now(timezone.utc) + pause
         TROUBLE.recovered()
         self.next_offset = offsets[-1] + 1
         self.counters.add((self.topic, self.partition), len(offsets))
@@ -153,8 +157,9 @@ class TallySource(FixedPartitionedSource[RawBatch, int]):
 
     def __init__(self, config: dict, starts: dict[tuple[str, int], int],
                  ends: dict[tuple[str, int], int] | None, batch_size: int = 5000,
-                 counters: Counters | None = None):
+                 counters: Counters | None = None, max_rate: float = 0.0):
         self.config, self.starts, self.ends = config, starts, ends
+        self.seconds_per_record = len(starts) / max_rate if max_rate else 0.0
         self.batch_size = batch_size
         self.counters = counters or Counters()
 
@@ -167,4 +172,4 @@ class TallySource(FixedPartitionedSource[RawBatch, int]):
         start = self.starts[part] if resume_state is None else resume_state
         end = None if self.ends is None else self.ends[part]
         return _Partition(self.config, topic, int(partition), start, end, self.batch_size,
-                          self.counters)
+                          self.counters, self.seconds_per_record)

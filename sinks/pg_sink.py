@@ -32,7 +32,7 @@ class _PgPartition(StatefulSinkPartition):
     def write_batch(self, values: list) -> None:
         decisions = [d for out in values for d in out.decisions]  # engine Outputs
         fates = [f for out in values for f in out.fates]
-        write_with_retry(self._writer, decisions, fates, self.deadline_s)
+        write_with_retry(self._writer, decisions, fates, self.deadline_s, dsn=self.dsn)
 
     def snapshot(self) -> None:
         return None

@@ -323,7 +323,7 @@ class WriterFactory:
 
 def write_with_retry(writer_factory: Callable[[bool], PgWriter], decisions: list[Decision],
                      fates: list[Fate], deadline_s: float,
-                     log: Callable[[str], object] = warning) -> tuple[int, int]:
+                     log: Callable[[str], object] = warning, dsn: str | None = None) -> tuple[int, int]:
     """`write`, retried on connection loss with backoff (0.5 s doubling, at most 10 s).
 
     `writer_factory(fresh)` gives the writer to use: fresh is False on the first
@@ -332,7 +332,7 @@ def write_with_retry(writer_factory: Callable[[bool], PgWriter], decisions: list
     store are skipped, so a retry may report fewer rows inserted.  Each retry logs
     one line; after deadline_s seconds the last error becomes a UserError.
     """
-    dsn = getattr(writer_factory, "dsn", None)
+    dsn = dsn or getattr(writer_factory, "dsn", None)  # named in messages, redacted
     start, delay, fresh = time.monotonic(), 0.5, False
     while True:
         writer = None
