@@ -24,6 +24,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from flows.logs import UserError
 from flows.source import Counters, RawBatch
+from sinks.audit import offset_bounds
 from sinks.parquet_sink import ARCHIVE_SCHEMA
 
 Part = tuple[str, int]
@@ -60,16 +61,9 @@ class Archive:
 
     def bounds(self, parts: list[Part]) -> tuple[dict[Part, int], dict[Part, int]]:
         """(first offset, end offset) per partition; an absent partition is empty at 0."""
-        lows, ends = {p: None for p in parts}, {p: 0 for p in parts}
-        offsets = pa.concat_tables(
+        return offset_bounds(pa.concat_tables(
             pq.read_table(path, columns=["topic", "partition", "offset"])
-            for group in self.files for path in group)
-        for row in offsets.group_by(["topic", "partition"]).aggregate(
-                [("offset", "min"), ("offset", "max")]).to_pylist():
-            part = (row["topic"], row["partition"])
-            if part in ends:
-                lows[part], ends[part] = row["offset_min"], row["offset_max"] + 1
-        return {p: (0 if low is None else low) for p, low in lows.items()}, ends
+            for group in self.files for path in group), parts)
 
     def offsets_at(self, ends: dict[Part, int], at_ms: int) -> dict[Part, int]:
         """Like kafka_io.offsets_at: the first offset stamped at or after at_ms, else the end."""

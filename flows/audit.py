@@ -19,7 +19,6 @@ verdict about a settled state.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -108,6 +107,7 @@ def audit(data_root: Path, namespace: str, stores: list[str], pg_dsn: str | None
 def _ranges(data_root: Path, archive):
     """First offsets (shape.json), committed next offsets (recovery store) per partition."""
     from flows.recovery_store import read_committed
+    from sinks.audit import offset_bounds
 
     shape_file = data_root / "recovery" / "shape.json"
     if not shape_file.exists():
@@ -116,32 +116,18 @@ def _ranges(data_root: Path, archive):
     shape = json.loads(shape_file.read_text())
     parts = [_part(p) for p in shape["partitions"]]
     notes = []
+    archived_starts, archived_ends = offset_bounds(archive, parts)
     starts = {_part(k): v for k, v in shape.get("starts", {}).items()}
     if not starts:
         notes.append("shape.json predates recorded first offsets: the archive's lowest is used")
-        starts = _archive_bounds(archive, parts, low=True)
+        starts = archived_starts
     committed = read_committed(data_root / "recovery")
     if committed is not None:
         ends = {p: committed.next_offsets.get(p, starts[p]) for p in parts}
         ends = {p: max(v, starts[p]) if v >= 0 else starts[p] for p, v in ends.items()}
     else:
-        ends = _archive_bounds(archive, parts, low=False)
+        ends = archived_ends
     return starts, ends, committed, notes
-
-
-def _archive_bounds(archive, parts, low: bool) -> dict:
-    import pyarrow.compute as pc
-    bounds = {}
-    for topic, partition in parts:
-        mask = pc.and_(pc.equal(archive.column("topic"), topic),
-                       pc.equal(archive.column("partition"), partition))
-        offsets = archive.filter(mask).column("offset")
-        if low:
-            bounds[(topic, partition)] = pc.min(offsets).as_py() or 0
-        else:
-            highest = pc.max(offsets).as_py()
-            bounds[(topic, partition)] = 0 if highest is None else highest + 1
-    return bounds
 
 
 def _pending(committed) -> dict | None:
@@ -239,7 +225,7 @@ def _count_text(what: str, counted: tuple) -> str:
 
 
 def register(commands) -> None:
-    from flows.cli import _namespace
+    from flows.cli import _namespace, _store_options
     cmd = commands.add_parser(
         "audit", help="prove every consumed record has exactly one fate, in both stores",
         description="Check a namespace's conservation: per source partition, the consumed "
@@ -251,11 +237,7 @@ def register(commands) -> None:
                      help="the namespace to audit (default live)")
     cmd.add_argument("--store", choices=("both",) + STORES, default="both",
                      help="which store(s) to audit (default both, and compare them)")
-    cmd.add_argument("--data-dir", type=Path,
-                     default=Path(os.environ.get("TALLY_DATA_DIR", ".tally")),
-                     help="where the namespace's Parquet and recovery live (default $TALLY_DATA_DIR or .tally)")
-    cmd.add_argument("--pg", default=os.environ.get("TALLY_PG_DSN"),
-                     help="PostgreSQL DSN (default $TALLY_PG_DSN, else the 'tally dev up' server)")
+    _store_options(cmd)
     cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     cmd.set_defaults(handler=run_audit)
 

@@ -58,13 +58,23 @@ def _data_dir_option(cmd) -> None:
                      help="where Parquet, recovery and dev services live (default $TALLY_DATA_DIR or .tally)")
 
 
+def _pg_option(cmd) -> None:
+    cmd.add_argument("--pg", default=os.environ.get("TALLY_PG_DSN"), metavar="DSN",
+                     help="PostgreSQL DSN (default $TALLY_PG_DSN, else the 'tally dev up' server)")
+
+
+def _store_options(cmd) -> None:
+    """Where a namespace's stores are: for commands that read them and need no broker."""
+    _data_dir_option(cmd)
+    _pg_option(cmd)
+
+
 def _service_options(cmd, pg: bool) -> None:
     _data_dir_option(cmd)
     cmd.add_argument("--brokers", default=os.environ.get("TALLY_BROKERS"),
                      help="Kafka bootstrap servers (default $TALLY_BROKERS, else the 'tally dev up' broker)")
     if pg:
-        cmd.add_argument("--pg", default=os.environ.get("TALLY_PG_DSN"),
-                         help="PostgreSQL DSN (default $TALLY_PG_DSN, else the 'tally dev up' server)")
+        _pg_option(cmd)
     cmd.add_argument("--config", default=None, help="TOML config file (default: $TALLY_CONFIG or built-in)")
 
 

@@ -19,11 +19,9 @@ an order shuffled by the seed:
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -37,6 +35,7 @@ from flows import kafka_io, logs
 from flows.generate import generate_day
 from flows.logs import UserError
 from flows.progress import table
+from flows.recovery_store import read_committed
 from sinks import compare
 from sinks.postgres import drop_namespace
 from state.config import MatchConfig, to_toml
@@ -273,20 +272,13 @@ class _Watch:
 
     def committed(self) -> tuple[int, int]:
         """(last committed epoch, records covered by the committed source snapshots)."""
-        epoch, offsets = -1, {}
-        for part in sorted((self.data_root / "recovery").glob("part-*.sqlite3")):
-            try:
-                with sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=0.1) as db:
-                    row = db.execute("SELECT max(commit_epoch) FROM commits").fetchone()
-                    epoch = max(epoch, row[0] if row and row[0] is not None else -1)
-                    for key, snap_epoch, value in db.execute(
-                            "SELECT state_key, snap_epoch, ser_change FROM snaps "
-                            "WHERE step_id = 'tally.kafka' AND ser_change IS NOT NULL"):
-                        if snap_epoch >= offsets.get(key, (-1, 0))[0]:
-                            offsets[key] = (snap_epoch, pickle.loads(value))  # our own ints
-            except sqlite3.Error:
-                pass  # not created yet, or busy: this poll sees nothing new
-        return epoch, sum(offset for _, offset in offsets.values())
+        try:
+            state = read_committed(self.data_root / "recovery", engine=False)
+        except UserError:
+            state = None  # not created yet, or busy: this poll sees nothing new
+        if state is None:
+            return -1, 0
+        return state.epoch, sum(state.next_offsets.values())
 
     def _new_epoch(self):
         first = self.committed()[0]

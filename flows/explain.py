@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -738,7 +737,7 @@ def _span_note(archive: ArchiveReader, ref: str) -> str:
 
 def register(commands) -> None:
     """Add `explain` to the `tally` subcommands."""
-    from flows.cli import _data_dir_option, _namespace
+    from flows.cli import _namespace, _store_options
     cmd = commands.add_parser(
         "explain", help="show what happened to one record",
         description="Explain one record (TOPIC:PARTITION:OFFSET) or every record of one event "
@@ -753,9 +752,7 @@ def register(commands) -> None:
     cmd.add_argument("--store", choices=STORES, default="postgres",
                      help="read fates and decisions from PostgreSQL (default) or the Parquet "
                           "files under --data-dir; the raw archive is always Parquet")
-    _data_dir_option(cmd)
-    cmd.add_argument("--pg", default=os.environ.get("TALLY_PG_DSN"),
-                     help="PostgreSQL DSN (default $TALLY_PG_DSN, else the 'tally dev up' server)")
+    _store_options(cmd)
     cmd.add_argument("--config", default=None,
                      help="the namespace's TOML config (default: $TALLY_CONFIG or built-in)")
     cmd.add_argument("--json", action="store_true",

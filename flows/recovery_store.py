@@ -42,15 +42,16 @@ class Committed:
         return sorted(fates, key=lambda f: (f.topic, f.partition, f.offset))
 
 
-def read_committed(recovery_dir: Path) -> Committed | None:
-    """The committed state in `recovery_dir`, or None when nothing was ever committed."""
+def read_committed(recovery_dir: Path, engine: bool = True) -> Committed | None:
+    """The committed state in `recovery_dir`, or None when nothing was ever committed.
+    Without `engine`, only the source offsets: cheap enough to poll while a flow runs."""
     files = sorted(recovery_dir.glob("part-*.sqlite3"))
     if not files:
         return None
     try:
         dbs = [sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) for path in files]
         try:
-            return _read(dbs)
+            return _read(dbs, (SOURCE_STEP, ENGINE_STEP) if engine else (SOURCE_STEP,))
         finally:
             for db in dbs:
                 db.close()
@@ -58,7 +59,7 @@ def read_committed(recovery_dir: Path) -> Committed | None:
         raise UserError(f"cannot read the recovery store {recovery_dir}: {exc}") from None
 
 
-def _read(dbs: list[sqlite3.Connection]) -> Committed | None:
+def _read(dbs: list[sqlite3.Connection], steps: tuple[str, ...]) -> Committed | None:
     epochs = [db.execute("SELECT max(commit_epoch) FROM commits").fetchone()[0] for db in dbs]
     if any(epoch is None for epoch in epochs):
         return None
@@ -68,7 +69,7 @@ def _read(dbs: list[sqlite3.Connection]) -> Committed | None:
             "SELECT step_id, state_key, ser_change FROM snaps s WHERE snap_epoch = "
             " (SELECT max(snap_epoch) FROM snaps t WHERE t.step_id = s.step_id"
             "  AND t.state_key = s.state_key AND t.snap_epoch <= ?)"
-            " AND step_id IN (?, ?)", (committed.epoch, SOURCE_STEP, ENGINE_STEP))
+            f" AND step_id IN ({', '.join('?' * len(steps))})", (committed.epoch, *steps))
         for step, key, change in rows:
             if change is None:
                 continue  # the key was deleted as of that epoch

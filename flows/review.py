@@ -149,12 +149,10 @@ def _who_options(cmd, why: str) -> None:
 
 
 def _common_options(cmd, namespace_type) -> None:
-    from flows.cli import _data_dir_option
+    from flows.cli import _store_options
     cmd.add_argument("--namespace", type=namespace_type, default="live", metavar="NS",
                      help="the namespace reviewed (default live)")
-    _data_dir_option(cmd)
-    cmd.add_argument("--pg", default=os.environ.get("TALLY_PG_DSN"), metavar="DSN",
-                     help="PostgreSQL DSN (default $TALLY_PG_DSN, else the 'tally dev up' server)")
+    _store_options(cmd)
 
 
 def _dsn(args) -> str:

@@ -12,7 +12,6 @@ only, so within a namespace it names at most one decision.
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -400,20 +399,18 @@ def register(commands) -> None:
                             help="PostgreSQL schema and Parquet directory")
     digest_cmd.set_defaults(handler=run_digest)
     for cmd in (verify_cmd, digest_cmd):
-        _store_options(cmd)
+        _read_options(cmd)
 
 
-def _store_options(cmd) -> None:
-    from flows.cli import _data_dir_option
+def _read_options(cmd) -> None:
+    from flows.cli import _store_options
     cmd.add_argument("--store", choices=STORES, default="postgres",
                      help="read PostgreSQL (default) or the Parquet files under --data-dir")
     cmd.add_argument("--from", dest="since", type=timestamp, default=None, metavar="TIME",
                      help="first window_end compared, RFC 3339 with an offset (default: open)")
     cmd.add_argument("--to", dest="until", type=timestamp, default=None, metavar="TIME",
                      help="window_end compared up to, excluded (default: open)")
-    _data_dir_option(cmd)
-    cmd.add_argument("--pg", default=os.environ.get("TALLY_PG_DSN"),
-                     help="PostgreSQL DSN (default $TALLY_PG_DSN, else the 'tally dev up' server)")
+    _store_options(cmd)
 
 
 def source_of(args) -> Source:

@@ -128,6 +128,17 @@ def archive_positions(root: Path) -> pa.Table:
     return parquet.read_dataset(root / "events", ARCHIVE_SCHEMA, columns=POSITION)
 
 
+def offset_bounds(positions: pa.Table, parts: list[Part]) -> tuple[dict[Part, int], dict[Part, int]]:
+    """(first offset, end offset) per partition in `positions`; an absent one is empty at 0."""
+    lows, ends = {p: 0 for p in parts}, {p: 0 for p in parts}
+    for row in positions.group_by(["topic", "partition"]).aggregate(
+            [("offset", "min"), ("offset", "max")]).to_pylist():
+        part = (row["topic"], row["partition"])
+        if part in ends:
+            lows[part], ends[part] = row["offset_min"], row["offset_max"] + 1
+    return lows, ends
+
+
 # ----------------------------------------------------------------------------- coverage
 
 

@@ -19,7 +19,6 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from flows.placement import shard_of_key
 from sinks import parquet
-from state.decision import Decision, Fate
 
 FLUSH_ROWS = 200_000
 FLUSH_SECONDS = 5.0
@@ -53,9 +52,9 @@ class _BufferedPartition(StatefulSinkPartition):
         self.count = 0  # rows buffered (an item of `rows` may hold many)
         self.last_flush = time.monotonic()
 
-    def write_batch(self, values: list) -> None:
-        self.rows.extend(values)
-        self.count += len(values)
+    def buffered(self, rows: int) -> None:
+        """`rows` more rows are in `self.rows`: write a file if there are enough, or it is time."""
+        self.count += rows
         if self.count >= FLUSH_ROWS or time.monotonic() - self.last_flush >= FLUSH_SECONDS:
             self.flush()
 
@@ -84,15 +83,12 @@ class _DecisionPartition(_BufferedPartition):
         self.root = root
 
     def write_batch(self, values: list) -> None:
-        for out in values:  # engine Outputs: a batch of decisions and fates each
-            self.rows.extend(out.decisions)
-            self.rows.extend(out.fates)
-            self.count += len(out.decisions) + len(out.fates)
-        super().write_batch([])
+        self.rows.extend(values)  # engine Outputs: a batch of decisions and fates each
+        self.buffered(sum(len(out.decisions) + len(out.fates) for out in values))
 
     def write_files(self, name: str) -> None:
-        decisions = [r for r in self.rows if isinstance(r, Decision)]
-        fates = [r for r in self.rows if isinstance(r, Fate)]
+        decisions = [d for out in self.rows for d in out.decisions]
+        fates = [f for out in self.rows for f in out.fates]
         if decisions:
             parquet.write_by_day(parquet.decisions_table(decisions), self.root / "decisions", name)
         if fates:
@@ -132,8 +128,7 @@ class _ArchivePartition(_BufferedPartition):
                 pa.array(batch.offsets, pa.int64()), pa.array(batch.keys, pa.binary()),
                 pc.multiply(pa.array(batch.timestamps_ms, pa.int64()), 1000).cast(parquet.TIMESTAMP),
                 pa.array(batch.values, pa.binary())], schema=ARCHIVE_SCHEMA))
-            self.count += size
-        super().write_batch([])
+        self.buffered(sum(len(batch.offsets) for batch in values))
 
     def write_files(self, name: str) -> None:
         table = pa.Table.from_batches(self.rows, schema=ARCHIVE_SCHEMA)

@@ -229,27 +229,31 @@ def _who(by: str, note: str) -> tuple[str, str]:
 
 def resolve(dsn: str, ns: str, decision_id: str, resolution: str, by: str, note: str) -> dict:
     """Record a human resolution of an open exception; returns the row's DONE_COLUMNS."""
-    validate_namespace(ns)
     if resolution not in RESOLUTIONS:
         raise UserError(f"unknown resolution {resolution!r}: use one of {', '.join(RESOLUTIONS)}")
-    by, note = _who(by, note)
-    with _connect(dsn, ns) as conn:
-        full, day = _full_id(conn, ns, decision_id)
-        _ensure_log(conn, ns)
-        with conn.transaction():
-            row = _locked(conn, ns, full, day)
-            if row["kind"] != "exception":
-                raise UserError(f"decision {full} is a {row['kind']}: there is nothing to review")
-            if row["review_status"] == "resolved":
-                raise UserError(
-                    f"decision {full} is already resolved as {row['resolution']} by "
-                    f"{row['resolved_by']} at {_iso(row['resolved_at'])}; to change it, reopen it "
-                    f"first: tally review reopen {full} --namespace {ns} --note TEXT")
-            return _change(conn, ns, full, day, "resolve", resolution, by, note)
+
+    def refuse(full: str, row: dict) -> None:
+        if row["review_status"] == "resolved":
+            raise UserError(
+                f"decision {full} is already resolved as {row['resolution']} by "
+                f"{row['resolved_by']} at {_iso(row['resolved_at'])}; to change it, reopen it "
+                f"first: tally review reopen {full} --namespace {ns} --note TEXT")
+
+    return _act(dsn, ns, decision_id, "resolve", resolution, by, note, refuse)
 
 
 def reopen(dsn: str, ns: str, decision_id: str, by: str, note: str) -> dict:
     """Put a resolved exception back in the queue (resolution fields cleared), logged."""
+    def refuse(full: str, row: dict) -> None:
+        if row["review_status"] == "open":
+            raise UserError(f"decision {full} is already open")
+
+    return _act(dsn, ns, decision_id, "reopen", None, by, note, refuse)
+
+
+def _act(dsn: str, ns: str, decision_id: str, action: str, resolution: str | None, by: str,
+         note: str, refuse) -> dict:
+    """One review action on one exception, under its row lock: `refuse` may veto it."""
     validate_namespace(ns)
     by, note = _who(by, note)
     with _connect(dsn, ns) as conn:
@@ -259,9 +263,8 @@ def reopen(dsn: str, ns: str, decision_id: str, by: str, note: str) -> dict:
             row = _locked(conn, ns, full, day)
             if row["kind"] != "exception":
                 raise UserError(f"decision {full} is a {row['kind']}: there is nothing to review")
-            if row["review_status"] == "open":
-                raise UserError(f"decision {full} is already open")
-            return _change(conn, ns, full, day, "reopen", None, by, note)
+            refuse(full, row)
+            return _change(conn, ns, full, day, action, resolution, by, note)
 
 
 def history(dsn: str, ns: str, decision_id: str) -> list[dict]:
