@@ -105,6 +105,15 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
+def _metrics_address(value: str) -> str:
+    from flows.metrics import parse_address
+    try:
+        parse_address(value)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
+
+
 def _namespace(value: str) -> str:
     from sinks.postgres import validate_namespace
     try:
@@ -254,6 +263,11 @@ def _flow_options(cmd) -> None:
                      default=float(os.environ.get("TALLY_PG_RETRY_DEADLINE", 300)),
                      help="seconds to keep retrying when PostgreSQL is unreachable before exiting "
                           "(default $TALLY_PG_RETRY_DEADLINE or 300); the next start resumes")
+    cmd.add_argument("--metrics-port", default=os.environ.get("TALLY_METRICS_PORT"),
+                     type=_metrics_address, metavar="[HOST:]PORT",
+                     help="serve Prometheus metrics on http://HOST:PORT/metrics (default "
+                          "$TALLY_METRICS_PORT, else none; all interfaces unless HOST is given); "
+                          "with --processes N, process I serves on PORT+I")
 
 
 def _cluster(args) -> list[str] | None:
@@ -290,7 +304,7 @@ def _run_options(args, brokers: str, dsn: str, until_end: bool):
                       snapshot_interval_s=args.snapshot_interval,
                       recovery_dir=getattr(args, "recovery_dir", None), shards=args.shards,
                       batch_size=args.batch_size, pg_retry_deadline_s=args.pg_retry_deadline,
-                      max_rate=max(args.max_rate, 0.0))
+                      max_rate=max(args.max_rate, 0.0), metrics_address=args.metrics_port)
 
 
 def run_run(args) -> int:

@@ -18,6 +18,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
+from flows import metrics
 from flows.logs import UserError
 from flows.placement import shard_key
 from flows.source import Counters, RawBatch, TallySource
@@ -58,6 +59,8 @@ class FlowStats:
     pending: int = 0
     warm_up: int = 0  # decisions made but not written: they end before a replay's start
     lock: threading.Lock = field(default_factory=threading.Lock)
+    shards: list = field(default_factory=list)  # this process's engine shards, for the metrics
+    open_events: dict = field(default_factory=dict)  # id(shard) -> open events at its last snapshot
 
     def count(self, decisions: list[Decision]) -> None:
         with self.lock:
@@ -74,6 +77,8 @@ class ShardLogic(StatefulBatchLogic):
 
     def __init__(self, shard: Shard, flush: bool, stats: FlowStats):
         self.shard, self.flush, self.stats = shard, flush, stats
+        stats.shards.append(shard)
+        stats.open_events[id(shard)] = shard.open_count()
 
     def on_batch(self, slices: list) -> tuple[list, bool]:
         # One output item per batch, not one per row: Bytewax's cost is per item.
@@ -89,10 +94,14 @@ class ShardLogic(StatefulBatchLogic):
             out = self.shard.flush()
             self.stats.count(out.decisions)
         self.stats.add_pending(len(self.shard.pending()))
+        self.stats.open_events[id(self.shard)] = self.shard.open_count()
         return ([out] if out.decisions or out.fates else []), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
-        return encode_snapshot(self.shard)
+        with metrics.snapshot_timer():
+            snap = encode_snapshot(self.shard)
+        self.stats.open_events[id(self.shard)] = self.shard.open_count()
+        return snap
 
 
 def splitter(config: MatchConfig, shards: int, spread_keys: bool):

@@ -16,7 +16,7 @@ from pathlib import Path
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
-from flows import kafka_io, logs
+from flows import kafka_io, logs, metrics
 from flows.logs import FlowError, UserError
 from flows.dataflow import FlowSettings, FlowStats, build_flow
 from flows.progress import Progress, table
@@ -42,6 +42,7 @@ class RunOptions:
     pg_retry_deadline_s: float = 300.0
     batch_size: int = 5000
     max_rate: float = 0.0
+    metrics_address: str | None = None  # [HOST:]PORT of the Prometheus endpoint
 
 
 @dataclass
@@ -174,8 +175,9 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
         # An error in a step panics a bytewax thread; keep its Rust backtrace out of the way.
         os.environ["RUST_BACKTRACE"] = "0"
     started = time.monotonic()
-    with _progress_while_running(stats, total if options.process_id is None else None,
-                                 enabled=options.process_id is None):
+    with metrics.serving(options.metrics_address, options.process_id, stats, config.topics), \
+            _progress_while_running(stats, total if options.process_id is None else None,
+                                    enabled=options.process_id is None):
         try:
             cli_main(flow, workers_per_process=1, process_id=options.process_id,
                      addresses=options.addresses,

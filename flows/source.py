@@ -22,6 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from flows import logs
 
 IDLE_WAIT = timedelta(milliseconds=10)  # after an empty poll, before the next one
+LAG_EVERY_S = 1.0
 # Without this, the broker holds a fetch up to 500 ms waiting for more data; a record
 # then waits that long before the flow sees it (measured: p50 365 ms old at consumption).
 SOURCE_DEFAULTS = {"fetch.wait.max.ms": 10}
@@ -39,11 +40,12 @@ class RawBatch:
 
 
 class Counters:
-    """Records consumed per partition, read by the progress bar and the metrics."""
+    """Records consumed and consumer lag per partition, read by the progress bar and the metrics."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.consumed: dict[tuple[str, int], int] = {}
+        self.lag: dict[tuple[str, int], int] = {}
 
     def add(self, part: tuple[str, int], count: int) -> None:
         with self.lock:
@@ -98,6 +100,7 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
         self.batch_size, self.counters = batch_size, counters
         self.next_offset = start
         self.awake: datetime | None = None
+        self.lag_checked = 0.0
         self.consumer = Consumer({**SOURCE_DEFAULTS, **config, "enable.partition.eof": True,
                                   "group.id": "tally-unused", "enable.auto.commit": False,
                                   "error_cb": TROUBLE.error, "logger": TROUBLE,
@@ -125,6 +128,7 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
             values.append(message.value())
             stamps.append(message.timestamp()[1])
         if not offsets:
+            self._note_lag()
             self.awake = datetime.now(timezone.utc) + IDLE_WAIT
             return []
         self.awake = None
@@ -133,8 +137,22 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
             self.awake = datetime.now(timezone.utc) + pause
         TROUBLE.recovered()
         self.next_offset = offsets[-1] + 1
+        self._note_lag()
         self.counters.add((self.topic, self.partition), len(offsets))
         return [RawBatch(self.topic, self.partition, offsets, keys, values, stamps)]
+
+    def _note_lag(self) -> None:
+        """Records behind the partition's end, from the high watermark of the last fetch
+        (librdkafka's cached value: no broker round trip)."""
+        now = time.monotonic()
+        if now - self.lag_checked < LAG_EVERY_S:
+            return
+        self.lag_checked = now
+        _low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, self.partition),
+                                                         cached=True)
+        if high >= 0:
+            with self.counters.lock:
+                self.counters.lag[(self.topic, self.partition)] = max(high - self.next_offset, 0)
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal() or not error.retriable():

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from flows import metrics
 from flows.placement import shard_of_key
 from sinks import parquet
 
@@ -46,6 +47,8 @@ def remove_orphans(roots: list[Path], part: str, next_seq: int) -> int:
 class _BufferedPartition(StatefulSinkPartition):
     """Buffers rows; writes numbered files on size, on time, at snapshots and at the end."""
 
+    sink = ""  # its name in the metrics
+
     def __init__(self, part: str, next_seq: int):
         self.part, self.seq = part, next_seq
         self.rows: list = []
@@ -62,7 +65,8 @@ class _BufferedPartition(StatefulSinkPartition):
         self.last_flush = time.monotonic()
         if not self.rows:
             return
-        self.write_files(f"{self.part}-{self.seq:09d}.parquet")
+        with metrics.sink_write(self.sink, self.count):
+            self.write_files(f"{self.part}-{self.seq:09d}.parquet")
         self.rows, self.count = [], 0
         self.seq += 1
 
@@ -78,6 +82,8 @@ class _BufferedPartition(StatefulSinkPartition):
 
 
 class _DecisionPartition(_BufferedPartition):
+    sink = "parquet"
+
     def __init__(self, root: Path, part: str, next_seq: int):
         super().__init__(part, next_seq)
         self.root = root
@@ -114,6 +120,8 @@ class DecisionSink(FixedPartitionedSink):
 
 
 class _ArchivePartition(_BufferedPartition):
+    sink = "archive"
+
     def __init__(self, root: Path, part: str, next_seq: int):
         super().__init__(part, next_seq)
         self.root = root

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from flows import metrics
 from flows.placement import shard_of_key
 from sinks.postgres import PgWriter, write_with_retry
 
@@ -32,7 +33,8 @@ class _PgPartition(StatefulSinkPartition):
     def write_batch(self, values: list) -> None:
         decisions = [d for out in values for d in out.decisions]  # engine Outputs
         fates = [f for out in values for f in out.fates]
-        write_with_retry(self._writer, decisions, fates, self.deadline_s, dsn=self.dsn)
+        with metrics.sink_write("postgres", len(decisions) + len(fates)):
+            write_with_retry(self._writer, decisions, fates, self.deadline_s, dsn=self.dsn)
 
     def snapshot(self) -> None:
         return None
