@@ -268,6 +268,7 @@ def _flow_options(cmd) -> None:
                      help="serve Prometheus metrics on http://HOST:PORT/metrics (default "
                           "$TALLY_METRICS_PORT, else none; all interfaces unless HOST is given); "
                           "with --processes N, process I serves on PORT+I")
+    cmd.add_argument("--summary-to", type=Path, default=None, help=argparse.SUPPRESS)
 
 
 def _cluster(args) -> list[str] | None:
@@ -290,7 +291,18 @@ def _spawn_processes(args) -> int | None:
     from flows.processes import run_local, without_option
     recovery = getattr(args, "recovery_dir", None) or args.data_dir / args.namespace / "recovery"
     argv = without_option(sys.argv[1:], "--processes")
-    return run_local(argv, args.processes, recovery)
+    code, summary = run_local(argv, args.processes, recovery)
+    if summary is not None:
+        print(summary)
+    return code
+
+
+def _report_run(args, summary) -> None:
+    """Print the run's summary, or hand it to the launcher of --processes N."""
+    if args.summary_to:
+        args.summary_to.write_text(summary.to_json())
+    else:
+        print(summary)
 
 
 def _run_options(args, brokers: str, dsn: str, until_end: bool):
@@ -324,7 +336,7 @@ def run_run(args) -> int:
     spawned = _spawn_processes(args)
     if spawned is not None:
         return spawned
-    print(run(options, config))
+    _report_run(args, run(options, config))
     return 0
 
 
@@ -386,7 +398,7 @@ def run_replay(args) -> int:
     spawned = _spawn_processes(args)  # after the plan is saved: every member loads the same one
     if spawned is not None:
         return spawned
-    print(run(options, config, chosen.stretch(log.archive)))
+    _report_run(args, run(options, config, chosen.stretch(log.archive)))
     if chosen.emit_from_us is not None:
         from state.contract import format_us
         print(f"  written: decisions and fates whose window ends at or after "

@@ -12,29 +12,44 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 from bytewax.recovery import init_db_dir
 
+from flows.run import RunSummary
 from flows.services import free_port
 
 
-def run_local(argv: list[str], processes: int, recovery: Path) -> int:
-    """Run `tally <argv>` as `processes` cluster members; the worst exit code wins."""
+def run_local(argv: list[str], processes: int, recovery: Path) -> tuple[int, RunSummary | None]:
+    """Run `tally <argv>` as `processes` cluster members.
+
+    Returns the worst exit code, and the members' summaries combined into one
+    when every member finished.
+    """
     if not any(recovery.glob("part-*.sqlite3")):  # created once, before any member starts
         recovery.mkdir(parents=True, exist_ok=True)
         init_db_dir(recovery, processes)
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
-    members = [subprocess.Popen([sys.executable, "-m", "flows", *argv, "--process-id", str(i),
-                                 "--addresses", addresses]) for i in range(processes)]
-    try:
-        codes = [member.wait() for member in members]
-    except KeyboardInterrupt:
-        for member in members:
-            member.send_signal(signal.SIGTERM)  # each stops like Ctrl-C and resumes later
-        codes = [member.wait() for member in members]
-        return 130
-    return max(codes, key=lambda code: (code != 0, abs(code)))
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="tally-members-") as tmp:
+        summaries = [Path(tmp) / f"{i}.json" for i in range(processes)]
+        members = [subprocess.Popen([sys.executable, "-m", "flows", *argv, "--process-id", str(i),
+                                     "--addresses", addresses, "--summary-to", str(summaries[i])])
+                   for i in range(processes)]
+        try:
+            codes = [member.wait() for member in members]
+        except KeyboardInterrupt:
+            for member in members:
+                member.send_signal(signal.SIGTERM)  # each stops like Ctrl-C and resumes later
+            codes = [member.wait() for member in members]
+            return 130, None
+        code = max(codes, key=lambda code: (code != 0, abs(code)))
+        if code != 0 or not all(path.exists() for path in summaries):
+            return code, None
+        parts = [RunSummary.from_json(path.read_text()) for path in summaries]
+    return 0, RunSummary.combine(parts, time.monotonic() - started)
 
 
 def without_option(argv: list[str], name: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -69,16 +70,36 @@ class RunSummary:
     pending: int
     warm_up: int = 0
     member: str = ""  # ", process I of N" in a cluster
+    by_process: list[int] = dataclasses.field(default_factory=list)  # decisions, when combined
 
     def __str__(self) -> str:
         rate = self.consumed / max(self.seconds, 1e-9)
         rows = [("records consumed", self.consumed), ("events/s", f"{rate:,.0f}"),
                 ("decisions", sum(self.decisions.values()))]
         rows += [(f"  {k}", v) for k, v in sorted(self.decisions.items())]
+        rows += [(f"  decided by process {i}", n) for i, n in enumerate(self.by_process)]
         if self.warm_up:
             rows += [("not written (warm-up)", self.warm_up)]
         rows += [("pending (kept in the recovery snapshot)", self.pending)]
         return table(rows, f"Tally run ({self.seconds:.1f}s{self.member})")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunSummary":
+        return cls(**json.loads(text))
+
+    @classmethod
+    def combine(cls, members: list["RunSummary"], seconds: float) -> "RunSummary":
+        """One summary for the processes of a cluster: each counted its own share."""
+        decisions: dict[str, int] = {}
+        for member in members:
+            for name, count in member.decisions.items():
+                decisions[name] = decisions.get(name, 0) + count
+        return cls(sum(m.consumed for m in members), seconds, decisions,
+                   sum(m.pending for m in members), sum(m.warm_up for m in members),
+                   f", {len(members)} processes", [sum(m.decisions.values()) for m in members])
 
 
 def recovery_dir(options: RunOptions, stretch: Stretch) -> tuple[Path, dict]:

@@ -6,7 +6,9 @@ The flow must decide exactly what the in-process engine decides for the same day
 from __future__ import annotations
 
 import re
+import signal
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,8 +18,8 @@ from flows import kafka_io
 from flows.generate import generate_day
 from flows.match import run_engine
 from state.config import MatchConfig
-from tests.flow_helpers import (digest, engine_rows, parquet_rows, pg_rows, tally, unique_topics,
-                                write_config)
+from tests.flow_helpers import (digest, engine_rows, parquet_rows, pg_rows, start_tally, tally,
+                                unique_topics, write_config)
 
 PAYMENTS = 20_000
 
@@ -119,10 +121,45 @@ def test_two_processes_decide_exactly_what_one_does(published, broker, pg_dsn):
     run = tally("run", "--brokers", broker, "--pg", pg_dsn, "--data-dir", str(work / "data"),
                 "--namespace", "e2e_p2", "--until-end", "--config", str(config_file),
                 "--processes", "2")
-    assert "process 0 of 2" in run.stdout and "process 1 of 2" in run.stdout
+    assert "2 processes" in run.stdout
     # both processes decide: the shard keys spread over them (flows/placement.py)
-    decided = re.findall(r"Tally run .*\n.*\n.*\n\s+decisions\s+([\d,]+)", run.stdout)
+    decided = re.findall(r"decided by process \d\s+([\d,]+)", run.stdout)
     assert len(decided) == 2 and all(int(n.replace(",", "")) > 0 for n in decided), run.stdout
+    total = re.search(r"^\s*decisions\s+([\d,]+)", run.stdout, re.M).group(1)
+    assert int(total.replace(",", "")) == len(result.decisions), run.stdout
     expected_decisions, expected_fates = engine_rows(result.decisions, result.fates)
     assert pg_rows(pg_dsn, "e2e_p2") == (expected_decisions, expected_fates)
     assert parquet_rows(work / "data" / "e2e_p2") == (expected_decisions, expected_fates)
+
+
+def test_a_namespace_rescales_from_one_process_to_two_mid_run(published, broker, pg_dsn):
+    """Stopped part-way under one process, resumed under two: the same rows as the engine's."""
+    work, config_file, result = published
+    common = ["--brokers", broker, "--pg", pg_dsn, "--data-dir", str(work / "data"),
+              "--namespace", "e2e_rescale", "--config", str(config_file)]
+    one = start_tally("run", *common, "--max-rate", "15000", "--snapshot-interval", "0.5")
+    _wait_for_decisions(pg_dsn, "e2e_rescale", one)
+    one.send_signal(signal.SIGTERM)
+    assert one.wait(timeout=60) == 130, one.stderr.read()
+    partial = len(pg_rows(pg_dsn, "e2e_rescale")[0])
+    assert 0 < partial < len(result.decisions)  # it really stopped part-way
+    two = tally("run", *common, "--until-end", "--processes", "2")
+    assert "2 processes" in two.stdout
+    expected_decisions, expected_fates = engine_rows(result.decisions, result.fates)
+    assert pg_rows(pg_dsn, "e2e_rescale") == (expected_decisions, expected_fates)
+    assert parquet_rows(work / "data" / "e2e_rescale") == (expected_decisions, expected_fates)
+
+
+def _wait_for_decisions(dsn: str, namespace: str, flow, seconds: float = 120) -> None:
+    import psycopg
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert flow.poll() is None, flow.stderr.read()
+        try:
+            with psycopg.connect(dsn) as conn:
+                if conn.execute(f"select count(*) from {namespace}.decisions").fetchone()[0] > 0:
+                    return
+        except psycopg.errors.UndefinedTable:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("no decision was written")
