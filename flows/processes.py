@@ -32,6 +32,8 @@ def run_local(argv: list[str], processes: int, recovery: Path) -> tuple[int, Run
         recovery.mkdir(parents=True, exist_ok=True)
         init_db_dir(recovery, processes)
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    # `docker stop` and Kubernetes send SIGTERM to the launcher: pass it on like Ctrl-C
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tally-members-") as tmp:
         summaries = [Path(tmp) / f"{i}.json" for i in range(processes)]
