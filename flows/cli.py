@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _verify(commands)
     _audit(commands)
     _explain(commands)
+    _report(commands)
     _review(commands)
     _drill(commands)
     _demo(commands)
@@ -419,6 +420,11 @@ def _audit(commands) -> None:
 def _explain(commands) -> None:
     from flows import explain
     explain.register(commands)
+
+
+def _report(commands) -> None:
+    from flows import report
+    report.register(commands)
 
 
 def _review(commands) -> None:
