@@ -73,3 +73,15 @@ def parquet_rows(root: Path) -> tuple[list[tuple], list[tuple]]:
 
 def digest(rows: list[tuple]) -> str:
     return hashlib.sha256(msgspec.json.encode(rows)).hexdigest()
+
+
+def publish_day(broker: str, work: Path, payments: int, seed: int) -> tuple[dict[str, str], Path]:
+    """A generated day under work/day, published to fresh topics (3 partitions each);
+    returns the topics and a config file naming them."""
+    from flows import kafka_io
+    from flows.generate import generate_day
+    topics = unique_topics()
+    generate_day(work / "day", payments, seed=seed, topics=topics)
+    kafka_io.create_topics(broker, list(topics.values()), 3)
+    kafka_io.produce_day(broker, work / "day", list(topics.values()), progress=False)
+    return topics, write_config(work / "tally.toml", topics)

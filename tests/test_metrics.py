@@ -8,6 +8,7 @@ decisions and sink rows equal what PostgreSQL holds.
 from __future__ import annotations
 
 import signal
+import socket
 import time
 import urllib.request
 from collections import defaultdict
@@ -16,14 +17,13 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from flows import dayfiles, kafka_io
-from flows.generate import generate_day
+from flows import dayfiles
 from flows.metrics import METRIC_NAMES, parse_address
 from flows.services import free_port
 from flows.logs import UserError
 from state.config import MatchConfig
 from state.contract import Decoder, Event, Heartbeat
-from tests.flow_helpers import start_tally, tally, unique_topics, write_config
+from tests.flow_helpers import publish_day, start_tally, tally
 
 
 def scrape(port: int) -> dict[str, list]:
@@ -76,11 +76,7 @@ def store_counts(dsn: str, namespace: str) -> tuple[dict, dict, int]:
 
 
 def test_a_running_flow_serves_its_own_figures(broker, pg_dsn, tmp_path):
-    topics = unique_topics()
-    config = write_config(tmp_path / "tally.toml", topics)
-    generate_day(tmp_path / "day", 1500, seed=21, topics=topics)
-    kafka_io.create_topics(broker, list(topics.values()), 3)
-    kafka_io.produce_day(broker, tmp_path / "day", list(topics.values()), progress=False)
+    topics, config = publish_day(broker, tmp_path, 1500, seed=21)
     port = free_port()
     # paced, so that the first scrapes land while records are still waiting to be read
     flow = start_tally("run", "--brokers", broker, "--pg", pg_dsn, "--data-dir", str(tmp_path / "data"),
@@ -151,20 +147,27 @@ def _all_read(port: int, expected: int):
     return samples if total(samples, "tally_records_consumed_total") == expected else None
 
 
+def _two_free_ports() -> int:
+    """A port P such that P and P + 1 were both free a moment ago."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+    raise AssertionError("no two consecutive free ports")
+
+
 def _count_records(day) -> int:
     return sum(len(dayfiles.read_values(path)) for path in day.glob("*/*.jsonl"))
 
 
 def test_two_processes_serve_on_consecutive_ports(broker, pg_dsn, tmp_path):
-    topics = unique_topics()
-    config = write_config(tmp_path / "tally.toml", topics)
-    generate_day(tmp_path / "day", 300, seed=22, topics=topics)
-    kafka_io.create_topics(broker, list(topics.values()), 3)
-    kafka_io.produce_day(broker, tmp_path / "day", list(topics.values()), progress=False)
+    topics, config = publish_day(broker, tmp_path, 300, seed=22)
     expected = _count_records(tmp_path / "day")
-    port = free_port()
-    while free_port() == port + 1:  # port + 1 must be free too; free_port() picks at random
-        port = free_port()
+    port = _two_free_ports()
     flow = start_tally("run", "--brokers", broker, "--pg", pg_dsn, "--data-dir", str(tmp_path / "data"),
                        "--config", str(config), "--namespace", "scraped2", "--processes", "2",
                        "--metrics-port", f"127.0.0.1:{port}")

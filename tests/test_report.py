@@ -24,12 +24,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from flows import kafka_io
-from flows.dayfiles import partitions, read_values
-from flows.generate import generate_day
 from sinks.postgres import read_decisions
 from state.currency import exponent
-from tests.flow_helpers import tally, unique_topics, write_config
+from tests.flow_helpers import publish_day, tally
 
 PAYMENTS = 1500
 NAMESPACE = "report_day"
@@ -47,13 +44,7 @@ class Made:
 def made(broker, pg_dsn):
     """A day run through the real flow into NAMESPACE (PostgreSQL and Parquet)."""
     work = Path(tempfile.mkdtemp(prefix="tally-report-"))
-    topics = unique_topics()
-    generate_day(work / "day", PAYMENTS, seed=33, topics=topics)
-    values = {part: read_values(path)
-              for part, path in partitions(work / "day", list(topics.values())).items()}
-    kafka_io.create_topics(broker, list(topics.values()), 3)
-    kafka_io.produce_values(broker, values, progress=False)
-    config = write_config(work / "tally.toml", topics)
+    _topics, config = publish_day(broker, work, PAYMENTS, seed=33)
     tally("run", "--brokers", broker, "--pg", pg_dsn, "--data-dir", str(work / "data"),
           "--namespace", NAMESPACE, "--until-end", "--config", str(config))
     yield Made(work, work / "data", pg_dsn)
