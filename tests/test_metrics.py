@@ -184,8 +184,14 @@ def test_two_processes_serve_on_consecutive_ports(broker, pg_dsn, tmp_path):
                  for s in (first, second)]
         assert not parts[0] & parts[1] and len(parts[0] | parts[1]) == 9
     finally:
-        flow.send_signal(signal.SIGINT)
-        flow.wait(timeout=60)
+        flow.send_signal(signal.SIGTERM)  # to the launcher, which passes it on to both members
+        assert flow.wait(timeout=60) == 130, flow.stderr.read()
+    assert _listening(port) is False and _listening(port + 1) is False
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_a_bad_metrics_address_is_refused_in_one_line(tmp_path):
