@@ -54,11 +54,17 @@ def _story(root: Path, services, transactions: int, seed: int) -> int:
                          namespace=NAMESPACE, until_end=True)
     summary = run(options, config)
     print(summary)
+    step("reporting", "the audit verdict, charts and oldest exceptions as one HTML page")
+    from flows.cli import main
+    page = root / "report.html"
+    main(["report", "--namespace", NAMESPACE, "--data-dir", str(root), "--pg", services.pg_dsn,
+          "--out", str(page)])
     parquet_root = root / NAMESPACE
     print(f"""
 Where to look
   PostgreSQL   {logs.redact(services.pg_dsn)}  (schema "{NAMESPACE}"; password in {root}/dev/pg_password)
                SELECT exception_kind, count(*) FROM {NAMESPACE}.decisions GROUP BY 1;
+  Report       {page} (open it in a browser)
   Parquet      {parquet_root}/decisions, {parquet_root}/fates, {parquet_root}/events
                python -c "import pyarrow.dataset as ds; print(ds.dataset('{parquet_root}/decisions', partitioning='hive').to_table().group_by('kind').aggregate([('decision_id', 'count')]))"
 """)
