@@ -291,8 +291,8 @@ def _spawn_processes(args) -> int | None:
         return None
     from flows.processes import run_local, without_option
     recovery = getattr(args, "recovery_dir", None) or args.data_dir / args.namespace / "recovery"
-    argv = without_option(sys.argv[1:], "--processes")
-    code, summary = run_local(argv, args.processes, recovery)
+    argv = without_option(without_option(sys.argv[1:], "--processes"), "--metrics-port")
+    code, summary = run_local(argv, args.processes, recovery, args.metrics_port)
     if summary is not None:
         print(summary)
     return code

@@ -7,7 +7,7 @@ decisions from FlowStats. Only the timings (sink writes, snapshots) are
 observed as they happen, once per write or snapshot, never per record.
 
 Every series carries a `process` label: with --processes N, process I serves
-its own endpoint on PORT+I.
+its own endpoint on PORT+I (across hosts, each member serves on the port it is given).
 """
 
 from __future__ import annotations
@@ -162,6 +162,12 @@ def parse_address(text: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
+def shifted(address: str, offset: int) -> str:
+    """The address of member `offset` of a local --processes cluster: PORT+offset."""
+    host, port = parse_address(address)
+    return f"{host}:{port + offset}"
+
+
 @contextmanager
 def serving(address: str | None, process_id: int | None, stats, sources: dict[str, str]):
     """The endpoint of this process (a daemon thread) while the flow runs; nothing if no address."""
@@ -171,7 +177,6 @@ def serving(address: str | None, process_id: int | None, stats, sources: dict[st
     global PROCESS
     PROCESS = str(process_id or 0)
     host, port = parse_address(address)
-    port += process_id or 0
     try:
         server, thread = start_http_server(port, host, registry=REGISTRY)
     except OSError as err:

@@ -18,15 +18,17 @@ from pathlib import Path
 
 from bytewax.recovery import init_db_dir
 
+from flows import metrics
 from flows.run import RunSummary
 from flows.services import free_port
 
 
-def run_local(argv: list[str], processes: int, recovery: Path) -> tuple[int, RunSummary | None]:
+def run_local(argv: list[str], processes: int, recovery: Path,
+              metrics_address: str | None = None) -> tuple[int, RunSummary | None]:
     """Run `tally <argv>` as `processes` cluster members.
 
     Returns the worst exit code, and the members' summaries combined into one
-    when every member finished.
+    when every member finished. With a metrics address, member I serves on PORT+I.
     """
     if not any(recovery.glob("part-*.sqlite3")):  # created once, before any member starts
         recovery.mkdir(parents=True, exist_ok=True)
@@ -38,7 +40,8 @@ def run_local(argv: list[str], processes: int, recovery: Path) -> tuple[int, Run
     with tempfile.TemporaryDirectory(prefix="tally-members-") as tmp:
         summaries = [Path(tmp) / f"{i}.json" for i in range(processes)]
         members = [subprocess.Popen([sys.executable, "-m", "flows", *argv, "--process-id", str(i),
-                                     "--addresses", addresses, "--summary-to", str(summaries[i])])
+                                     "--addresses", addresses, "--summary-to", str(summaries[i]),
+                                     *_metrics_option(metrics_address, i)])
                    for i in range(processes)]
         try:
             codes = [member.wait() for member in members]
@@ -52,6 +55,10 @@ def run_local(argv: list[str], processes: int, recovery: Path) -> tuple[int, Run
             return code, None
         parts = [RunSummary.from_json(path.read_text()) for path in summaries]
     return 0, RunSummary.combine(parts, time.monotonic() - started)
+
+
+def _metrics_option(address: str | None, member: int) -> list[str]:
+    return [] if not address else ["--metrics-port", metrics.shifted(address, member)]
 
 
 def without_option(argv: list[str], name: str) -> list[str]:
