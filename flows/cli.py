@@ -16,7 +16,12 @@ from flows.logs import UserError
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logs.setup(args.log_level)
+    level = (args.log_level or _env("TALLY_LOG_LEVEL") or "INFO").upper()
+    if level not in LOG_LEVELS:
+        print(f"tally: log level {level!r} (--log-level or TALLY_LOG_LEVEL) is not one of "
+              f"{', '.join(LOG_LEVELS)}", file=sys.stderr)
+        return 2
+    logs.setup(level)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
@@ -28,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tally: interrupted", file=sys.stderr)
         return 130
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    """A TALLY_* setting from the environment; set but empty counts as unset."""
+    return os.environ.get(name) or default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,12 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- shared options
 
 def _data_dir_option(cmd) -> None:
-    cmd.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TALLY_DATA_DIR", ".tally")),
+    cmd.add_argument("--data-dir", type=Path, default=Path(_env("TALLY_DATA_DIR", ".tally")),
                      help="where Parquet, recovery and dev services live (default $TALLY_DATA_DIR or .tally)")
 
 
 def _pg_option(cmd) -> None:
-    cmd.add_argument("--pg", default=os.environ.get("TALLY_PG_DSN"), metavar="DSN",
+    cmd.add_argument("--pg", default=_env("TALLY_PG_DSN"), metavar="DSN",
                      help="PostgreSQL DSN (default $TALLY_PG_DSN, else the 'tally dev up' server)")
 
 
@@ -72,7 +85,7 @@ def _store_options(cmd) -> None:
 
 def _service_options(cmd, pg: bool) -> None:
     _data_dir_option(cmd)
-    cmd.add_argument("--brokers", default=os.environ.get("TALLY_BROKERS"),
+    cmd.add_argument("--brokers", default=_env("TALLY_BROKERS"),
                      help="Kafka bootstrap servers (default $TALLY_BROKERS, else the 'tally dev up' broker)")
     if pg:
         _pg_option(cmd)
@@ -103,6 +116,17 @@ def _positive_seconds(value: str) -> float:
         seconds = -1.0
     if not 0.05 <= seconds <= 3600:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds from 0.05 to 3600")
+    return seconds
+
+
+def _deadline(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds (0 or more); "
+                                         f"check TALLY_PG_RETRY_DEADLINE")
     return seconds
 
 
@@ -260,11 +284,11 @@ def _flow_options(cmd) -> None:
                      help="this process's index in a cluster across hosts (with --addresses)")
     cmd.add_argument("--addresses", default=None,
                      help="host:port of every cluster process, ';'-separated, the same on each")
-    cmd.add_argument("--pg-retry-deadline", type=float,
-                     default=float(os.environ.get("TALLY_PG_RETRY_DEADLINE", 300)),
+    cmd.add_argument("--pg-retry-deadline",
+                     default=_env("TALLY_PG_RETRY_DEADLINE", "300"), type=_deadline,
                      help="seconds to keep retrying when PostgreSQL is unreachable before exiting "
                           "(default $TALLY_PG_RETRY_DEADLINE or 300); the next start resumes")
-    cmd.add_argument("--metrics-port", default=os.environ.get("TALLY_METRICS_PORT"),
+    cmd.add_argument("--metrics-port", default=_env("TALLY_METRICS_PORT"),
                      type=_metrics_address, metavar="[HOST:]PORT",
                      help="serve Prometheus metrics on http://HOST:PORT/metrics (default "
                           "$TALLY_METRICS_PORT, else none; all interfaces unless HOST is given); "

@@ -43,7 +43,7 @@ def setup(level: str | None = None) -> None:
     handler.setFormatter(_Formatter())
     root = logging.getLogger("tally")
     root.handlers[:] = [handler]
-    root.setLevel((level or os.environ.get("TALLY_LOG_LEVEL", "INFO")).upper())
+    root.setLevel((level or os.environ.get("TALLY_LOG_LEVEL") or "INFO").upper())
     root.propagate = False
 
 

@@ -204,7 +204,9 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
                      addresses=options.addresses,
                      epoch_interval=timedelta(seconds=options.snapshot_interval_s),
                      recovery_config=recovery)
-        except Exception as exc:
+        except SystemExit:
+            raise
+        except BaseException as exc:  # a Rust panic (a cluster member lost) is no Exception
             raise _as_user_error(exc) from None
     return RunSummary(stats.counters.total(), time.monotonic() - started,
                       dict(stats.decisions), stats.pending, stats.warm_up,

@@ -173,3 +173,41 @@ def test_sigterm_stops_the_flow_like_ctrl_c_and_it_resumes(broker, pg_dsn, tmp_p
     assert "tally: interrupted" in "".join(lines)
     resumed = tally("run", *common, "--until-end")
     assert "records consumed" in resumed.stdout
+
+
+def test_a_lost_cluster_member_stops_the_other_in_one_line(broker, pg_dsn, tmp_path):
+    """A member SIGKILLed: the survivor cannot go on alone (Bytewax panics); it says so in
+    one line and exits 1, and both resume from the last snapshot on the next start."""
+    import signal
+    topics, config = _setup(tmp_path)
+    generate_day(tmp_path / "day", 2000, seed=9, topics=topics)
+    kafka_io.create_topics(broker, list(topics.values()), 3)
+    kafka_io.produce_day(broker, tmp_path / "day", list(topics.values()), progress=False)
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    common = ["--brokers", broker, "--pg", pg_dsn, "--data-dir", str(tmp_path / "data"),
+              "--config", str(config), "--namespace", "lost_member", "--addresses", addresses]
+    members = [start_tally("run", *common, "--process-id", str(i)) for i in (0, 1)]
+    lines = _collect(members[0])
+    _wait_for(lambda: any("flow starting" in line for line in lines), 60)
+    time.sleep(2)
+    members[1].send_signal(signal.SIGKILL)
+    assert members[0].wait(timeout=60) == 1
+    time.sleep(0.5)  # the reader thread drains what is left
+    out = "".join(lines)
+    assert "Traceback" not in out and "panicked" not in out, out
+    assert _tally_lines(out) and _tally_lines(out)[-1].startswith("tally: the flow stopped:"), out
+    assert "the next start resumes from the last snapshot" in _tally_lines(out)[-1]
+
+
+def test_bad_settings_in_the_environment_are_one_line_and_exit_2(monkeypatch):
+    bad = {"TALLY_PG_RETRY_DEADLINE": "soon", "TALLY_LOG_LEVEL": "loud"}
+    for name, value in bad.items():
+        refused = tally("run", "--brokers", "127.0.0.1:1", env={name: value}, expect=2)
+        assert "Traceback" not in refused.stderr
+        assert name in refused.stderr.strip().splitlines()[-1], refused.stderr
+    # set but empty counts as unset: the defaults apply
+    from flows.cli import build_parser
+    monkeypatch.setenv("TALLY_DATA_DIR", "")
+    monkeypatch.setenv("TALLY_METRICS_PORT", "")
+    args = build_parser().parse_args(["run"])
+    assert str(args.data_dir) == ".tally" and args.metrics_port is None
