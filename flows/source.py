@@ -23,6 +23,10 @@ from flows import logs
 
 IDLE_WAIT = timedelta(milliseconds=10)  # after an empty poll, before the next one
 LAG_EVERY_S = 1.0
+# Under --max-rate a partition sleeps after each batch for the batch's share of the rate.
+# Bytewax closes an epoch only when the input wakes, so a batch is at most this much
+# reading: a whole 5000-record batch at a low rate would hold snapshots back for seconds.
+PACED_BATCH_S = 0.2
 # Without this, the broker holds a fetch up to 500 ms waiting for more data; a record
 # then waits that long before the flow sees it (measured: p50 365 ms old at consumption).
 SOURCE_DEFAULTS = {"fetch.wait.max.ms": 10}
@@ -97,6 +101,8 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
                  batch_size: int, counters: Counters, seconds_per_record: float = 0.0):
         self.topic, self.partition, self.end = topic, partition, end
         self.seconds_per_record = seconds_per_record  # --max-rate, spread over the partitions
+        if seconds_per_record:
+            batch_size = min(batch_size, max(1, int(PACED_BATCH_S / seconds_per_record)))
         self.batch_size, self.counters = batch_size, counters
         self.next_offset = start
         self.awake: datetime | None = None

@@ -205,3 +205,38 @@ def test_a_bad_metrics_address_is_refused_in_one_line(tmp_path):
     last = refused.stderr.strip().splitlines()[-1]
     assert last == ("tally run: error: argument --metrics-port: 'nope' is not [HOST:]PORT "
                     "with a port from 1 to 65535")
+
+
+def test_a_paced_run_still_commits_a_snapshot_every_interval(broker, pg_dsn, tmp_path):
+    """--max-rate sleeps the source between batches; epochs must still close on time,
+    or a crash would redo far more than one snapshot interval."""
+    from flows.recovery_store import read_committed
+    topics, config = publish_day(broker, tmp_path, 3000, seed=23)
+    data = tmp_path / "data"
+    flow = start_tally("run", "--brokers", broker, "--pg", pg_dsn, "--data-dir", str(data),
+                       "--config", str(config), "--namespace", "paced", "--max-rate", "2000",
+                       "--snapshot-interval", "0.5")
+    recovery = data / "paced" / "recovery"
+    try:
+        wait_until(lambda: flow.poll() is None and (recovery / "shape.json").exists(), 60,
+                   "the flow to start")
+        # from the start: the first epoch must close on time too
+        epoch, changed, started, longest = None, time.monotonic(), time.monotonic(), 0.0
+        while time.monotonic() - started < 5:
+            now = _committed(read_committed, recovery)
+            if now != epoch:
+                epoch, changed = now, time.monotonic()
+            longest = max(longest, time.monotonic() - changed)
+            time.sleep(0.05)
+        assert flow.poll() is None  # still reading: ~10,000 records take 5 s at 2,000/s
+        assert longest < 2.0, f"no snapshot committed for {longest:.1f}s"
+    finally:
+        flow.send_signal(signal.SIGTERM)
+        flow.wait(timeout=60)
+
+
+def _committed(read_committed, recovery) -> int | None:
+    try:
+        return read_committed(recovery, engine=False).epoch or None
+    except Exception:  # the store is being created
+        return None
