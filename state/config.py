@@ -43,6 +43,8 @@ class MatchConfig(msgspec.Struct, frozen=True, kw_only=True):
 def parse_duration(value: object, name: str) -> int:
     """'30m', '2m', '90s', '1h' or a number of seconds, as microseconds."""
     if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(f"{name}: {value!r} must not be negative")
         return value * US_PER_SECOND
     match = _DURATION.match(str(value))
     if not match:
@@ -102,6 +104,8 @@ def validate(config: MatchConfig) -> MatchConfig:
         raise ConfigError("[sources]: two sources share one topic")
     if config.match_window_us <= 0:
         raise ConfigError("matching.match_window must be positive")
+    if not config.min_year < config.max_year:
+        raise ConfigError("contract.min_year must be below contract.max_year")
     return config
 
 

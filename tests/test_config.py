@@ -19,13 +19,14 @@ def configs(draw) -> MatchConfig:
     sources = draw(st.lists(names, min_size=1, max_size=4, unique=True))
     topics = draw(st.lists(names, min_size=len(sources), max_size=len(sources), unique=True))
     expected = draw(st.lists(st.sampled_from(sources), min_size=1, unique=True))
+    min_year = draw(st.integers(1, 5000))
     return MatchConfig(
         topics=dict(zip(sources, topics)), expected_sources=tuple(expected),
         match_window_us=draw(st.integers(1, 10**12)),
         allowed_lateness_us=draw(st.integers(0, 10**12)),
         redelivery_horizon_us=draw(st.integers(0, 10**12)),
         amount_tolerance_ppm=draw(st.integers(0, 999_999)),
-        min_year=draw(st.integers(1, 5000)), max_year=draw(st.integers(1, 9999)))
+        min_year=min_year, max_year=draw(st.integers(min_year + 1, 9999)))
 
 
 @given(configs())
@@ -36,3 +37,10 @@ def test_to_toml_reads_back_as_the_same_config(config):
 def test_unknown_keys_are_refused_not_ignored():
     with pytest.raises(ConfigError, match="unknown matching key"):
         from_toml({"matching": {"match_windw": "30m"}})
+
+
+def test_negative_durations_and_an_empty_year_range_are_refused():
+    with pytest.raises(ConfigError, match="allowed_lateness: -60 must not be negative"):
+        from_toml({"matching": {"allowed_lateness": -60}})
+    with pytest.raises(ConfigError, match="min_year must be below"):
+        from_toml({"contract": {"min_year": 2030, "max_year": 2030}})
