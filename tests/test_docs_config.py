@@ -73,10 +73,6 @@ def visible_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Actio
             for option in action.option_strings if option.startswith("--") and option != "--help"}
 
 
-def has_metrics(parser) -> bool:
-    return all("--metrics-port" in visible_options(subcommands(parser)[c]) for c in FLOW_COMMANDS)
-
-
 # ----------------------------------------------------------------------------- the TOML file
 
 def toml_key(field: str) -> str:
@@ -132,8 +128,6 @@ def source_env_names(*dirs: str) -> set[str]:
 
 def test_every_variable_tally_reads_is_documented(parser):
     for name in sorted(source_env_names("flows", "sinks", "state")):
-        if name == "TALLY_METRICS_PORT" and not has_metrics(parser):
-            continue  # not built yet
         assert names(DOC, name) or name.endswith("_") and name in DOC, \
             f"docs/configuration.md does not name {name}"
 
@@ -148,8 +142,6 @@ def test_every_documented_variable_exists(parser):
     for name in sorted(set(ENV_NAME.findall(DOC))):
         if name.startswith("TALLY_KAFKA_"):
             continue  # instances of TALLY_KAFKA_<PROPERTY>
-        if name == "TALLY_METRICS_PORT" and not has_metrics(parser):
-            continue
         assert name in known, f"docs/configuration.md names {name}, which nothing reads"
 
 
@@ -160,8 +152,6 @@ def test_every_option_of_run_and_replay_is_documented(parser):
     commands = subcommands(parser)
     for command in FLOW_COMMANDS:
         for option in visible_options(commands[command]):
-            if option == "--metrics-port" and not has_metrics(parser):
-                continue
             assert names(options_doc, option), f"tally {command} {option} is not documented"
     assert names(options_doc, "--log-level")
 
@@ -183,16 +173,12 @@ def test_every_documented_option_exists(parser):
     for sub in subcommands(parser).values():
         known |= set(visible_options(sub))
     for option in sorted(set(OPTION.findall(DOC))):
-        if option == "--metrics-port" and not has_metrics(parser):
-            continue
         assert option in known, f"docs/configuration.md names {option}, which no command has"
 
 
 # ----------------------------------------------------------------------------- metrics
 
 def test_every_metric_is_documented_and_exists(parser):
-    if not has_metrics(parser):
-        pytest.skip("--metrics-port is not built yet")
     from flows.metrics import METRIC_NAMES
     metrics_doc = section(DOC, "## Metrics")
     for name in METRIC_NAMES:
