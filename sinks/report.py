@@ -21,7 +21,6 @@ order rows the same.  Counts are integers; nothing here is a float.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -34,7 +33,6 @@ KIND_ORDER = (MISSING, MISMATCH, AMBIGUOUS, REVIEW, DUPLICATE, LATE, INVALID_KIN
 UNITS = ("hour", "day", "month", "year")
 HOURLY_SPAN = timedelta(days=2)  # window ends spanning at most this are shown per hour
 MOST_BARS = 120  # else the finest of day, month, year giving at most this many buckets
-MAJOR_DIGITS = max(EXPONENTS.values())  # amounts compared as integers in 10^-4 major units
 
 
 @dataclass(frozen=True)
@@ -179,17 +177,6 @@ BY_ACCOUNT_SQL = (
     " count(*) FILTER (WHERE kind = 'match') AS matches, count(*) OVER () AS accounts"
     " FROM {decisions} WHERE account IS NOT NULL GROUP BY account"
     " ORDER BY 2 DESC, account COLLATE \"C\" LIMIT %(top)s")
-# `tally review list`'s order (sinks.review.open_exceptions), with each row's currency looked
-# up in a jsonb object instead of joined to a table of codes: the same rows in the same order,
-# ten times faster on a day of 600,000 open exceptions (the join compares every code per row).
-OLDEST_OPEN_SQL = (
-    "SELECT {columns} FROM {decisions} WHERE review_status = 'open'"
-    " ORDER BY day, abs(amount_minor)::numeric"
-    " * coalesce((%(scales)s::jsonb ->> currency)::bigint, %(unknown)s) DESC NULLS LAST,"
-    " window_end, decision_id LIMIT %(limit)s")
-OPEN_SQL = "SELECT count(*) AS n FROM {decisions} WHERE review_status = 'open'"
-SCALES = json.dumps({code: 10 ** (MAJOR_DIGITS - e) for code, e in EXPONENTS.items()})
-
 
 class PgDecisions:
     """The grouped figures of one namespace's `decisions` table."""
@@ -246,13 +233,9 @@ class PgDecisions:
             rows[0]["accounts"] if rows else 0
 
     def oldest_open(self, limit: int) -> tuple[list[dict], int]:
-        from psycopg import sql
-
-        from sinks.review import LIST_COLUMNS
-        rows = self._query(OLDEST_OPEN_SQL, {"scales": SCALES, "unknown": 10 ** MAJOR_DIGITS,
-                                             "limit": limit},
-                           columns=sql.SQL(", ").join(map(sql.Identifier, LIST_COLUMNS)))
-        return rows, self._query(OPEN_SQL)[0]["n"]
+        from sinks import review
+        rows = review.open_exceptions(self.dsn, self.namespace, limit=limit)
+        return rows, sum(review.open_counts(self.dsn, self.namespace).values())
 
     def close(self) -> None:
         self.conn.close()
@@ -398,6 +381,8 @@ def _major_units(table):
     the key `tally review list` ranks by.  An unknown currency's minor units count as major."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
+    from sinks.review import MAJOR_DIGITS
     codes = pa.array(list(EXPONENTS), pa.string())
     scales = pa.array([10 ** (MAJOR_DIGITS - e) for e in EXPONENTS.values()], pa.decimal128(5, 0))
     scale = pc.take(scales, pc.index_in(table.column("currency"), value_set=codes))
