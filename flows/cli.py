@@ -109,25 +109,22 @@ def _dev_service(args, field: str, missing: str) -> str:
     return getattr(dev, field)
 
 
-def _positive_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0.05 <= seconds <= 3600:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds from 0.05 to 3600")
-    return seconds
+def _seconds(low: float, high: float, wanted: str):
+    """An argparse type: a number of seconds in [low, high], else `wanted` says what is."""
+    def parse(value: str) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = float("nan")
+        if not low <= seconds <= high:
+            raise argparse.ArgumentTypeError(f"{value!r} is not {wanted}")
+        return seconds
+    return parse
 
 
-def _deadline(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds (0 or more); "
-                                         f"check TALLY_PG_RETRY_DEADLINE")
-    return seconds
+_positive_seconds = _seconds(0.05, 3600, "a number of seconds from 0.05 to 3600")
+_deadline = _seconds(0, sys.float_info.max,
+                     "a number of seconds (0 or more); check TALLY_PG_RETRY_DEADLINE")
 
 
 def _metrics_address(value: str) -> str:

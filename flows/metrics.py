@@ -3,7 +3,7 @@
 Most figures are read from the flow's own counters when Prometheus scrapes, so
 the hot path pays nothing for them: records consumed and consumer lag come from
 the source partitions, progress and the watermark from the engine shards,
-decisions from FlowStats. Only the timings (sink writes, snapshots) are
+decisions from FlowStats. Only sink writes (time and rows) and snapshots are
 observed as they happen, once per write or snapshot, never per record.
 
 Every series carries a `process` label: with --processes N, process I serves
@@ -12,10 +12,9 @@ its own endpoint on PORT+I (across hosts, each member serves on the port it is g
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from flows import logs
@@ -41,35 +40,23 @@ PROCESS = "0"  # this process's id in its cluster; set by serve()
 _SINK_WRITE = Histogram("tally_sink_write_seconds", "Time to write one batch into a sink",
                         ["process", "sink"], registry=REGISTRY,
                         buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+_SINK_ROWS = Counter("tally_sink_rows", "Rows written per sink", ["process", "sink"],
+                     registry=REGISTRY)
 _SNAPSHOT = Histogram("tally_snapshot_seconds", "Time to encode one engine shard's snapshot",
                       ["process"], registry=REGISTRY,
                       buckets=(.001, .01, .05, .1, .25, .5, 1, 2.5, 5, 10))
 
 
-class _Timings:
-    """Rows written per sink (a plain dict: one add per write, under the GIL)."""
-
-    def __init__(self):
-        self.rows: dict[str, int] = {}
-
-
-TIMINGS = _Timings()
-
-
 @contextmanager
 def sink_write(sink: str, rows: int):
     """Time one write of `rows` rows into `sink` (postgres, parquet, archive)."""
-    started = time.perf_counter()
-    yield
-    _SINK_WRITE.labels(PROCESS, sink).observe(time.perf_counter() - started)
-    TIMINGS.rows[sink] = TIMINGS.rows.get(sink, 0) + rows
+    with _SINK_WRITE.labels(PROCESS, sink).time():
+        yield
+    _SINK_ROWS.labels(PROCESS, sink).inc(rows)
 
 
-@contextmanager
 def snapshot_timer():
-    started = time.perf_counter()
-    yield
-    _SNAPSHOT.labels(PROCESS).observe(time.perf_counter() - started)
+    return _SNAPSHOT.labels(PROCESS).time()
 
 
 def _seconds(us: int) -> float:
@@ -87,11 +74,6 @@ class FlowCollector:
         yield from self._partitions()
         yield from self._engine()
         yield from self._decisions()
-        rows = CounterMetricFamily("tally_sink_rows", "Rows written per sink",
-                                   labels=["process", "sink"])
-        for sink, count in sorted(TIMINGS.rows.items()):
-            rows.add_metric([PROCESS, sink], count)
-        yield rows
 
     def _labels(self, part: tuple[str, int]) -> list[str]:
         topic, partition = part
