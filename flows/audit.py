@@ -166,7 +166,17 @@ def _part(text: str) -> tuple[str, int]:
 
 
 def render(report: AuditReport) -> str:
-    rows = [("source partitions", report.partitions),
+    rows = overview_rows(report)
+    for store in report.stores:
+        rows += store_rows(store)
+    rows += agreement_rows(report)
+    verdict = "CONSERVED" if report.ok else "NOT CONSERVED"
+    return table(rows, f"Audit of namespace {report.namespace}") + f"\nverdict: {verdict}"
+
+
+def overview_rows(report: AuditReport) -> list:
+    """The namespace-wide lines: what was consumed and whether the archive holds it once."""
+    return [("source partitions", report.partitions),
             ("committed epoch", "none" if report.committed_epoch is None else report.committed_epoch),
             ("offsets consumed", report.consumed),
             ("pending in the snapshot", "unknown" if report.pending is None else report.pending),
@@ -174,16 +184,16 @@ def render(report: AuditReport) -> str:
                                                and not report.archive_duplicates[0],
                                                _gap_text(report.archive_gaps)
                                                + _count_text("duplicated", report.archive_duplicates)))]
-    for store in report.stores:
-        rows += _store_rows(store)
-    for name, (count, examples) in report.disagreement.items():
-        rows.append((f"stores agree on {name}", _yes(not count, f"{count:,} rows differ, e.g. {examples}")))
-    rows += [("note", n) for n in report.notes]
-    verdict = "CONSERVED" if report.ok else "NOT CONSERVED"
-    return table(rows, f"Audit of namespace {report.namespace}") + f"\nverdict: {verdict}"
 
 
-def _store_rows(store: StoreReport) -> list:
+def agreement_rows(report: AuditReport) -> list:
+    """Whether the stores agree, and the notes."""
+    rows = [(f"stores agree on {name}", _yes(not count, f"{count:,} rows differ, e.g. {examples}"))
+            for name, (count, examples) in report.disagreement.items()]
+    return rows + [("note", n) for n in report.notes]
+
+
+def store_rows(store: StoreReport) -> list:
     rows = [(store.where, ""), ("  fates", store.fates), ("  decisions", store.decisions),
             ("  every offset one fate", _yes(not store.gaps and not store.duplicate_fates[0]
                                              and not store.before_start,

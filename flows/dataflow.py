@@ -78,7 +78,7 @@ class ShardLogic(StatefulBatchLogic):
     def __init__(self, shard: Shard, flush: bool, stats: FlowStats):
         self.shard, self.flush, self.stats = shard, flush, stats
         stats.shards.append(shard)
-        stats.open_events[id(shard)] = shard.open_count()
+        self._count_open()
 
     def on_batch(self, slices: list) -> tuple[list, bool]:
         # One output item per batch, not one per row: Bytewax's cost is per item.
@@ -94,14 +94,18 @@ class ShardLogic(StatefulBatchLogic):
             out = self.shard.flush()
             self.stats.count(out.decisions)
         self.stats.add_pending(len(self.shard.pending()))
-        self.stats.open_events[id(self.shard)] = self.shard.open_count()
+        self._count_open()
         return ([out] if out.decisions or out.fates else []), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
         with metrics.snapshot_timer():
             snap = encode_snapshot(self.shard)
-        self.stats.open_events[id(self.shard)] = self.shard.open_count()
+        self._count_open()
         return snap
+
+    def _count_open(self) -> None:
+        # for the metrics: counting walks every account, so it is done per snapshot, not per batch
+        self.stats.open_events[id(self.shard)] = self.shard.open_count()
 
 
 def splitter(config: MatchConfig, shards: int, spread_keys: bool):

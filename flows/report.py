@@ -428,15 +428,8 @@ def audit_section(verdict: Verdict) -> str:
 
 
 def audit_tables(report) -> str:
-    from flows.audit import _gap_text, _yes
-    rows = [("source partitions", report.partitions), ("offsets consumed", report.consumed),
-            ("pending in the snapshot", "unknown" if report.pending is None else report.pending),
-            ("archive: each offset once", _yes(not report.archive_gaps
-                                               and not report.archive_duplicates[0],
-                                               _gap_text(report.archive_gaps)))]
-    rows += [(f"stores agree on {name}", _yes(not n, f"{n:,} rows differ, e.g. {examples}"))
-             for name, (n, examples) in report.disagreement.items()]
-    rows += [("note", note) for note in report.notes]
+    from flows.audit import agreement_rows, overview_rows
+    rows = overview_rows(report) + agreement_rows(report)
     body = "\n".join(f"<tr><th>{text(k)}</th>{cell(v)}</tr>" for k, v in rows)
     overall = (f'<table id="audit-namespace"><caption>Namespace</caption>\n<tbody>\n{body}'
                f"\n</tbody>\n</table>")
@@ -445,8 +438,8 @@ def audit_tables(report) -> str:
 
 def store_table(stores: list) -> str:
     """One row per check or count, one column per store (flows.audit's own rows)."""
-    from flows.audit import _store_rows
-    columns = [{k.strip(): v for k, v in _store_rows(store)[1:]} for store in stores]
+    from flows.audit import store_rows
+    columns = [{k.strip(): v for k, v in store_rows(store)[1:]} for store in stores]
     names = list(dict.fromkeys(name for column in columns for name in column))
     head = "".join(f'<th class="num">{text(store.where)}</th>' for store in stores)
     body = "\n".join(f"<tr><th>{text(name)}</th>"
