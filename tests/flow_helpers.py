@@ -85,3 +85,15 @@ def publish_day(broker: str, work: Path, payments: int, seed: int) -> tuple[dict
     kafka_io.create_topics(broker, list(topics.values()), 3)
     kafka_io.produce_day(broker, work / "day", list(topics.values()), progress=False)
     return topics, write_config(work / "tally.toml", topics)
+
+
+def wait_until(check, seconds: float, what: str, every: float = 0.3):
+    """check()'s first true result within `seconds`; fails naming `what` otherwise."""
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")

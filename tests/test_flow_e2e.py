@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import signal
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from flows.generate import generate_day
 from flows.match import run_engine
 from state.config import MatchConfig
 from tests.flow_helpers import (digest, engine_rows, parquet_rows, pg_rows, start_tally, tally,
-                                unique_topics, write_config)
+                                unique_topics, wait_until, write_config)
 
 PAYMENTS = 20_000
 
@@ -150,16 +149,15 @@ def test_a_namespace_rescales_from_one_process_to_two_mid_run(published, broker,
     assert parquet_rows(work / "data" / "e2e_rescale") == (expected_decisions, expected_fates)
 
 
-def _wait_for_decisions(dsn: str, namespace: str, flow, seconds: float = 120) -> None:
+def _wait_for_decisions(dsn: str, namespace: str, flow) -> None:
     import psycopg
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+
+    def written() -> bool:
         assert flow.poll() is None, flow.stderr.read()
         try:
             with psycopg.connect(dsn) as conn:
-                if conn.execute(f"select count(*) from {namespace}.decisions").fetchone()[0] > 0:
-                    return
-        except psycopg.errors.UndefinedTable:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("no decision was written")
+                return conn.execute(f"select count(*) from {namespace}.decisions").fetchone()[0] > 0
+        except psycopg.errors.UndefinedTable:  # the run has not made its tables yet
+            return False
+
+    wait_until(written, 120, "a first decision", every=0.2)

@@ -18,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from flows import kafka_io
 from flows.generate import generate_day
 from flows.services import free_port, start_broker, stop_broker
-from tests.flow_helpers import start_tally, tally, unique_topics, write_config
+from tests.flow_helpers import start_tally, tally, unique_topics, wait_until, write_config
 
 
 def _setup(tmp: Path):
@@ -119,10 +119,7 @@ def _collect(proc) -> list[str]:
 
 
 def _wait_for(condition, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
+    wait_until(condition, seconds, "the flow's output", every=0.2)
 
 
 def test_a_least_privilege_role_runs_its_own_namespace_and_nothing_more(broker, pg_dsn, tmp_path):

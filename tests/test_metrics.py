@@ -23,7 +23,7 @@ from flows.services import free_port
 from flows.logs import UserError
 from state.config import MatchConfig
 from state.contract import Decoder, Event, Heartbeat
-from tests.flow_helpers import publish_day, start_tally, tally
+from tests.flow_helpers import publish_day, start_tally, tally, wait_until
 
 
 def scrape(port: int) -> dict[str, list]:
@@ -39,16 +39,6 @@ def scrape(port: int) -> dict[str, list]:
 
 def total(samples, name: str, **labels) -> float:
     return sum(v for l, v in samples.get(name, []) if all(l.get(k) == x for k, x in labels.items()))
-
-
-def wait_until(check, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def newest_event_time(day, topics: dict[str, str]) -> dict[tuple[str, str], float]:
