@@ -14,7 +14,7 @@ import platform
 import resource
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from flows import kafka_io
@@ -23,6 +23,7 @@ from flows.generate import generate_day
 from state.config import MatchConfig
 
 PARTITIONS = 3  # per source topic, as `tally topics create` makes them
+SEED = 2026  # of every generated day
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -35,6 +36,7 @@ class Context:
     topics: dict[str, str]  # source -> topic, holding the day
     config_file: Path
     events: int  # records in the day (all topics, all partitions)
+    transactions: int  # payments in the day
     quick: bool = False  # a small day: checks the suite runs, figures are not meaningful
 
     @property
@@ -69,12 +71,17 @@ def prepare(brokers: str, pg_dsn: str, work: Path, transactions: int, quick: boo
     tag = time.strftime("%H%M%S")
     topics = {s: f"bench{tag}.{s}" for s in ("bank", "processor", "ledger")}
     day = work / "day"
-    generate_day(day, transactions, seed=2026, partitions=PARTITIONS, topics=topics)
-    kafka_io.create_topics(brokers, list(topics.values()), PARTITIONS)
-    counts = kafka_io.produce_day(brokers, day, list(topics.values()), progress=True)
-    config_file = work / "tally.toml"
-    config_file.write_text("[sources]\n" + "".join(f'{s} = "{t}"\n' for s, t in topics.items()))
-    return Context(brokers, pg_dsn, work, day, topics, config_file, sum(counts.values()), quick)
+    generate_day(day, transactions, seed=SEED, partitions=PARTITIONS, topics=topics)
+    return publish(Context(brokers, pg_dsn, work, day, topics, work / "tally.toml", 0, transactions, quick))
+
+
+def publish(ctx: Context) -> Context:
+    """Publish ctx's generated day into its topics (created here) and write the config file
+    naming them: the context, with the day's record count."""
+    kafka_io.create_topics(ctx.brokers, list(ctx.topics.values()), PARTITIONS)
+    counts = kafka_io.produce_day(ctx.brokers, ctx.day, list(ctx.topics.values()), progress=True)
+    ctx.config_file.write_text("[sources]\n" + "".join(f'{s} = "{t}"\n' for s, t in ctx.topics.items()))
+    return replace(ctx, events=sum(counts.values()))
 
 
 def machine() -> dict:

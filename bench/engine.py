@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import time
+from contextlib import contextmanager
 
 from bench.common import Context, Result
 from flows import dayfiles
@@ -58,17 +59,24 @@ def ingest_day(values: dict[tuple[str, int], list[bytes]], config: MatchConfig
     return emitted, shard, phases
 
 
-def run(ctx: Context) -> list[Result]:
-    values = ctx.values()
-    records = sum(map(len, values.values()))
+@contextmanager
+def flow_gc():
+    """The garbage collector's thresholds as flows/run.py sets them, then back to what they were."""
     default_gc = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLD)
     try:
+        yield
+    finally:
+        gc.set_threshold(*default_gc)
+
+
+def run(ctx: Context) -> list[Result]:
+    values = ctx.values()
+    records = sum(map(len, values.values()))
+    with flow_gc():
         started = time.perf_counter()
         emitted, shard, phases = ingest_day(values, ctx.config)
         seconds = time.perf_counter() - started
-    finally:
-        gc.set_threshold(*default_gc)
     decisions = sum(isinstance(x, Decision) for x in emitted)
     alone = Result("engine alone", records, seconds, {
         "decisions": decisions, "decisions_per_s": round(decisions / seconds),

@@ -23,6 +23,7 @@ from flows.services import running_broker, running_postgres
 BENCHMARKS = [
     ("ceiling", "consume only, and consume + decode"),
     ("engine", "the engine in process"),
+    ("density", "engine and whole flow as accounts get dense"),
     ("flow", "the whole flow on the backlog"),
     ("sinks", "PostgreSQL and Parquet write paths alone"),
     ("state_size", "one million open events: memory and snapshot"),

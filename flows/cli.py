@@ -532,6 +532,7 @@ def run_demo(args) -> int:
 
 
 def _generate(commands) -> None:
+    from flows.generate import P_DUPLICATE  # stdlib and msgspec only: cheap at start-up
     cmd = commands.add_parser("generate", help="write a synthetic day with ground truth",
                               description="Write a synthetic day on disk (DIR/<topic>/<partition>.jsonl) "
                                           "plus DIR/truth.jsonl. Same seed, same bytes.")
@@ -539,6 +540,16 @@ def _generate(commands) -> None:
     cmd.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     cmd.add_argument("--partitions", type=int, default=3, help="partitions per topic (default 3)")
     cmd.add_argument("--out", type=Path, required=True, help="directory to write")
+    density = cmd.add_argument_group("density", "the same number of payments, spread over fewer or busier "
+                                               "accounts, reported twice more or less often")
+    density.add_argument("--accounts", type=int, default=None, metavar="N",
+                         help="accounts carrying the payments (default max(50, transactions / 20))")
+    density.add_argument("--hot-share", type=float, default=0.0, metavar="F",
+                         help="share of payments on one hot account, ACC00000, from 0 to below 1 "
+                              "(default 0)")
+    density.add_argument("--reported-twice", type=float, default=P_DUPLICATE, metavar="F",
+                         help="probability that the processor reports a keyed payment a second time "
+                              f"under a new event id, from 0 to 1 (default {P_DUPLICATE})")
     cmd.set_defaults(handler=run_generate)
 
 
@@ -546,8 +557,16 @@ def run_generate(args) -> int:
     from flows.generate import generate_day
     if args.transactions < 1 or args.partitions < 1:
         raise UserError("--transactions and --partitions must be at least 1")
+    if args.accounts is not None and args.accounts < 1:
+        raise UserError("--accounts must be at least 1")
+    if not 0 <= args.hot_share < 1:
+        raise UserError("--hot-share must be from 0 to below 1")
+    if not 0 <= args.reported_twice <= 1:
+        raise UserError("--reported-twice must be from 0 to 1")
     started = time.monotonic()
-    summary = generate_day(args.out, args.transactions, args.seed, partitions=args.partitions)
+    summary = generate_day(args.out, args.transactions, args.seed, partitions=args.partitions,
+                           accounts=args.accounts, hot_share=args.hot_share,
+                           reported_twice=args.reported_twice)
     print(summary)
     print(f"wrote {args.out} in {time.monotonic() - started:.1f}s")
     return 0

@@ -315,7 +315,7 @@ def _key_text(key: bytes | None) -> str:
 
 
 def _amount(amount_minor: int | None, currency: str | None) -> str:
-    from state.matching import format_minor
+    from state.verdicts import format_minor
     if amount_minor is None or currency is None:
         return "-"
     return f"{format_minor(amount_minor, currency)} {printable(currency)}"

@@ -15,6 +15,13 @@ key/partial_key/no_key and no flag on any of its records.
 Everything is drawn from one seeded `random.Random` (the `_Rng` subclass) in a fixed
 order, never from the clock or from set order, so the same arguments give
 byte-identical files.
+
+Density options make days of the same size that are harder to match: fewer
+`accounts` (more payments compete in each account's window), a `hot_share` of
+payments on one account (ACC00000), and the rate at which the processor reports
+a payment twice (`reported_twice`). Each option at its default draws nothing
+extra, so a day generated without them is byte-identical to one from before
+they existed.
 """
 from __future__ import annotations
 
@@ -128,12 +135,19 @@ class _Rec:
     truth: tuple | None = None  # (source, event_id, payment, scenario, flags, clean); None = heartbeat
 
 
+def default_accounts(transactions: int) -> int:
+    """About 20 payments per account, and never fewer than 50 accounts."""
+    return max(50, transactions // 20)
+
+
 class _Builder:
-    def __init__(self, rng: _Rng, n: int, partitions: int, day: str):
+    def __init__(self, rng: _Rng, n: int, partitions: int, day: str, accounts: int,
+                 hot_share: float, reported_twice: float):
         self.rng, self.n, self.partitions = rng, n, partitions
+        self.hot_share, self.reported_twice = hot_share, reported_twice
         start = date.fromisoformat(day)
         self.dates = [(start + timedelta(days=d)).isoformat() for d in range(2)]
-        accounts = [f"ACC{i:05d}" for i in range(max(50, n // 20))]
+        accounts = [f"ACC{i:05d}" for i in range(accounts)]
         mains = rng.choices(MAIN_CURRENCIES, cum_weights=MAIN_CURRENCY_CUM, k=len(accounts))
         self.accounts = list(zip(accounts, mains))
         self.recs = [[[] for _ in range(partitions)] for _ in SOURCES]
@@ -159,9 +173,16 @@ class _Builder:
                 self.single(num, "key" if scenario == "ambiguous" else scenario)
                 num += 1
 
+    def payer(self) -> tuple[str, str]:
+        """(account, main currency) of a payment: the hot account with probability hot_share
+        (a coin tossed only when hot_share > 0), else any account, uniformly."""
+        if self.hot_share and self.rng.random() < self.hot_share:
+            return self.accounts[0]
+        return self.accounts[self.rng.randrange(len(self.accounts))]
+
     def single(self, num: int, scenario: str) -> None:
         rng = self.rng
-        account, currency = self.accounts[rng.randrange(len(self.accounts))]
+        account, currency = self.payer()
         if rng.random() < P_OTHER_CURRENCY:
             currency = rng.choice([c for c in CURRENCIES if c != currency])
         gross = rng.randint(*CURRENCIES[currency][1:])
@@ -197,7 +218,7 @@ class _Builder:
     def ambiguous_pair(self, num: int) -> None:
         """Two payments, same account, amount and currency, 1..5 minutes apart; no bank keys."""
         rng = self.rng
-        account, currency = self.accounts[rng.randrange(len(self.accounts))]
+        account, currency = self.payer()
         gross = rng.randint(*CURRENCIES[currency][1:])
         t = rng.randrange(DAY - 20 * MIN)
         with_keys = rng.random() < 0.5
@@ -229,7 +250,7 @@ class _Builder:
         refs, eid = self.references(), f"{num:0{self.ew}d}"
         events = [(s, f"{SOURCES[s]}-{eid}", times[s], amounts[s], keys[s], refs[s])
                   for s in range(3) if present[s]]
-        if present[1] and isinstance(keys[1], str) and rng.random() < P_DUPLICATE:
+        if present[1] and isinstance(keys[1], str) and rng.random() < self.reported_twice:
             flags.add("duplicate")
             events.append((1, f"processor-{eid}-dup", times[1] + rng.randint(1, 10) * SEC,
                            amounts[1], keys[1], refs[1]))
@@ -274,7 +295,8 @@ class _Builder:
         self.recs[s][partition_for(account, self.partitions)].append(rec)
 
     def malformed(self, count: int) -> None:
-        """Bad lines among the good ones, each partitioned by the account it names."""
+        """Bad lines among the good ones, each partitioned by the account it names (any account,
+        uniformly: they are not payments, so the hot account takes no more than its share)."""
         rng = self.rng
         for n in range(1, count + 1):
             s = rng.randrange(3)
@@ -365,18 +387,39 @@ def _no_gc():
 
 
 def generate_day(out: Path, transactions: int, seed: int, partitions: int = 3,
-                 topics: dict[str, str] | None = None, day: str = "2026-11-21") -> GenerateSummary:
-    """Write one synthetic day of partition logs plus truth.jsonl under `out`."""
-    with _no_gc():
-        return _generate(Path(out), transactions, seed, partitions, topics, day)
+                 topics: dict[str, str] | None = None, day: str = "2026-11-21", *,
+                 accounts: int | None = None, hot_share: float = 0.0,
+                 reported_twice: float | None = None) -> GenerateSummary:
+    """Write one synthetic day of partition logs plus truth.jsonl under `out`.
 
-
-def _generate(out: Path, transactions: int, seed: int, partitions: int,
-              topics: dict[str, str] | None, day: str) -> GenerateSummary:
+    accounts: how many accounts carry the payments (default `default_accounts`);
+    hot_share: the probability that a payment goes to ACC00000 rather than to a
+    uniformly drawn account; reported_twice: the probability that a payment with a
+    processor key is reported again under a new event id (default P_DUPLICATE).
+    """
+    accounts = default_accounts(transactions) if accounts is None else accounts
+    reported_twice = P_DUPLICATE if reported_twice is None else reported_twice
+    _check_density(accounts, hot_share, reported_twice)
     topics = dict(DEFAULT_TOPICS if topics is None else topics)
     if sorted(topics) != sorted(SOURCES):
         raise ValueError(f"topics must map exactly the sources {SOURCES}")
-    builder = _Builder(_Rng(seed), transactions, partitions, day)
+    builder = _Builder(_Rng(seed), transactions, partitions, day, accounts, hot_share, reported_twice)
+    with _no_gc():
+        return _generate(builder, Path(out), topics)
+
+
+def _check_density(accounts: int, hot_share: float, reported_twice: float) -> None:
+    """ValueError unless the density options make sense (NaN fails every comparison)."""
+    if not accounts >= 1:
+        raise ValueError(f"accounts must be at least 1, not {accounts}")
+    if not 0 <= hot_share < 1:
+        raise ValueError(f"hot_share must be from 0 to below 1, not {hot_share}")
+    if not 0 <= reported_twice <= 1:
+        raise ValueError(f"reported_twice must be from 0 to 1, not {reported_twice}")
+
+
+def _generate(builder: _Builder, out: Path, topics: dict[str, str]) -> GenerateSummary:
+    partitions = builder.partitions
     builder.payments()
     good = sum(len(r) for parts in builder.recs for r in parts)
     builder.malformed(round(good * P_MALFORMED))
@@ -408,8 +451,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--day", default="2026-11-21")
+    ap.add_argument("--accounts", type=int, default=None,
+                    help="accounts carrying the payments (default max(50, transactions / 20))")
+    ap.add_argument("--hot-share", type=float, default=0.0,
+                    help="share of payments on the one hot account ACC00000 (default 0)")
+    ap.add_argument("--reported-twice", type=float, default=P_DUPLICATE,
+                    help=f"probability that the processor reports a payment twice (default {P_DUPLICATE})")
     args = ap.parse_args(argv)
-    print(generate_day(args.out, args.transactions, args.seed, args.partitions, day=args.day))
+    try:
+        summary = generate_day(args.out, args.transactions, args.seed, args.partitions, day=args.day,
+                               accounts=args.accounts, hot_share=args.hot_share,
+                               reported_twice=args.reported_twice)
+    except ValueError as err:
+        ap.error(str(err))
+    print(summary)
 
 
 if __name__ == "__main__":

@@ -1,136 +1,203 @@
-"""One decision: the fate of an anchor event, from the events in its window.
+"""One decision: the fate of an anchor event, from lookups in its account's book.
 
 The anchor is an account's earliest open event. Its window is
-[anchor time, anchor time + match_window]; the engine calls `decide` only once
-the watermark has passed the window's end, so the window holds every non-late
-event that will ever fall in it. `decide` is a pure function of the anchor, the
-window and the account's claimed idempotency keys: that is what makes it
-deterministic.
+[anchor time, anchor time + match_window]: the window's events are the only
+candidates. The next match_window is evidence: it is read, never taken, to see
+whether a candidate has stronger evidence of its own (a complete key group, an
+exact counterpart), so that exact evidence wins over weaker evidence whatever
+the order of anchors. The engine decides an anchor once the watermark has passed
+the evidence's end (or the window's end, when the anchor's own key group
+decides alone), so both are complete and final: `decide` is a pure function of
+them and of the account's claims. tests/reference.py states the same rules as
+plain scans, and tests/test_differential.py holds the two equal.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
 
-import msgspec
-
+from state import verdicts as v
+from state.book import Book
 from state.config import MatchConfig
 from state.contract import Event
-from state.currency import exponent
-from state.decision import (AMBIGUOUS, DUPLICATE, EXCEPTION, MATCHED, MISMATCH, MISSING, REVIEW,
-                            Candidate, Decision, decision_id)
-from state.scoring import group_confidence, pair_confidence, within_tolerance, amount_closeness
+from state.scoring import within_tolerance
+from state.verdicts import Verdict
 
 MAX_CANDIDATE_SETS = 64  # beyond this many combinations the answer is "ambiguous" anyway
 
 
-class Claim(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """An idempotency key already used by a decided event of this account."""
+class Window:
+    """The lookups of one decision: open, non-duplicate events of the anchor's book, up to
+    the window's end (candidates) or the evidence's end (evidence)."""
 
-    label: str
-    ref: str
-    time_us: int
+    def __init__(self, book: Book, anchor: Event, config: MatchConfig):
+        self.book, self.anchor, self.config = book, anchor, config
+        self.end = anchor.time_us + config.match_window_us
+        self.evidence_end = self.end + config.match_window_us
+
+    def candidate(self, event: Event) -> bool:
+        return (event.time_us <= self.end and event is not self.anchor
+                and not self.book.is_duplicate(event))
+
+    def keyed(self, key: str, until: int) -> list[Event]:
+        book = self.book
+        found = []
+        for order, event in book.keyed(key):
+            if order[0] > until:
+                break
+            if not book.is_duplicate(event):
+                found.append(event)
+        return found
+
+    def same_amount(self, currency: str, amount: int, until: int) -> list[Event]:
+        book = self.book
+        found = []
+        for order, event in book.same_amount(currency, amount):
+            if order[0] > until:
+                break
+            if not book.is_duplicate(event):
+                found.append(event)
+        return found
 
 
-def claim_key(source: str, idempotency_key: str) -> str:
-    """How claims are keyed: one string, so snapshots stay plain msgpack maps."""
-    return f"{source}\x1f{idempotency_key}"
-
-
-class Verdict(msgspec.Struct, frozen=True):
-    decision: Decision
-    members: list[Event]
-    outcome: str  # the fate of every member: "matched" or "exception"
-
-
-def event_order(event: Event) -> tuple:
-    return (event.time_us, event.source, event.event_id, event.topic, event.partition, event.offset)
-
-
-def decide(anchor: Event, window: list[Event], claims: Mapping[str, Claim],
-           config: MatchConfig) -> list[Verdict]:
-    """The verdicts for `anchor`: duplicates found in its window, then its own group."""
-    verdicts, pool = _split_duplicates(window, claims, config)
-    if any(v.members[0] is anchor for v in verdicts):
+def decide(book: Book, anchor: Event, config: MatchConfig) -> list[Verdict]:
+    """The verdicts for `anchor`: the duplicates in its window, then its own group."""
+    window = Window(book, anchor, config)
+    verdicts = [v.duplicate(event, original, config)
+                for event, original in book.duplicates_until(window.end)]
+    if book.is_duplicate(anchor):
         return verdicts
-    return verdicts + [_group(anchor, pool, config)]
+    return verdicts + [_group(window)]
 
 
-def _split_duplicates(window, claims, config) -> tuple[list[Verdict], list[Event]]:
-    """Two event_ids from one source with one idempotency key: the later is a duplicate."""
-    first: dict[str, Claim] = dict(claims)
-    verdicts, pool = [], []
-    for event in window:
-        if event.idempotency_key is None:
-            pool.append(event)
-            continue
-        key = claim_key(event.source, event.idempotency_key)
-        original = first.get(key)
-        if original is None:
-            first[key] = Claim(event.label, event.ref, event.time_us)
-            pool.append(event)
-        else:
-            verdicts.append(_duplicate(event, original, config))
-    return verdicts, pool
+def decides_alone(book: Book, anchor: Event, config: MatchConfig) -> bool:
+    """True when the window alone decides: the anchor is a duplicate, or its key group is
+    complete or disagrees on the amount. Every other decision waits for the evidence."""
+    return book.is_duplicate(anchor) or _core_verdict(Window(book, anchor, config)) is not None
 
 
-def _group(anchor: Event, pool: list[Event], config: MatchConfig) -> Verdict:
-    peers = [e for e in pool if e is not anchor and e.currency == anchor.currency]
-    core = [anchor] + _key_linked(anchor.idempotency_key, [anchor.source], peers)
+def _core(w: Window) -> list[Event]:
+    anchor = w.anchor
+    return [anchor] + _key_linked(w, anchor.idempotency_key, [anchor.source], anchor.currency)
+
+
+def _core_verdict(w: Window) -> Verdict | None:
+    core, anchor = _core(w), w.anchor
     if any(e.amount_minor != anchor.amount_minor for e in core):
-        return _mismatch(anchor, core, config)
-    missing = _missing(core, config)
-    if not missing:
-        return _match(anchor, core, config)
-    exact = {s: [e for e in peers if e.source == s and e.amount_minor == anchor.amount_minor
+        return v.mismatch(anchor, core, w.config)
+    if not v.missing_sources(core, w.config):
+        return v.match(anchor, core, w.config)
+    return None
+
+
+def _group(w: Window) -> Verdict:
+    alone = _core_verdict(w)
+    if alone is not None:
+        return alone
+    anchor, config = w.anchor, w.config
+    core = _core(w)
+    missing = v.missing_sources(core, config)
+    same = [e for e in w.same_amount(anchor.currency, anchor.amount_minor, w.end)
+            if w.candidate(e) and not _sealed(w, e)]
+    exact = {s: [e for e in same if e.source == s
                  and _compatible(e.idempotency_key, anchor.idempotency_key)] for s in missing}
     if all(exact.values()):
         sets = _candidate_sets(core, [exact[s] for s in missing])
         if len(sets) == 1:
-            group = core + list(sets[0])
-            rivals = _contested(group, peers)
+            members = core + list(sets[0])
+            rivals = _contested(w, members)
             if rivals:
-                return _ambiguous(anchor, group, [], rivals, 2, config)
-            return _match(anchor, group, config)
+                return v.ambiguous(anchor, members, [], rivals, 2, config)
+            return v.match(anchor, members, config)
         if len(sets) > 1:
             options = [e for combo in sets for e in combo]
-            return _ambiguous(anchor, core, options, _rivals(anchor, peers), len(sets), config)
-    return _partial(anchor, core, peers, exact, config)
+            return v.ambiguous(anchor, core, options, _rivals(anchor, same), len(sets), config)
+    return _partial(w, core, same, exact)
 
 
-def _partial(anchor, core, peers, exact, config) -> Verdict:
+def _partial(w: Window, core: list[Event], same: list[Event], exact: dict) -> Verdict:
     """No unique complete group: take the unambiguous part, then review or report missing."""
-    group, key, tied = list(core), _group_key(core), []
+    anchor, config = w.anchor, w.config
+    members, key, tied = list(core), v.group_key(core), []
     for source, events in exact.items():
         options = [e for e in events if _compatible(e.idempotency_key, key)]
         if len(options) == 1:
-            group.append(options[0])
+            members.append(options[0])
             key = key or options[0].idempotency_key
         elif len(options) > 1:
             tied.extend(options)
     if tied:
-        return _ambiguous(anchor, group, tied, _rivals(anchor, peers), len(tied), config)
+        return v.ambiguous(anchor, members, tied, _rivals(anchor, same), len(tied), config)
     if key != anchor.idempotency_key:  # a member brought a key: its key-linked events belong too
-        group += _key_linked(key, [e.source for e in group], peers)
-        if any(e.amount_minor != anchor.amount_minor for e in group):
-            return _mismatch(anchor, group, config)
-    missing = _missing(group, config)
-    near = [e for e in peers if e.source in missing and e not in group
-            and _compatible(e.idempotency_key, key)
-            and within_tolerance(e.amount_minor, anchor.amount_minor, config.amount_tolerance_ppm)]
+        members += [e for e in _key_linked(w, key, [e.source for e in members], anchor.currency)
+                    if not _sealed(w, e)]
+        if any(e.amount_minor != anchor.amount_minor for e in members):
+            return v.mismatch(anchor, members, config)
+    near = _near(w, members, key)
     if near:
-        return _review(anchor, group, near, config)
-    return _missing_counterpart(anchor, group, missing, config)
+        return v.review(anchor, members, near, config)
+    return v.missing_counterpart(anchor, members, v.missing_sources(members, config), config)
 
 
-def _key_linked(key: str | None, taken: list[str], peers: list[Event]) -> list[Event]:
-    """The first event of each source not yet `taken` that carries `key`."""
+def _near(w: Window, members: list[Event], key: str | None) -> list[Event]:
+    """Events of the missing sources within the amount tolerance, in canonical order, that
+    have no exact evidence of their own."""
+    anchor, config = w.anchor, w.config
+    missing = set(v.missing_sources(members, config))
+    amount, ppm = anchor.amount_minor, config.amount_tolerance_ppm
+    # within tolerance, |a - b| <= ppm * (|b| + |a - b|) / 1e6, so |a - b| can be no larger than:
+    reach = -(-abs(amount) * ppm // max(1, 1_000_000 - ppm)) if ppm < 1_000_000 else 2**63
+    taken = {id(e) for e in members}
+    near = [e for e in w.book.amounts_between(anchor.currency, amount - reach, amount + reach)
+            if e.source in missing and w.candidate(e) and id(e) not in taken
+            and _compatible(e.idempotency_key, key)
+            and within_tolerance(e.amount_minor, amount, ppm)
+            and not _sealed(w, e) and not _spoken_for(w, e, taken)]
+    return sorted(near, key=v.event_order)
+
+
+def _sealed(w: Window, event: Event) -> bool:
+    """Part of a complete, equal-amount group of its own key: a tier-1 match of its own."""
+    key = event.idempotency_key
+    if key is None or key == w.anchor.idempotency_key:
+        return False
+    unit = _unit(w, event)
+    return (not v.missing_sources(unit, w.config)
+            and all(e.amount_minor == event.amount_minor for e in unit))
+
+
+def _spoken_for(w: Window, event: Event, taken: set[int]) -> bool:
+    """Its own unit (its key group, or itself) has an exact completion outside `taken`."""
+    unit = _unit(w, event)
+    if any(e.amount_minor != event.amount_minor for e in unit):
+        return False
+    missing = v.missing_sources(unit, w.config)
+    if not missing:
+        return True
+    key = event.idempotency_key
+    found = {e.source for e in w.same_amount(event.currency, event.amount_minor, w.evidence_end)
+             if e.source in missing and id(e) not in taken and _compatible(e.idempotency_key, key)}
+    return len(found) == len(missing)
+
+
+def _unit(w: Window, event: Event) -> list[Event]:
+    """The event and the first event of each other source that carries its key (evidence)."""
+    if event.idempotency_key is None:
+        return [event]
+    linked: dict[str, Event] = {}
+    for e in w.keyed(event.idempotency_key, w.evidence_end):
+        if e.currency == event.currency and e.source != event.source:
+            linked.setdefault(e.source, e)
+    return [event, *linked.values()]
+
+
+def _key_linked(w: Window, key: str | None, taken: list[str], currency: str) -> list[Event]:
+    """The first candidate of each source not yet `taken` that carries `key`."""
     if key is None:
         return []
     linked: dict[str, Event] = {}
-    for event in peers:
-        if event.idempotency_key == key and event.source not in taken:
+    for event in w.keyed(key, w.end):
+        if event.source not in taken and event.currency == currency and w.candidate(event):
             linked.setdefault(event.source, event)
     return list(linked.values())
 
@@ -143,140 +210,32 @@ def _candidate_sets(core: list[Event], per_source: list[list[Event]]) -> list[tu
     if size > MAX_CANDIDATE_SETS:
         return [()] * 2  # more than one: ambiguous without enumerating them all
     return [combo for combo in itertools.product(*per_source)
-            if _consistent_key(core + list(combo))]
-
-
-def _consistent_key(events: list[Event]) -> bool:
-    keys = {e.idempotency_key for e in events if e.idempotency_key is not None}
-    return len(keys) <= 1
-
-
-def _group_key(events: list[Event]) -> str | None:
-    return next((e.idempotency_key for e in events if e.idempotency_key is not None), None)
+            if v.consistent_key(core + list(combo))]
 
 
 def _compatible(key: str | None, group_key: str | None) -> bool:
     return key is None or group_key is None or key == group_key
 
 
-def _missing(group: list[Event], config: MatchConfig) -> list[str]:
-    present = {e.source for e in group}
-    return [s for s in config.expected_sources if s not in present]
-
-
-def _contested(group: list[Event], peers: list[Event]) -> list[Event]:
+def _contested(w: Window, members: list[Event]) -> list[Event]:
     """Events outside the group that could take a member joined by tier-2 rules.
 
     A unique choice from the anchor's side is not enough: if the chosen event could
     as well complete another group (a same-amount event of a source the group already
     has), the pairing is a guess, and Tally does not guess.
     """
-    anchor, sources = group[0], {e.source for e in group}
-    joined = [e for e in group[1:]
+    anchor, sources = members[0], {e.source for e in members}
+    taken = {id(e) for e in members}
+    joined = [e for e in members[1:]
               if anchor.idempotency_key is None or e.idempotency_key != anchor.idempotency_key]
-    return _unique([y for x in joined for y in peers
-                    if y.source != x.source and y.source in sources and y not in group
-                    and y.amount_minor == x.amount_minor and y.currency == x.currency
-                    and _compatible(y.idempotency_key, x.idempotency_key)])
+    return v.unique([y for x in joined for y in w.same_amount(x.currency, x.amount_minor, w.end)
+                     if y.source != x.source and y.source in sources and id(y) not in taken
+                     and w.candidate(y) and _compatible(y.idempotency_key, x.idempotency_key)
+                     and not _sealed(w, y)])
 
 
-def _rivals(anchor: Event, peers: list[Event]) -> list[Event]:
+def _rivals(anchor: Event, same: list[Event]) -> list[Event]:
     """Events the anchor could be swapped with: same source, same amount, no key to tell them apart."""
     if anchor.idempotency_key is not None:
         return []
-    return [e for e in peers if e.source == anchor.source and e.idempotency_key is None
-            and e.amount_minor == anchor.amount_minor]
-
-
-# ----------------------------------------------------------------------------- verdicts
-
-def _match(anchor: Event, group: list[Event], config: MatchConfig) -> Verdict:
-    keyed = all(e.idempotency_key is not None for e in group) and _consistent_key(group)
-    tier = 1 if keyed and len(group) > 1 else 2
-    others = [e for e in group if e is not anchor]
-    confidence = 1.0 if tier == 1 else group_confidence(anchor, others, config.match_window_us)
-    reason = ("linked by idempotency key; amounts agree" if tier == 1 else
-              "exact amount and currency inside the match window; the only candidate set")
-    return _verdict(anchor, group, config, MATCHED, tier=tier, confidence=confidence, reason=reason)
-
-
-def _mismatch(anchor: Event, group: list[Event], config: MatchConfig) -> Verdict:
-    larger = max(group, key=lambda e: abs(e.amount_minor))
-    closeness = min(amount_closeness(e.amount_minor, larger.amount_minor) for e in group)
-    amounts = ", ".join(f"{e.source} {format_minor(e.amount_minor, e.currency)}" for e in _ordered(group))
-    return _verdict(anchor, group, config, EXCEPTION, kind=MISMATCH,
-                    confidence=round(0.9 + 0.1 * closeness, 4), missing=_missing(group, config),
-                    reason=f"idempotency key {_group_key(group)!r} links different amounts: {amounts}")
-
-
-def _ambiguous(anchor, group, options, rivals, count, config) -> Verdict:
-    members = _unique(group + options + rivals)
-    candidates = _candidates(anchor, [e for e in members if e is not anchor], config)
-    return _verdict(anchor, members, config, EXCEPTION, kind=AMBIGUOUS, candidates=candidates,
-                    confidence=round(1 / max(count, 2), 4), missing=[],
-                    reason=f"{max(count, 2)} equally good candidate sets; Tally does not guess")
-
-
-def _review(anchor, group, near, config) -> Verdict:
-    ranked = _candidates(anchor, near, config)
-    chosen = list(group)
-    for source in _missing(group, config):
-        best = [c for c in ranked if c.event.startswith(source + ":")]
-        if len(best) == 1 or (len(best) > 1 and best[0].confidence > best[1].confidence):
-            chosen.append(next(e for e in near if e.label == best[0].event))
-    return _verdict(anchor, chosen, config, EXCEPTION, kind=REVIEW, candidates=ranked,
-                    confidence=ranked[0].confidence, missing=_missing(chosen, config),
-                    reason=f"no exact counterpart; {len(ranked)} candidate(s) within the amount tolerance")
-
-
-def _missing_counterpart(anchor, group, missing, config) -> Verdict:
-    return _verdict(anchor, group, config, EXCEPTION, kind=MISSING, missing=missing,
-                    reason=f"no counterpart from {', '.join(missing)} inside the match window")
-
-
-def _duplicate(event: Event, original: Claim, config: MatchConfig) -> Verdict:
-    candidates = [Candidate(original.label, original.ref, 1.0)]
-    return _verdict(event, [event], config, EXCEPTION, kind=DUPLICATE, candidates=candidates,
-                    confidence=1.0, reason=f"idempotency key {event.idempotency_key!r} "
-                                           f"already used by {original.label}")
-
-
-def _verdict(anchor: Event, members: list[Event], config: MatchConfig, outcome: str, *,
-             kind: str | None = None, tier: int | None = None, confidence: float | None = None,
-             missing: list[str] = (), candidates: list[Candidate] = (), reason: str) -> Verdict:
-    members = _ordered(members)
-    labels = [e.label for e in members]
-    decision = Decision(
-        decision_id=decision_id(kind or "match", labels, [e.ref for e in members]), kind="match" if kind is None else "exception",
-        tier=tier, exception_kind=kind, account=anchor.account, currency=anchor.currency,
-        amount_minor=anchor.amount_minor, confidence=confidence, member_event_ids=labels,
-        member_refs=[e.ref for e in members], window_start=anchor.time_us,
-        window_end=anchor.time_us + config.match_window_us, missing_sources=list(missing),
-        candidates=list(candidates), reason=reason)
-    return Verdict(decision, members, outcome)
-
-
-def _candidates(anchor: Event, events: list[Event], config: MatchConfig) -> list[Candidate]:
-    scored = [(pair_confidence(anchor, e, config.match_window_us), e) for e in events]
-    scored.sort(key=lambda pair: (-pair[0], event_order(pair[1])))
-    return [Candidate(e.label, e.ref, score) for score, e in scored]
-
-
-def _ordered(events: list[Event]) -> list[Event]:
-    return sorted(events, key=event_order)
-
-
-def _unique(events: list[Event]) -> list[Event]:
-    seen, out = set(), []
-    for event in events:
-        if id(event) not in seen:
-            seen.add(id(event))
-            out.append(event)
-    return out
-
-
-def format_minor(amount_minor: int, currency: str) -> str:
-    """Integer minor units back to the contract's decimal string."""
-    places = exponent(currency) or 0
-    sign, digits = ("-" if amount_minor < 0 else ""), str(abs(amount_minor)).rjust(places + 1, "0")
-    return sign + (digits[:-places] + "." + digits[-places:] if places else digits)
+    return [e for e in same if e.source == anchor.source and e.idempotency_key is None]

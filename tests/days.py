@@ -14,13 +14,16 @@ _ROOT = Path(tempfile.mkdtemp(prefix="tally-days-"))
 
 
 @lru_cache(maxsize=None)
-def day(transactions: int, seed: int, partitions: int = 3) -> Path:
-    out = _ROOT / f"{transactions}-{seed}-{partitions}"
-    generate_day(out, transactions, seed, partitions=partitions)
+def day(transactions: int, seed: int, partitions: int = 3, accounts: int | None = None,
+        hot_share: float = 0.0) -> Path:
+    out = _ROOT / f"{transactions}-{seed}-{partitions}-{accounts}-{hot_share}"
+    generate_day(out, transactions, seed, partitions=partitions, accounts=accounts, hot_share=hot_share)
     return out
 
 
 @lru_cache(maxsize=None)
-def day_values(transactions: int, seed: int) -> dict[tuple[str, int], list[bytes]]:
-    parts = dayfiles.partitions(day(transactions, seed), list(MatchConfig().topics.values()))
+def day_values(transactions: int, seed: int, accounts: int | None = None,
+               hot_share: float = 0.0) -> dict[tuple[str, int], list[bytes]]:
+    path = day(transactions, seed, accounts=accounts, hot_share=hot_share)
+    parts = dayfiles.partitions(path, list(MatchConfig().topics.values()))
     return {part: dayfiles.read_values(path) for part, path in parts.items()}

@@ -30,15 +30,16 @@ def canonical(decisions, fates) -> bytes:
     return ENCODER.encode([sorted(decisions, key=sort_key), sorted(fates, key=fate_key)])
 
 
-def feed(values, schedule, shards, flush, snapshot_points=frozenset(), config=CONFIG):
-    """Run the engine over `values` in the order `schedule` gives.
+def feed(values, schedule, shards, flush, snapshot_points=frozenset(), config=CONFIG, engine=Shard):
+    """Run the engine (or the reference, tests/reference.py) over `values` in the order
+    `schedule` gives.
 
     schedule: a list of (partition index, chunk size) steps; after it, everything left
     is fed partition by partition. Returns the canonical bytes of all output.
     """
     decoder = Decoder(config)
     parts = sorted(values)
-    engines = [Shard(config, parts) for _ in range(shards)]
+    engines = [engine(config, parts) for _ in range(shards)]
     cursors = {part: 0 for part in parts}
     decisions, fates = [], []
 

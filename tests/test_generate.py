@@ -1,6 +1,8 @@
 """Tests for the synthetic day generator (flows.generate)."""
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 from collections import Counter, defaultdict
 from datetime import datetime
@@ -9,7 +11,9 @@ from decimal import Decimal
 import msgspec
 import pytest
 
-from flows.generate import CURRENCIES, DEFAULT_TOPICS, generate_day, partition_for
+from flows.cli import main as tally
+from flows.generate import (CURRENCIES, DEFAULT_TOPICS, P_DUPLICATE, default_accounts, generate_day,
+                            partition_for)
 
 N = 20_000
 PARTITIONS = 3
@@ -219,3 +223,98 @@ def test_redelivered_lines_repeat_a_few_records_later(day):
                 copies += 1
             first_seen.setdefault(line, offset)
     assert copies == sum("redelivery" in t["flags"] for t in truth) // 2
+
+
+# ----------------------------------------------------------------------------- density options
+
+# sha256 of generate_day(out, 3_000, seed=5), every file (path, NUL, bytes) in path order,
+# measured on the code before the density options existed: at their defaults they draw nothing
+BEFORE_DENSITY_OPTIONS = "ee95d1501de68346d67f9407b6cfca0eb11362b5c15d240449843b323aca8c03"
+
+
+def _digest(out) -> str:
+    digest = hashlib.sha256()
+    for path, data in _all_bytes(out).items():
+        digest.update(str(path).encode() + b"\0")
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _payments(out) -> dict[str, list[dict]]:
+    """payment -> its transaction events (first copies; malformed lines left out)."""
+    truth = [msgspec.json.decode(line) for line in (out / "truth.jsonl").read_bytes().splitlines()]
+    logs = {part: (out / part[0] / f"{part[1]}.jsonl").read_bytes().split(b"\n")
+            for part in {(t["topic"], t["partition"]) for t in truth}}
+    events, seen = defaultdict(list), set()
+    for t in truth:
+        if t["payment"] and (t["source"], t["event_id"]) not in seen:
+            seen.add((t["source"], t["event_id"]))
+            event = msgspec.json.decode(logs[t["topic"], t["partition"]][t["offset"]])
+            events[t["payment"]].append(event | {"flags": t["flags"]})
+    return events
+
+
+def test_default_density_options_keep_the_bytes_of_before(tmp_path):
+    generate_day(tmp_path / "plain", 3_000, seed=5)
+    generate_day(tmp_path / "explicit", 3_000, seed=5, accounts=default_accounts(3_000),
+                 hot_share=0.0, reported_twice=P_DUPLICATE)
+    assert _digest(tmp_path / "plain") == BEFORE_DENSITY_OPTIONS
+    assert _digest(tmp_path / "explicit") == BEFORE_DENSITY_OPTIONS
+
+
+def test_accounts_sets_how_many_accounts_carry_the_payments(tmp_path):
+    generate_day(tmp_path, 3_000, seed=5, accounts=5)
+    accounts = {e["account"] for events in _payments(tmp_path).values() for e in events}
+    assert accounts == {f"ACC{i:05d}" for i in range(5)}
+
+
+def test_hot_share_puts_that_share_of_payments_on_the_first_account(tmp_path):
+    generate_day(tmp_path, 3_000, seed=5, hot_share=0.5)
+    payments = _payments(tmp_path)
+    hot = sum(events[0]["account"] == "ACC00000" for events in payments.values())
+    assert len(payments) == 3_000
+    assert 0.45 <= hot / len(payments) <= 0.55
+
+
+def _reported_twice(payments) -> tuple[set[str], set[str]]:
+    """(payments whose processor event has a key, payments flagged duplicate)."""
+    keyed = {p for p, events in payments.items()
+             if any(e["source"] == "processor" and e.get("idempotency_key") for e in events)}
+    return keyed, {p for p, events in payments.items() if "duplicate" in events[0]["flags"]}
+
+
+def test_reported_twice_is_the_duplicate_rate_of_keyed_payments(tmp_path):
+    generate_day(tmp_path / "one", 20_000, seed=5, reported_twice=0.01)
+    keyed, twice = _reported_twice(_payments(tmp_path / "one"))
+    assert twice <= keyed and 0.008 <= len(twice) / len(keyed) <= 0.012
+    generate_day(tmp_path / "all", 1_000, seed=5, reported_twice=1)
+    keyed, twice = _reported_twice(_payments(tmp_path / "all"))
+    assert twice == keyed
+    generate_day(tmp_path / "none", 1_000, seed=5, reported_twice=0)
+    assert _reported_twice(_payments(tmp_path / "none"))[1] == set()
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"accounts": 0}, "accounts"), ({"hot_share": 1.0}, "hot_share"), ({"hot_share": -0.1}, "hot_share"),
+    ({"hot_share": math.nan}, "hot_share"), ({"reported_twice": 1.5}, "reported_twice"),
+    ({"reported_twice": -0.01}, "reported_twice")])
+def test_nonsense_density_options_are_refused(tmp_path, options, named):
+    with pytest.raises(ValueError, match=named):
+        generate_day(tmp_path, 10, seed=1, **options)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--accounts", "0"], "--accounts must be at least 1"),
+    (["--hot-share", "1"], "--hot-share must be from 0 to below 1"),
+    (["--reported-twice", "nan"], "--reported-twice must be from 0 to 1")])
+def test_tally_generate_refuses_nonsense_density_in_one_line(tmp_path, capsys, argv, message):
+    assert tally(["generate", "--out", str(tmp_path / "day"), *argv]) == 2
+    assert capsys.readouterr().err == f"tally: {message}\n"
+
+
+def test_tally_generate_passes_the_density_options_on(tmp_path, capsys):
+    argv = ["--transactions", "500", "--accounts", "3", "--hot-share", "0.2", "--reported-twice", "1"]
+    assert tally(["generate", "--out", str(tmp_path / "cli"), *argv]) == 0
+    generate_day(tmp_path / "direct", 500, seed=1, accounts=3, hot_share=0.2, reported_twice=1)
+    assert _digest(tmp_path / "cli") == _digest(tmp_path / "direct")
