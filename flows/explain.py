@@ -37,7 +37,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _REF = re.compile(r"^([A-Za-z0-9._-]{1,249}):([0-9]{1,10}):([0-9]{1,19})$")
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
 
-# What state/matching.py does, tier by tier and kind by kind (keep in step with it).
+# What state/matching.py does, tier by tier and kind by kind (keep in step with it;
+# docs/determinism.md states the duplicate and exact-evidence rules in full).
 TIER_RULES = {
     1: "tier 1: every member carries the same idempotency key, one event per expected source, "
        "and the amounts agree (confidence 1.0)",
@@ -48,15 +49,18 @@ TIER_RULES = {
 }
 KIND_RULES = {
     MISSING: "missing counterpart: no event of the missing source(s) with the anchor's exact "
-             "amount, nor within the amount tolerance ({tolerance}), inside the match window",
+             "amount, nor within the amount tolerance ({tolerance}), inside the match window, "
+             "that is not already spoken for by exact evidence of its own",
     MISMATCH: "amount mismatch: events linked by one idempotency key carry different amounts",
     AMBIGUOUS: "ambiguous: more than one equally good candidate set (or same-amount events of "
                "the anchor's source with no key to tell them apart); Tally does not guess",
     REVIEW: "review: no exact counterpart, but event(s) of the missing source(s) within the "
-            "amount tolerance ({tolerance}); scored candidates for a human, a clear best one joined",
-    DUPLICATE: "duplicate: a second event_id from the same source with an idempotency key already "
-               "used (in the window, or by a decision of the account within the redelivery "
-               "horizon, {horizon}); the later one is the duplicate",
+            "amount tolerance ({tolerance}) that have no exact counterparts of their own (read up "
+            "to one match window past the window); scored candidates for a human, a clear best "
+            "one joined",
+    DUPLICATE: "duplicate: another event_id from the same source with the same idempotency key, "
+               "at most the redelivery horizon ({horizon}) after the original: the first of "
+               "them in event-time order, which this decision names",
     LATE: "late: its event_time was more than allowed_lateness ({lateness}) behind its "
           "partition's progress when it arrived; decided alone, at once",
     INVALID_KIND: "invalid: the record breaks the event contract; its raw bytes are kept with "

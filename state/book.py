@@ -66,11 +66,12 @@ class Book:
     def add(self, event: Event) -> None:
         entry = (event_order(event), event)
         insort(self.open, entry)
-        _put(self.by_amount, (event.currency, event.amount_minor), entry)
+        amount = (event.currency, event.amount_minor)
+        insort(self.by_amount.setdefault(amount, []), entry)
         insort(self.by_size.setdefault(event.currency, []), (event.amount_minor, *entry))
         key = event.idempotency_key
         if key is not None:
-            _put(self.by_key, key, entry)
+            insort(self.by_key.setdefault(key, []), entry)
             self._refresh_duplicates(event.source, key)
 
     def remove(self, event: Event) -> None:
@@ -123,18 +124,24 @@ class Book:
     def _refresh_duplicates(self, source: str, key: str) -> None:
         """Walk one (source, key) in canonical order: a report within the horizon of the
         current original repeats it; one beyond the horizon is a new original."""
-        original = self.claims.get(claim_key(source, key))
-        for entry in self.by_key.get(key, []):
+        entries = self.by_key.get(key)
+        if entries is None:
+            return
+        reports = [entry for entry in entries if entry[1].source == source]
+        original: Claim | Event | None = self.claims.get(claim_key(source, key))
+        if original is None and len(reports) == 1 and id(reports[0][1]) not in self.original_of:
+            return  # the usual case: one report, nothing before it
+        for entry in reports:
             event = entry[1]
-            if event.source != source:
-                continue
             was = self.original_of.pop(id(event), None)
             if original is not None and 0 <= event.time_us - original.time_us <= self.horizon:
+                if isinstance(original, Event):
+                    original = claim_of(original)
                 self.original_of[id(event)] = original
                 if was is None:
                     insort(self.duplicates, entry)
             else:
-                original = claim_of(event)
+                original = event
                 if was is not None:
                     _take(self.duplicates, entry[0])
 
@@ -177,10 +184,6 @@ class Book:
                 self.decided(key, seen)
         for key, claim in self.claims.items():
             self._remember(self.claim_expiry, claim.time_us, key)
-
-
-def _put(index: dict, key, entry: Entry) -> None:
-    insort(index.setdefault(key, []), entry)
 
 
 def _drop(index: dict, key, order: tuple) -> None:

@@ -73,16 +73,23 @@ def decide(book: Book, anchor: Event, config: MatchConfig) -> list[Verdict]:
 def decides_alone(book: Book, anchor: Event, config: MatchConfig) -> bool:
     """True when the window alone decides: the anchor is a duplicate, or its key group is
     complete or disagrees on the amount. Every other decision waits for the evidence."""
-    return book.is_duplicate(anchor) or _core_verdict(Window(book, anchor, config)) is not None
+    if book.is_duplicate(anchor):
+        return True
+    w = Window(book, anchor, config)
+    core = _core(w)
+    return (any(e.amount_minor != anchor.amount_minor for e in core)
+            or not v.missing_sources(core, config))
 
 
 def _core(w: Window) -> list[Event]:
+    """The anchor and the first candidate of each other source that carries its key."""
     anchor = w.anchor
     return [anchor] + _key_linked(w, anchor.idempotency_key, [anchor.source], anchor.currency)
 
 
-def _core_verdict(w: Window) -> Verdict | None:
-    core, anchor = _core(w), w.anchor
+def _core_verdict(w: Window, core: list[Event]) -> Verdict | None:
+    """The verdict of a key group that decides alone: complete, or at odds on the amount."""
+    anchor = w.anchor
     if any(e.amount_minor != anchor.amount_minor for e in core):
         return v.mismatch(anchor, core, w.config)
     if not v.missing_sources(core, w.config):
@@ -91,11 +98,11 @@ def _core_verdict(w: Window) -> Verdict | None:
 
 
 def _group(w: Window) -> Verdict:
-    alone = _core_verdict(w)
+    core = _core(w)
+    alone = _core_verdict(w, core)
     if alone is not None:
         return alone
     anchor, config = w.anchor, w.config
-    core = _core(w)
     missing = v.missing_sources(core, config)
     same = [e for e in w.same_amount(anchor.currency, anchor.amount_minor, w.end)
             if w.candidate(e) and not _sealed(w, e)]

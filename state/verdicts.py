@@ -19,7 +19,7 @@ from state.scoring import amount_closeness, group_confidence, pair_confidence
 
 
 class Claim(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """The original of an idempotency key of one source: the record later reports duplicate."""
+    """The original report of one source's idempotency key, which later reports of it repeat."""
 
     label: str
     ref: str
