@@ -174,16 +174,26 @@ class Book:
         return not self.open and not self.seen and not self.claims
 
     def rebuild(self) -> None:
-        """The indexes and expiry heaps from the state alone (after a restore); the claims
-        are in place before the events are added, so duplicates are found as before."""
-        entries, self.open = self.open, []
-        for _, event in entries:
-            self.add(event)
-        for key, seen in self.seen.items():
-            if seen.decision_id is not None:
-                self.decided(key, seen)
-        for key, claim in self.claims.items():
-            self._remember(self.claim_expiry, claim.time_us, key)
+        """The indexes and expiry heaps from the state alone (after a restore). `open` is
+        in canonical order, so appending keeps every index sorted but the amount order."""
+        keyed = set()
+        for entry in self.open:
+            event = entry[1]
+            self.by_amount.setdefault((event.currency, event.amount_minor), []).append(entry)
+            self.by_size.setdefault(event.currency, []).append((event.amount_minor, *entry))
+            if event.idempotency_key is not None:
+                self.by_key.setdefault(event.idempotency_key, []).append(entry)
+                keyed.add((event.source, event.idempotency_key))
+        for sizes in self.by_size.values():
+            sizes.sort()
+        for source, key in keyed:
+            self._refresh_duplicates(source, key)
+        self.seen_expiry = [(seen.time_us, key) for key, seen in self.seen.items()
+                            if seen.decision_id is not None]
+        self.claim_expiry = [(claim.time_us, key) for key, claim in self.claims.items()]
+        heapq.heapify(self.seen_expiry)
+        heapq.heapify(self.claim_expiry)
+        self.newest_memory = max([t for t, _ in self.seen_expiry + self.claim_expiry], default=0)
 
 
 def _drop(index: dict, key, order: tuple) -> None:
