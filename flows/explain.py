@@ -8,8 +8,9 @@ are derived, from the decision's kind and the matching config.
 The watermark at the moment of a decision depends on how records were batched,
 so it is not stored. What is deterministic, and what is stated, is the condition
 the engine waited for (`Shard.advance` in state/engine.py): the watermark passed
-window_end, i.e. every source partition's event-time progress passed
-window_end + allowed_lateness.
+window_end (a key group deciding alone) or window_end + match_window (a decision
+that read its evidence), i.e. every source partition's event-time progress passed
+that + allowed_lateness.
 """
 
 from __future__ import annotations
@@ -260,11 +261,18 @@ def watermark_text(decision: dict, config: MatchConfig) -> str:
     if kind == DUPLICATE:
         return ("decided with the window of its account's anchor then (the earliest open event; "
                 "not stored): once the watermark passed that window's end, a time between "
-                "window_start and window_end, i.e. once every source partition's event-time "
-                f"progress had passed that time + allowed_lateness ({lateness})")
-    return (f"decided once the watermark passed window_end {iso(end)}, i.e. once every source "
-            f"partition's event-time progress had passed {iso(end + config.allowed_lateness_us)} "
-            f"(window_end + allowed_lateness {lateness}); the exact watermark then depends on "
+                "window_start and window_end, or one match_window later if that anchor read its "
+                "evidence, i.e. once every source partition's event-time progress had passed that "
+                f"time + allowed_lateness ({lateness})")
+    alone = decision["tier"] == 1 or kind == MISMATCH  # may decide from its window alone
+    wait, what = (end, "window_end") if alone else (end + config.match_window_us,
+                                                     "window_end + match_window")
+    note = ("; an amount mismatch joined by a member without the anchor's key read one more "
+            "window of evidence and waited a match_window longer" if kind == MISMATCH else
+            "" if alone else "; it read one more window of evidence after its own")
+    return (f"decided once the watermark passed {what} {iso(wait)}, i.e. once every source "
+            f"partition's event-time progress had passed {iso(wait + config.allowed_lateness_us)} "
+            f"({what} + allowed_lateness {lateness}){note}; the exact watermark then depends on "
             f"batching and is not stored (a bounded run with --flush decides the windows still "
             f"open at its end without this wait)")
 
@@ -272,11 +280,11 @@ def watermark_text(decision: dict, config: MatchConfig) -> str:
 def _pending_watermark(record: object, config: MatchConfig) -> str:
     if not isinstance(record, Event):
         return "no fate has been written for it yet"
-    end = record.time_us + config.match_window_us
-    return (f"decided at the latest once the watermark passes its own window end {iso(end)} "
-            f"(event_time + match_window), i.e. once every source partition's event-time "
-            f"progress passes {iso(end + config.allowed_lateness_us)}; earlier if an earlier "
-            f"anchor's window takes it")
+    end = record.time_us + 2 * config.match_window_us
+    return (f"decided at the latest once the watermark passes its own evidence's end {iso(end)} "
+            f"(event_time + 2 x match_window), i.e. once every source partition's event-time "
+            f"progress passes {iso(end + config.allowed_lateness_us)}; earlier if its own key "
+            f"group decides alone or an earlier anchor's window takes it")
 
 
 def _window_check(decision: dict, config: MatchConfig) -> list[str]:
