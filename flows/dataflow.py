@@ -108,7 +108,7 @@ class ShardLogic(StatefulBatchLogic):
         self.stats.open_events[id(self.shard)] = self.shard.open_count()
 
 
-def splitter(config: MatchConfig, shards: int, spread_keys: bool):
+def splitter(config: MatchConfig, shards: int, spread_keys: bool, pacemaker=None):
     decoder = Decoder(config)
     keys = [shard_key(i) if spread_keys else str(i) for i in range(shards)]
 
@@ -116,6 +116,8 @@ def splitter(config: MatchConfig, shards: int, spread_keys: bool):
         records = [decoder.decode(value, batch.topic, batch.partition, offset)
                    for offset, value in zip(batch.offsets, batch.values)]
         pieces = split(batch.topic, batch.partition, records, shards)
+        if pacemaker is not None:
+            pacemaker.read((batch.topic, batch.partition), pieces[0].high)
         return [(keys[i], piece) for i, piece in enumerate(pieces)
                 if piece.records or piece.high != NEVER]
 
@@ -134,23 +136,25 @@ def _after(since_us: int, stats: FlowStats):
     return keep
 
 
-def _source(settings: FlowSettings, stats: FlowStats):
+def _source(settings: FlowSettings, stats: FlowStats, pacemaker):
     if settings.archive is not None:
         from flows.archive import ArchiveSource
         return ArchiveSource(settings.archive, settings.starts, settings.ends, settings.batch_size,
                              stats.counters)
     return TallySource(settings.kafka, settings.starts, settings.ends, settings.batch_size,
-                       stats.counters, settings.max_rate)
+                       stats.counters, settings.max_rate, pacemaker)
 
 
-def build_flow(settings: FlowSettings, stats: FlowStats) -> Dataflow:
+def build_flow(settings: FlowSettings, stats: FlowStats, pacemaker=None) -> Dataflow:
+    """The dataflow; with a `pacemaker` (flows/pacemaker.py, live runs only) its source
+    and decode step tell it what each partition reads, and it writes into quiet ones."""
     from sinks.pg_sink import PostgresSink
 
     partitions = sorted(settings.starts)
     flow = Dataflow("tally")
-    raw = op.input("kafka", flow, _source(settings, stats))
+    raw = op.input("kafka", flow, _source(settings, stats, pacemaker))
     slices = op.flat_map("decode_split", raw, splitter(settings.config, settings.shards,
-                                                              settings.spread_keys))
+                                                       settings.spread_keys, pacemaker))
 
     def build_shard(resume: bytes | None) -> ShardLogic:
         shard = Shard(settings.config, partitions) if resume is None else decode_snapshot(resume)

@@ -142,7 +142,8 @@ def default_accounts(transactions: int) -> int:
 
 class _Builder:
     def __init__(self, rng: _Rng, n: int, partitions: int, day: str, accounts: int,
-                 hot_share: float, reported_twice: float):
+                 hot_share: float, reported_twice: float, heartbeats: bool = True):
+        self.heartbeats = heartbeats  # producer heartbeats into the gaps and at the end
         self.rng, self.n, self.partitions = rng, n, partitions
         self.hot_share, self.reported_twice = hot_share, reported_twice
         start = date.fromisoformat(day)
@@ -339,6 +340,8 @@ class _Builder:
     def assemble(self, s: int, p: int) -> list[_Rec]:
         """Log order of one partition: by arrival, heartbeats in gaps, then redeliveries."""
         recs = sorted(self.recs[s][p], key=lambda r: (r.arrival, r.seq))
+        if not self.heartbeats:  # as real producers publish: transactions and nothing else
+            return _with_redeliveries(recs)
         log, clock = [], 0  # clock: arrival of the last on-time record or heartbeat
         for rec in recs:
             # fill gaps before every record (late ones too) so a late record always
@@ -389,13 +392,14 @@ def _no_gc():
 def generate_day(out: Path, transactions: int, seed: int, partitions: int = 3,
                  topics: dict[str, str] | None = None, day: str = "2026-11-21", *,
                  accounts: int | None = None, hot_share: float = 0.0,
-                 reported_twice: float | None = None) -> GenerateSummary:
+                 reported_twice: float | None = None, heartbeats: bool = True) -> GenerateSummary:
     """Write one synthetic day of partition logs plus truth.jsonl under `out`.
 
     accounts: how many accounts carry the payments (default `default_accounts`);
     hot_share: the probability that a payment goes to ACC00000 rather than to a
     uniformly drawn account; reported_twice: the probability that a payment with a
-    processor key is reported again under a new event id (default P_DUPLICATE).
+    processor key is reported again under a new event id (default P_DUPLICATE);
+    heartbeats: False writes none (a live run's own heartbeats keep time moving).
     """
     accounts = default_accounts(transactions) if accounts is None else accounts
     reported_twice = P_DUPLICATE if reported_twice is None else reported_twice
@@ -403,7 +407,8 @@ def generate_day(out: Path, transactions: int, seed: int, partitions: int = 3,
     topics = dict(DEFAULT_TOPICS if topics is None else topics)
     if sorted(topics) != sorted(SOURCES):
         raise ValueError(f"topics must map exactly the sources {SOURCES}")
-    builder = _Builder(_Rng(seed), transactions, partitions, day, accounts, hot_share, reported_twice)
+    builder = _Builder(_Rng(seed), transactions, partitions, day, accounts, hot_share,
+                       reported_twice, heartbeats)
     with _no_gc():
         return _generate(builder, Path(out), topics)
 

@@ -20,6 +20,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from flows import kafka_io, logs, metrics
 from flows.logs import FlowError, UserError
 from flows.dataflow import FlowSettings, FlowStats, build_flow
+from flows.pacemaker import Pacemaker, silent_partitions
 from flows.progress import Progress, table
 
 
@@ -183,7 +184,8 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
         pg_retry_deadline_s=options.pg_retry_deadline_s, batch_size=options.batch_size,
         archive=stretch.archive, emit_from_us=stretch.emit_from_us, max_rate=options.max_rate)
     stats = FlowStats()
-    flow = build_flow(settings, stats)
+    pacemaker = _pacemaker(settings, options)
+    flow = build_flow(settings, stats, pacemaker)
     total = sum(ends[p] - starts[p] for p in starts) if ends else None
     logs.info("flow starting", namespace=options.namespace, partitions=len(starts),
               records_to_end=total if total is not None else "unbounded")
@@ -208,9 +210,28 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
             raise
         except BaseException as exc:  # a Rust panic (a cluster member lost) is no Exception
             raise _as_user_error(exc) from None
+        finally:
+            if pacemaker is not None:
+                pacemaker.close()
     return RunSummary(stats.counters.total(), time.monotonic() - started,
                       dict(stats.decisions), stats.pending, stats.warm_up,
                       _member(options.process_id, options.addresses))
+
+
+def _pacemaker(settings: FlowSettings, options: RunOptions) -> Pacemaker | None:
+    """A live run keeps quiet partitions moving with heartbeats of its own; a bounded one
+    reads history and writes nothing. Says, in one line, which partitions may stall."""
+    if settings.ends is not None or settings.archive is not None:
+        return None
+    silent = silent_partitions(settings.config, sorted(settings.starts))
+    if silent:
+        named = ", ".join(f"{t}:{p}" for t, p in silent)
+        logs.warning(f"Tally writes no heartbeats into {named} (the [heartbeats] config): they "
+                     f"can stall every decision when their producers go quiet, unless the "
+                     f"producers send heartbeats")
+    if len(silent) == len(settings.starts):
+        return None
+    return Pacemaker(settings.kafka, settings.config)
 
 
 def _member(process_id: int | None, addresses: list[str] | None) -> str:

@@ -98,8 +98,10 @@ TROUBLE = _BrokerTrouble()
 
 class _Partition(StatefulSourcePartition[RawBatch, int]):
     def __init__(self, config: dict, topic: str, partition: int, start: int, end: int | None,
-                 batch_size: int, counters: Counters, seconds_per_record: float = 0.0):
+                 batch_size: int, counters: Counters, seconds_per_record: float = 0.0,
+                 pacemaker=None):
         self.topic, self.partition, self.end = topic, partition, end
+        self.pacemaker = pacemaker  # flows.pacemaker.Pacemaker of a live run, told of every poll
         self.seconds_per_record = seconds_per_record  # --max-rate, spread over the partitions
         if seconds_per_record:
             batch_size = min(batch_size, max(1, int(PACED_BATCH_S / seconds_per_record)))
@@ -133,6 +135,8 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
             keys.append(message.key())
             values.append(message.value())
             stamps.append(message.timestamp()[1])
+        if self.pacemaker is not None:
+            self.pacemaker.polled((self.topic, self.partition), len(offsets))
         if not offsets:
             self._note_lag()
             self.awake = datetime.now(timezone.utc) + IDLE_WAIT
@@ -181,8 +185,9 @@ class TallySource(FixedPartitionedSource[RawBatch, int]):
 
     def __init__(self, config: dict, starts: dict[tuple[str, int], int],
                  ends: dict[tuple[str, int], int] | None, batch_size: int = 5000,
-                 counters: Counters | None = None, max_rate: float = 0.0):
+                 counters: Counters | None = None, max_rate: float = 0.0, pacemaker=None):
         self.config, self.starts, self.ends = config, starts, ends
+        self.pacemaker = pacemaker
         self.seconds_per_record = len(starts) / max_rate if max_rate else 0.0
         self.batch_size = batch_size
         self.counters = counters or Counters()
@@ -196,4 +201,4 @@ class TallySource(FixedPartitionedSource[RawBatch, int]):
         start = self.starts[part] if resume_state is None else resume_state
         end = None if self.ends is None else self.ends[part]
         return _Partition(self.config, topic, int(partition), start, end, self.batch_size,
-                          self.counters, self.seconds_per_record)
+                          self.counters, self.seconds_per_record, self.pacemaker)

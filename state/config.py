@@ -35,9 +35,22 @@ class MatchConfig(msgspec.Struct, frozen=True, kw_only=True):
     amount_tolerance_ppm: int = 20_000  # 2% of the larger amount
     min_year: int = 2000
     max_year: int = 2100
+    # Tally's own heartbeats (flows/pacemaker.py): a live run writes one into a caught-up
+    # partition quiet for heartbeat_idle_us, declaring now less the source's delay
+    heartbeat_idle_us: int = 5 * US_PER_SECOND
+    max_source_delay_us: int = 2 * 60 * US_PER_SECOND  # how late a source may still deliver
+    source_delays_us: dict[str, int] = msgspec.field(default_factory=dict)  # per source
+    heartbeats_write: bool = True
+    silent_sources: tuple[str, ...] = ()  # sources Tally must not write heartbeats into
 
     def source_of_topic(self) -> dict[str, str]:
         return {topic: source for source, topic in self.topics.items()}
+
+    def source_delay_us(self, source: str) -> int:
+        return self.source_delays_us.get(source, self.max_source_delay_us)
+
+    def writes_heartbeats(self, source: str) -> bool:
+        return self.heartbeats_write and source not in self.silent_sources
 
 
 def parse_duration(value: object, name: str) -> int:
@@ -66,7 +79,7 @@ def parse_fraction_ppm(value: object, name: str) -> int:
 
 def from_toml(data: dict) -> MatchConfig:
     """Build a MatchConfig from parsed TOML ([sources] and [matching] tables)."""
-    unknown = set(data) - {"sources", "matching", "contract"}
+    unknown = set(data) - {"sources", "matching", "contract", "heartbeats"}
     if unknown:
         raise ConfigError(f"unknown config table(s): {', '.join(sorted(unknown))}")
     kwargs: dict = {}
@@ -91,7 +104,43 @@ def from_toml(data: dict) -> MatchConfig:
             kwargs[key] = int(contract.pop(key))
     if contract:
         raise ConfigError(f"unknown contract key(s): {', '.join(sorted(contract))}")
+    kwargs.update(_heartbeats(dict(data.get("heartbeats", {}))))
     return validate(MatchConfig(**kwargs))
+
+
+def _heartbeats(table: dict) -> dict:
+    """[heartbeats] idle, max_source_delay, write, and [heartbeats.sources.NAME] overrides."""
+    kwargs: dict = {}
+    if "idle" in table:
+        kwargs["heartbeat_idle_us"] = parse_duration(table.pop("idle"), "heartbeats.idle")
+    if "max_source_delay" in table:
+        kwargs["max_source_delay_us"] = parse_duration(table.pop("max_source_delay"),
+                                                       "heartbeats.max_source_delay")
+    if "write" in table:
+        kwargs["heartbeats_write"] = _boolean(table.pop("write"), "heartbeats.write")
+    delays, silent = {}, []
+    for source, overrides in dict(table.pop("sources", {})).items():
+        overrides, name = dict(overrides), f"heartbeats.sources.{source}"
+        if "max_source_delay" in overrides:
+            delays[source] = parse_duration(overrides.pop("max_source_delay"),
+                                            f"{name}.max_source_delay")
+        if "write" in overrides and not _boolean(overrides.pop("write"), f"{name}.write"):
+            silent.append(source)
+        if overrides:
+            raise ConfigError(f"unknown {name} key(s): {', '.join(sorted(overrides))}")
+    if table:
+        raise ConfigError(f"unknown heartbeats key(s): {', '.join(sorted(table))}")
+    if delays:
+        kwargs["source_delays_us"] = delays
+    if silent:
+        kwargs["silent_sources"] = tuple(sorted(silent))
+    return kwargs
+
+
+def _boolean(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: {value!r} is not true or false")
+    return value
 
 
 def validate(config: MatchConfig) -> MatchConfig:
@@ -106,6 +155,11 @@ def validate(config: MatchConfig) -> MatchConfig:
         raise ConfigError("matching.match_window must be positive")
     if not config.min_year < config.max_year:
         raise ConfigError("contract.min_year must be below contract.max_year")
+    if config.heartbeat_idle_us <= 0:
+        raise ConfigError("heartbeats.idle must be positive")
+    strangers = sorted((set(config.source_delays_us) | set(config.silent_sources)) - set(config.topics))
+    if strangers:
+        raise ConfigError(f"[heartbeats.sources] names source(s) not in [sources]: {', '.join(strangers)}")
     return config
 
 
@@ -123,5 +177,16 @@ def to_toml(config: MatchConfig) -> str:
               f'allowed_lateness = "{config.allowed_lateness_us}us"',
               f'redelivery_horizon = "{config.redelivery_horizon_us}us"',
               f'amount_tolerance = "{tolerance}"',
-              "", "[contract]", f"min_year = {config.min_year}", f"max_year = {config.max_year}"]
+              "", "[contract]", f"min_year = {config.min_year}", f"max_year = {config.max_year}",
+              "", "[heartbeats]", f'idle = "{config.heartbeat_idle_us}us"',
+              f'max_source_delay = "{config.max_source_delay_us}us"',
+              f"write = {'true' if config.heartbeats_write else 'false'}"]
+    for source in config.topics:
+        overrides = []
+        if source in config.source_delays_us:
+            overrides.append(f'max_source_delay = "{config.source_delays_us[source]}us"')
+        if source in config.silent_sources:
+            overrides.append("write = false")
+        if overrides:
+            lines += ["", f"[heartbeats.sources.{quote(source)}]", *overrides]
     return "\n".join(lines) + "\n"

@@ -20,7 +20,12 @@ def configs(draw) -> MatchConfig:
     topics = draw(st.lists(names, min_size=len(sources), max_size=len(sources), unique=True))
     expected = draw(st.lists(st.sampled_from(sources), min_size=1, unique=True))
     min_year = draw(st.integers(1, 5000))
+    delays = draw(st.dictionaries(st.sampled_from(sources), st.integers(0, 10**12)))
+    silent = draw(st.lists(st.sampled_from(sources), unique=True))
     return MatchConfig(
+        heartbeat_idle_us=draw(st.integers(1, 10**9)), max_source_delay_us=draw(st.integers(0, 10**12)),
+        source_delays_us=delays, heartbeats_write=draw(st.booleans()),
+        silent_sources=tuple(sorted(silent)),
         topics=dict(zip(sources, topics)), expected_sources=tuple(expected),
         match_window_us=draw(st.integers(1, 10**12)),
         allowed_lateness_us=draw(st.integers(0, 10**12)),
@@ -44,3 +49,18 @@ def test_negative_durations_and_an_empty_year_range_are_refused():
         from_toml({"matching": {"allowed_lateness": -60}})
     with pytest.raises(ConfigError, match="min_year must be below"):
         from_toml({"contract": {"min_year": 2030, "max_year": 2030}})
+
+
+def test_heartbeat_settings_are_checked_in_one_line():
+    with pytest.raises(ConfigError, match="heartbeats.idle must be positive"):
+        from_toml({"heartbeats": {"idle": "0s"}})
+    with pytest.raises(ConfigError, match=r"heartbeats.sources.bank.write: 'no' is not true or false"):
+        from_toml({"heartbeats": {"sources": {"bank": {"write": "no"}}}})
+    with pytest.raises(ConfigError, match=r"names source\(s\) not in \[sources\]: bnak"):
+        from_toml({"heartbeats": {"sources": {"bnak": {"max_source_delay": "1d"}}}})
+    with pytest.raises(ConfigError, match="unknown heartbeats key"):
+        from_toml({"heartbeats": {"idel": "5s"}})
+    config = from_toml({"heartbeats": {"max_source_delay": "2m",
+                                       "sources": {"bank": {"max_source_delay": "1d", "write": False}}}})
+    assert config.source_delay_us("bank") == 86_400 * 10**6 and not config.writes_heartbeats("bank")
+    assert config.source_delay_us("ledger") == 120 * 10**6 and config.writes_heartbeats("ledger")

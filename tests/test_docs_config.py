@@ -75,9 +75,16 @@ def visible_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Actio
 
 # ----------------------------------------------------------------------------- the TOML file
 
+# [heartbeats] keys whose field names say more than the key inside its table
+HEARTBEAT_KEYS = {"heartbeat_idle_us": "idle", "heartbeats_write": "write",
+                  "source_delays_us": "max_source_delay", "silent_sources": "write"}
+
+
 def toml_key(field: str) -> str:
     """A MatchConfig field's name in the file: `topics` is the [sources] table, and times and
     fractions drop their unit (match_window_us -> match_window, amount_tolerance_ppm -> ...)."""
+    if field in HEARTBEAT_KEYS:
+        return HEARTBEAT_KEYS[field]
     return "sources" if field == "topics" else re.sub(r"_(us|ppm)$", "", field)
 
 

@@ -1,0 +1,138 @@
+"""Tally's own heartbeats: a live run keeps deciding when partitions go quiet.
+
+A day published as real producers publish it, transactions and nothing else, with
+one bank partition quiet from 06:00 and one that never receives a record, goes
+through a live `tally run` on the embedded broker and PostgreSQL. Tally writes
+heartbeats into the quiet partitions, every record is decided, and the decisions
+are those of the in-process engine on the same records at the end of time. The log
+it leaves, replayed from the earliest offset into a new namespace, verifies
+identical; a record that comes after a heartbeat that declared a later time is late.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import tempfile
+from pathlib import Path
+
+import msgspec
+import psycopg
+import pytest
+
+from flows import kafka_io
+from flows.dayfiles import partitions, read_values
+from flows.generate import generate_day
+from flows.match import run_engine
+from sinks.postgres import read_decisions, read_fates
+from state.config import MatchConfig
+from state.contract import Decoder, Heartbeat
+from tests.flow_helpers import (FATE_FIELDS, engine_rows, pg_rows, start_tally, tally,
+                                unique_topics, wait_until)
+
+PAYMENTS = 3000
+QUIET_FROM = "2026-11-21T06:00"
+OUTCOME = FATE_FIELDS.index("outcome")
+HEARTBEATS = '\n[heartbeats]\nidle = "300ms"\nmax_source_delay = "2m"\n'
+
+
+def cut_at(values: list[bytes], moment: str) -> list[bytes]:
+    """The log up to its first record at or after `moment` (a quiet partition from then)."""
+    for i, value in enumerate(values):
+        try:
+            if json.loads(value)["event_time"] >= moment:
+                return values[:i]
+        except (ValueError, KeyError, TypeError):
+            pass
+    return values
+
+
+@pytest.fixture(scope="module")
+def quiet_day(broker, pg_dsn):
+    """The day, published without heartbeats, and a live run over it until all is decided."""
+    work = Path(tempfile.mkdtemp(prefix="tally-heartbeats-"))
+    topics = unique_topics()
+    generate_day(work / "day", PAYMENTS, seed=31, topics=topics, heartbeats=False)
+    values = {part: read_values(path)
+              for part, path in partitions(work / "day", list(topics.values())).items()}
+    values[(topics["bank"], 0)] = cut_at(values[(topics["bank"], 0)], QUIET_FROM)
+    kafka_io.create_topics(broker, [topics["processor"], topics["ledger"]], 3)
+    kafka_io.create_topics(broker, [topics["bank"]], 4)  # bank:3 never receives a record
+    kafka_io.produce_values(broker, values, progress=False)
+    config = work / "tally.toml"
+    config.write_text("[sources]\n" + "".join(f'{s} = "{t}"\n' for s, t in topics.items()) + HEARTBEATS)
+    values[(topics["bank"], 3)] = []
+    expected = in_process(values, topics)
+    env = {"TALLY_BROKERS": broker, "TALLY_PG_DSN": pg_dsn, "TALLY_CONFIG": str(config),
+           "TALLY_DATA_DIR": str(work / "data")}
+    flow = start_tally("run", "--namespace", "hb_live", "--snapshot-interval", "0.5", env=env)
+    try:
+        wait_until(lambda: decided(pg_dsn, "hb_live", flow) >= len(expected.decisions), 240,
+                   "every record of the quiet day decided")
+        yield work, topics, env, expected, flow
+    finally:
+        if flow.poll() is None:
+            flow.send_signal(signal.SIGINT)
+            flow.wait(60)
+
+
+def decided(pg_dsn: str, namespace: str, flow) -> int:
+    """Decisions written so far (0 before the run has made its tables)."""
+    assert flow.poll() is None, f"the live run stopped: {flow.communicate()}"
+    try:
+        return len(read_decisions(pg_dsn, namespace))
+    except psycopg.errors.UndefinedTable:
+        return 0
+
+
+def in_process(values: dict, topics: dict[str, str]):
+    """The engine over the same records, flushed: every window decided, as at the end of time."""
+    day = Path(tempfile.mkdtemp(prefix="tally-heartbeats-day-"))
+    for (topic, partition), lines in values.items():
+        (day / topic).mkdir(exist_ok=True)
+        (day / topic / f"{partition}.jsonl").write_bytes(b"".join(v + b"\n" for v in lines))
+    return run_engine(day, MatchConfig(topics=topics), flush=True, show_progress=False)
+
+
+def tally_heartbeats(broker: str, topics: dict[str, str]) -> dict[tuple[str, int], list[Heartbeat]]:
+    config = MatchConfig(topics=topics)
+    decoder, found = Decoder(config), {}
+    for part, records in kafka_io.read_to_end(broker, list(topics.values())).items():
+        for offset, value in records:
+            record = decoder.decode(value, part[0], part[1], offset)
+            if isinstance(record, Heartbeat) and msgspec.json.decode(value).get("origin") == "tally":
+                found.setdefault(part, []).append(record)
+    return found
+
+
+def test_quiet_partitions_get_heartbeats_and_every_record_is_decided(quiet_day, broker, pg_dsn):
+    work, topics, env, expected, flow = quiet_day
+    beats = tally_heartbeats(broker, topics)
+    assert (topics["bank"], 3) in beats, "the partition that never received a record"
+    assert (topics["bank"], 0) in beats, "the partition quiet from 06:00"
+    decisions, fates = pg_rows(pg_dsn, "hb_live")
+    want_decisions, want_fates = engine_rows(expected.decisions, expected.fates)
+    assert decisions == want_decisions
+    assert [f for f in fates if f[OUTCOME] != "heartbeat"] == want_fates
+
+
+def test_a_record_older_than_a_heartbeat_is_late(quiet_day, broker, pg_dsn):
+    work, topics, env, expected, flow = quiet_day
+    late = {"source": "bank", "event_id": "bank-after-the-heartbeat", "account": "ACC-LATE",
+            "amount": "10.00", "currency": "EUR", "event_time": "2026-11-21T05:00:00Z"}
+    kafka_io.produce_values(broker, {(topics["bank"], 0): [json.dumps(late).encode()]},
+                            progress=False)
+    row = wait_until(lambda: next((d for d in read_decisions(pg_dsn, "hb_live")
+                                   if d["member_event_ids"] == ["bank:bank-after-the-heartbeat"]), None),
+                     60, "the record after the heartbeat decided")
+    assert row["exception_kind"] == "late"
+
+
+def test_the_log_with_tallys_heartbeats_replays_identically(quiet_day, broker, pg_dsn):
+    work, topics, env, expected, flow = quiet_day
+    flow.send_signal(signal.SIGINT)  # the log is final: nothing more is written into it
+    flow.wait(60)
+    tally("replay", "--namespace", "hb_replay", "--from", "earliest", env=env)
+    out = tally("verify", "--a", "hb_live", "--b", "hb_replay", env=env).stdout
+    assert out.strip().splitlines()[-1].startswith("IDENTICAL")
+    assert read_fates(pg_dsn, "hb_replay")
