@@ -77,6 +77,8 @@ class Settings:
     batch_size: int | None = None  # None: the flow's default (5000)
     snapshot_interval: float | None = None  # None: the flow's default (5 s)
     label: str = "default"
+    producer_heartbeats: bool = True  # False: only Tally's own heartbeats move quiet partitions
+    heartbeats_toml: str = ""  # a [heartbeats] table for the flow's config
     # the flow's command line, before the service options (a scratch profile may wrap it)
     command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "flows"])
 
@@ -84,7 +86,12 @@ class Settings:
 def run(ctx: Context) -> list[Result]:
     quick = ctx.quick
     base = Settings(seconds=15.0 if quick else 60.0, warm_up_s=3.0 if quick else 5.0)
-    variants = [base]
+    # Producers that send transactions and nothing else, slowly enough that partitions go
+    # quiet: Tally's heartbeats (idle 100 ms, max_source_delay 1 s) must move them.
+    quiet = Settings(seconds=base.seconds, warm_up_s=base.warm_up_s, events_per_s=30.0,
+                     producer_heartbeats=False, label="Tally's heartbeats only, 30 events/s",
+                     heartbeats_toml='[heartbeats]\nidle = "100ms"\nmax_source_delay = "1s"\n')
+    variants = [base, quiet]
     if os.environ.get("TALLY_BENCH_LATENCY_VARIANTS"):
         variants += [Settings(seconds=base.seconds, warm_up_s=base.warm_up_s, batch_size=500,
                               label="batch-size 500"),
@@ -107,8 +114,10 @@ class SteadyProducer(threading.Thread):
     then heartbeats only again until `halt`.
     """
 
-    def __init__(self, brokers: str, topics: dict[str, str], payments_per_s: float, seconds: float):
+    def __init__(self, brokers: str, topics: dict[str, str], payments_per_s: float, seconds: float,
+                 heartbeats: bool = True):
         super().__init__(daemon=True, name="latency-producer")
+        self.send_heartbeats = heartbeats
         self.topics = [topics[s] for s in SOURCES]
         self.payments_per_s, self.seconds = payments_per_s, seconds
         self.failures: list = []
@@ -168,7 +177,7 @@ class SteadyProducer(threading.Thread):
         seq = 0
         while not self.halt.is_set():
             now = time.time()
-            if now >= next_hb:
+            if now >= next_hb and self.send_heartbeats:
                 self._heartbeats(time.time_ns() // 1000)
                 next_hb += HEARTBEAT_EVERY_S
                 if next_hb < now:  # fell far behind: do not burst
@@ -271,10 +280,12 @@ def measure(ctx: Context, s: Settings) -> Result:
                       + "\n[matching]\n"
                       + f'match_window = "{MATCH_WINDOW_S}s"\n'
                       + f'allowed_lateness = "{ALLOWED_LATENESS_S}s"\n'
-                      + f'redelivery_horizon = "{REDELIVERY_HORIZON_S}s"\n')
+                      + f'redelivery_horizon = "{REDELIVERY_HORIZON_S}s"\n'
+                      + ("\n" + s.heartbeats_toml if s.heartbeats_toml else ""))
     kafka_io.create_topics(ctx.brokers, list(topics.values()), PARTITIONS)
     log = work / "flow.log"
-    producer = SteadyProducer(ctx.brokers, topics, s.events_per_s / len(SOURCES), s.seconds)
+    producer = SteadyProducer(ctx.brokers, topics, s.events_per_s / len(SOURCES), s.seconds,
+                              s.producer_heartbeats)
     proc = _start_flow(ctx, s, config, work / "data", ns, log)
     stopped = "not started"
     try:

@@ -550,6 +550,9 @@ def _generate(commands) -> None:
     density.add_argument("--reported-twice", type=float, default=P_DUPLICATE, metavar="F",
                          help="probability that the processor reports a keyed payment a second time "
                               f"under a new event id, from 0 to 1 (default {P_DUPLICATE})")
+    cmd.add_argument("--no-heartbeats", dest="heartbeats", action="store_false",
+                     help="write transactions only, as real producers do (a live run writes its "
+                          "own heartbeats; a bounded one needs --flush to close the day)")
     cmd.set_defaults(handler=run_generate)
 
 
@@ -566,7 +569,7 @@ def run_generate(args) -> int:
     started = time.monotonic()
     summary = generate_day(args.out, args.transactions, args.seed, partitions=args.partitions,
                            accounts=args.accounts, hot_share=args.hot_share,
-                           reported_twice=args.reported_twice)
+                           reported_twice=args.reported_twice, heartbeats=args.heartbeats)
     print(summary)
     print(f"wrote {args.out} in {time.monotonic() - started:.1f}s")
     return 0

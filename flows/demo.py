@@ -42,16 +42,18 @@ def _story(root: Path, services, transactions: int, seed: int) -> int:
     config = MatchConfig()
     day = root / "day"
     step("generating", f"{transactions:,} payments (seed {seed})")
-    print(f"  {generate_day(day, transactions, seed)}".replace("\n", "\n  "))
+    # as producers publish: transactions only; the flow's --flush closes the day at its end
+    print(f"  {generate_day(day, transactions, seed, heartbeats=False)}".replace("\n", "\n  "))
     step("publishing", f"to the embedded broker at {services.brokers}")
     topics = list(config.topics.values())
     kafka_io.create_topics(services.brokers, topics, 3)
     started = time.monotonic()
     counts = kafka_io.produce_day(services.brokers, day, topics)
     print(f"  {sum(counts.values()):,} records in {time.monotonic() - started:.1f}s")
-    step("running", "the flow until caught up (Kafka -> Bytewax -> PostgreSQL + Parquet)")
+    step("running", "the flow until caught up, then the day closed (Kafka -> Bytewax -> "
+                    "PostgreSQL + Parquet)")
     options = RunOptions(brokers=services.brokers, pg_dsn=services.pg_dsn, data_dir=root,
-                         namespace=NAMESPACE, until_end=True)
+                         namespace=NAMESPACE, until_end=True, flush=True)
     summary = run(options, config)
     print(summary)
     step("reporting", "the audit verdict, charts and oldest exceptions as one HTML page")

@@ -47,10 +47,10 @@ def cut_at(values: list[bytes], moment: str) -> list[bytes]:
     return values
 
 
-@pytest.fixture(scope="module")
-def quiet_day(broker, pg_dsn):
-    """The day, published without heartbeats, and a live run over it until all is decided."""
-    work = Path(tempfile.mkdtemp(prefix="tally-heartbeats-"))
+def publish_quiet_day(broker: str, work: Path):
+    """The day in fresh topics as producers publish it: no heartbeats, bank:0 quiet from
+    06:00, bank:3 never written. Returns the topics, the config file and what the engine
+    decides from the same records at the end of time."""
     topics = unique_topics()
     generate_day(work / "day", PAYMENTS, seed=31, topics=topics, heartbeats=False)
     values = {part: read_values(path)
@@ -62,7 +62,14 @@ def quiet_day(broker, pg_dsn):
     config = work / "tally.toml"
     config.write_text("[sources]\n" + "".join(f'{s} = "{t}"\n' for s, t in topics.items()) + HEARTBEATS)
     values[(topics["bank"], 3)] = []
-    expected = in_process(values, topics)
+    return topics, config, in_process(values, topics)
+
+
+@pytest.fixture(scope="module")
+def quiet_day(broker, pg_dsn):
+    """The quiet day, and a live run over it until all is decided."""
+    work = Path(tempfile.mkdtemp(prefix="tally-heartbeats-"))
+    topics, config, expected = publish_quiet_day(broker, work)
     env = {"TALLY_BROKERS": broker, "TALLY_PG_DSN": pg_dsn, "TALLY_CONFIG": str(config),
            "TALLY_DATA_DIR": str(work / "data")}
     flow = start_tally("run", "--namespace", "hb_live", "--snapshot-interval", "0.5", env=env)
@@ -74,6 +81,24 @@ def quiet_day(broker, pg_dsn):
         if flow.poll() is None:
             flow.send_signal(signal.SIGINT)
             flow.wait(60)
+
+
+def consumed_ends(pg_dsn: str, namespace: str, topics: dict[str, str]) -> str:
+    """`--to` offsets: where a stopped live run had got to in each partition (it decided
+    everything it read, so its fates say). Tally may have written heartbeats after them."""
+    ends: dict[tuple[str, int], int] = {}
+    for fate in read_fates(pg_dsn, namespace):
+        part = (fate["topic"], fate["partition"])
+        ends[part] = max(ends.get(part, 0), fate["offset"] + 1)
+    return ",".join(f"{t}:{p}={n}" for (t, p), n in sorted(ends.items()))
+
+
+def replay_verifies(env: dict, pg_dsn: str, live: str, topics: dict[str, str]) -> None:
+    replay = f"{live}_replay"
+    tally("replay", "--namespace", replay, "--from", "earliest",
+          "--to", consumed_ends(pg_dsn, live, topics), env=env)
+    out = tally("verify", "--a", live, "--b", replay, env=env).stdout
+    assert out.strip().splitlines()[-1].startswith("IDENTICAL"), out
 
 
 def decided(pg_dsn: str, namespace: str, flow) -> int:
@@ -130,9 +155,28 @@ def test_a_record_older_than_a_heartbeat_is_late(quiet_day, broker, pg_dsn):
 
 def test_the_log_with_tallys_heartbeats_replays_identically(quiet_day, broker, pg_dsn):
     work, topics, env, expected, flow = quiet_day
-    flow.send_signal(signal.SIGINT)  # the log is final: nothing more is written into it
-    flow.wait(60)
-    tally("replay", "--namespace", "hb_replay", "--from", "earliest", env=env)
-    out = tally("verify", "--a", "hb_live", "--b", "hb_replay", env=env).stdout
-    assert out.strip().splitlines()[-1].startswith("IDENTICAL")
-    assert read_fates(pg_dsn, "hb_replay")
+    flow.send_signal(signal.SIGINT)
+    assert flow.wait(60) == 130
+    replay_verifies(env, pg_dsn, "hb_live", topics)
+
+
+def test_a_live_run_killed_midway_with_its_heartbeats_replays_identically(broker, pg_dsn):
+    work = Path(tempfile.mkdtemp(prefix="tally-heartbeats-kill-"))
+    topics, config, expected = publish_quiet_day(broker, work)
+    env = {"TALLY_BROKERS": broker, "TALLY_PG_DSN": pg_dsn, "TALLY_CONFIG": str(config),
+           "TALLY_DATA_DIR": str(work / "data")}
+    args = ("run", "--namespace", "hb_killed", "--snapshot-interval", "0.3", "--max-rate", "2000")
+    flow = start_tally(*args, env=env)
+    wait_until(lambda: decided(pg_dsn, "hb_killed", flow) > len(expected.decisions) // 4, 120,
+               "a quarter of the day decided")
+    flow.kill()
+    flow.wait(30)
+    flow = start_tally(*args[:-2], env=env)
+    try:
+        wait_until(lambda: decided(pg_dsn, "hb_killed", flow) >= len(expected.decisions), 240,
+                   "the rest decided after the kill")
+    finally:
+        flow.send_signal(signal.SIGINT)
+        flow.wait(60)
+    assert pg_rows(pg_dsn, "hb_killed")[0] == engine_rows(expected.decisions, expected.fates)[0]
+    replay_verifies(env, pg_dsn, "hb_killed", topics)
