@@ -141,6 +141,22 @@ def test_quiet_partitions_get_heartbeats_and_every_record_is_decided(quiet_day, 
     assert [f for f in fates if f[OUTCOME] != "heartbeat"] == want_fates
 
 
+@pytest.mark.parametrize("namespace, extra", [("hb_second", ()), ("hb_two", ("--processes", "2"))],
+                         ids=["another namespace", "two processes"])
+def test_other_readers_of_the_same_topics_decide_the_same(quiet_day, pg_dsn, namespace, extra):
+    """Another namespace reads the first one's heartbeats as records and writes its own;
+    under --processes 2 each process writes into the partitions it reads."""
+    work, topics, env, expected, _ = quiet_day
+    flow = start_tally("run", "--namespace", namespace, "--snapshot-interval", "0.5", *extra, env=env)
+    try:
+        wait_until(lambda: decided(pg_dsn, namespace, flow) >= len(expected.decisions), 240,
+                   f"every record decided in {namespace}")
+    finally:
+        flow.send_signal(signal.SIGINT)
+        flow.wait(60)
+    assert pg_rows(pg_dsn, namespace)[0] == engine_rows(expected.decisions, expected.fates)[0]
+
+
 def test_a_record_older_than_a_heartbeat_is_late(quiet_day, broker, pg_dsn):
     work, topics, env, expected, flow = quiet_day
     late = {"source": "bank", "event_id": "bank-after-the-heartbeat", "account": "ACC-LATE",
