@@ -71,8 +71,9 @@ OUTCOME_RULES = {
     REDELIVERY: "redelivery: its source:event_id was delivered earlier in the same partition, "
                 "within the redelivery horizon ({horizon}) of the partition's progress; it makes "
                 "no decision of its own, its fate points at the first delivery's decision",
-    HEARTBEAT: "heartbeat: the producer's statement that its partition's event time reached "
-               "{time}; it raises the partition's progress and needs no decision",
+    HEARTBEAT: "heartbeat: a statement, by the producer or by a live Tally run while the "
+               "partition was quiet, that its partition's event time reached {time}; it raises "
+               "the partition's progress and needs no decision",
     PENDING: "pending: consumed (in the raw archive) but not decided yet; it waits for its "
              "window, and has no fate row until then",
 }

@@ -184,7 +184,7 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
         pg_retry_deadline_s=options.pg_retry_deadline_s, batch_size=options.batch_size,
         archive=stretch.archive, emit_from_us=stretch.emit_from_us, max_rate=options.max_rate)
     stats = FlowStats()
-    pacemaker = _pacemaker(settings, options)
+    pacemaker = _pacemaker(settings)
     flow = build_flow(settings, stats, pacemaker)
     total = sum(ends[p] - starts[p] for p in starts) if ends else None
     logs.info("flow starting", namespace=options.namespace, partitions=len(starts),
@@ -218,7 +218,7 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
                       _member(options.process_id, options.addresses))
 
 
-def _pacemaker(settings: FlowSettings, options: RunOptions) -> Pacemaker | None:
+def _pacemaker(settings: FlowSettings) -> Pacemaker | None:
     """A live run keeps quiet partitions moving with heartbeats of its own; a bounded one
     reads history and writes nothing. Says, in one line, which partitions may stall."""
     if settings.ends is not None or settings.archive is not None:

@@ -25,7 +25,7 @@ from flows.dayfiles import partitions, read_values
 from flows.generate import generate_day
 from flows.match import run_engine
 from sinks.postgres import read_decisions, read_fates
-from state.config import MatchConfig
+from state.config import MatchConfig, from_toml
 from state.contract import Decoder, Heartbeat
 from tests.flow_helpers import (FATE_FIELDS, engine_rows, pg_rows, start_tally, tally,
                                 unique_topics, wait_until)
@@ -196,3 +196,19 @@ def test_a_live_run_killed_midway_with_its_heartbeats_replays_identically(broker
         flow.wait(60)
     assert pg_rows(pg_dsn, "hb_killed")[0] == engine_rows(expected.decisions, expected.fates)[0]
     replay_verifies(env, pg_dsn, "hb_killed", topics)
+
+
+def test_a_live_run_names_the_partitions_it_may_not_write_to(caplog):
+    from flows.dataflow import FlowSettings
+    from flows.run import _pacemaker
+    config = from_toml({"heartbeats": {"sources": {"bank": {"write": False}}}})
+    parts = {(topic, p): 0 for topic in config.topics.values() for p in range(2)}
+    settings = FlowSettings(config=config, kafka={}, starts=parts, ends=None, data_root=Path("."),
+                            pg_dsn=None, namespace="x")
+    with caplog.at_level("WARNING", logger="tally"):
+        assert _pacemaker(settings) is not None
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "recon.bank:0, recon.bank:1" in line and "can stall" in line
+    assert _pacemaker(FlowSettings(**{**settings.__dict__, "ends": parts})) is None  # bounded
+    everything = from_toml({"heartbeats": {"write": False}})
+    assert _pacemaker(FlowSettings(**{**settings.__dict__, "config": everything})) is None
