@@ -22,6 +22,7 @@ one writer. Bounded runs (--until-end, replay, drill) read history and write not
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -109,7 +110,11 @@ class Pacemaker:
     def _write(self, part: Part, source: str, time_us: int) -> None:
         if self.producer is None:
             self.producer = Producer({**self.kafka, "acks": "all", "enable.idempotence": True,
-                                      "linger.ms": 0, "on_delivery": self._delivered})
+                                      "linger.ms": 0, "on_delivery": self._delivered,
+                                      # the consumers already say when the broker is away
+                                      "error_cb": lambda err: logs.log.debug("heartbeat producer: %s", err),
+                                      "logger": logging.getLogger("tally.kafka"),
+                                      "log.connection.close": False})
         self.producer.produce(part[0], heartbeat_value(source, time_us), partition=part[1])
         self.producer.poll(0)
         logs.log.debug("heartbeat %s:%s at %s", part[0], part[1], format_us(time_us))

@@ -24,6 +24,7 @@ from flows import kafka_io
 from flows.dayfiles import partitions, read_values
 from flows.generate import generate_day
 from flows.match import run_engine
+from flows.pacemaker import Pacemaker
 from sinks.postgres import read_decisions, read_fates
 from state.config import MatchConfig, from_toml
 from state.contract import Decoder, Heartbeat
@@ -212,3 +213,37 @@ def test_a_live_run_names_the_partitions_it_may_not_write_to(caplog):
     assert _pacemaker(FlowSettings(**{**settings.__dict__, "ends": parts})) is None  # bounded
     everything = from_toml({"heartbeats": {"write": False}})
     assert _pacemaker(FlowSettings(**{**settings.__dict__, "config": everything})) is None
+
+
+class Recorded(Pacemaker):
+    """The pacemaker's rule with its writes kept in a list (the live tests write for real)."""
+
+    def __init__(self, config, now_s):
+        super().__init__({}, config, clock=lambda: now_s)
+        self.beats = []
+
+    def _write(self, part, source, time_us):
+        self.beats.append((part, time_us))
+
+
+def test_a_heartbeat_never_runs_ahead_of_a_backlog_and_follows_the_clock_after_it():
+    config = from_toml({"heartbeats": {"idle": "1us", "max_source_delay": "2m",
+                                       "sources": {"ledger": {"max_source_delay": "1d"}}}})
+    now_s = 1_795_300_000
+    quiet, busy, ledger = ("recon.bank", 0), ("recon.bank", 1), ("recon.ledger", 0)
+    pacemaker = Recorded(config, now_s)
+    pacemaker.polled(busy, 500)  # behind its end: a backlog
+    pacemaker.read(busy, 1_795_000_000_000_000)
+    pacemaker.polled(quiet, 0)
+    pacemaker.polled(quiet, 0)
+    assert pacemaker.beats == [(quiet, 1_795_000_000_000_000)]  # the stream's progress, no more
+    pacemaker.read(quiet, 1_795_000_000_000_000)  # the heartbeat read back
+    pacemaker.polled(quiet, 0)
+    assert len(pacemaker.beats) == 1, "nothing new to declare"
+    pacemaker.polled(busy, 0)  # caught up everywhere: the present less the source's delay
+    pacemaker.polled(quiet, 0)
+    pacemaker.polled(ledger, 0)
+    pacemaker.polled(ledger, 0)
+    assert pacemaker.beats[1:] == [(busy, now_s * 10**6 - 120 * 10**6),
+                                   (quiet, now_s * 10**6 - 120 * 10**6),
+                                   (ledger, now_s * 10**6 - 86_400 * 10**6)]
