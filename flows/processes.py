@@ -16,9 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bytewax.recovery import init_db_dir
-
-from flows import metrics
+from flows import metrics, recovery_store
 from flows.run import RunSummary
 from flows.services import free_port
 
@@ -30,9 +28,8 @@ def run_local(argv: list[str], processes: int, recovery: Path,
     Returns the worst exit code, and the members' summaries combined into one
     when every member finished. With a metrics address, member I serves on PORT+I.
     """
-    if not any(recovery.glob("part-*.sqlite3")):  # created once, before any member starts
-        recovery.mkdir(parents=True, exist_ok=True)
-        init_db_dir(recovery, processes)
+    recovery.parent.mkdir(parents=True, exist_ok=True)
+    recovery_store.make_store(recovery, processes)  # once, before any member starts
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     # `docker stop` and Kubernetes send SIGTERM to the launcher: pass it on like Ctrl-C
     signal.signal(signal.SIGTERM, signal.default_int_handler)

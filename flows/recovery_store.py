@@ -13,11 +13,17 @@ snapshot as msgpack bytes (`tally.engine`, key the shard number).
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bytewax.recovery import init_db_dir
+
+from flows import logs
 from flows.logs import UserError
 from state.decision import Fate
 from state.engine import decode_snapshot
@@ -80,3 +86,68 @@ def _read(dbs: list[sqlite3.Connection], steps: tuple[str, ...]) -> Committed | 
             else:
                 committed.shards[key] = value
     return committed
+
+
+# ----------------------------------------------------------------------------- creating
+
+ABSENT, INCOMPLETE, COMPLETE = "absent", "incomplete", "complete"
+
+
+def store_state(path: Path) -> str:
+    """ABSENT (no part files), INCOMPLETE (a first start cut off while making it: a part
+    file empty or without its tables, and nothing ever committed) or COMPLETE. A store
+    that was completed and is damaged raises a UserError naming the file."""
+    files = sorted(path.glob("part-*.sqlite3"))
+    if not files:
+        return ABSENT
+    made, committed = [], False
+    for file in files:
+        try:
+            db = sqlite3.connect(f"file:{file}?mode=ro", uri=True, timeout=5)
+            try:
+                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+                made.append("parts" in tables and db.execute("SELECT count(*) FROM parts").fetchone()[0] == 1)
+                committed |= "commits" in tables and db.execute("SELECT count(*) FROM commits").fetchone()[0] > 0
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            if file.stat().st_size == 0:
+                made.append(False)
+                continue
+            raise _damaged(file, str(exc)) from None
+    if all(made):
+        return COMPLETE
+    if committed:
+        broken = next(f for f, ok in zip(files, made) if not ok)
+        raise _damaged(broken, "a part of a store that has committed snapshots is missing its tables")
+    return INCOMPLETE
+
+
+def _damaged(file: Path, why: str) -> UserError:
+    return UserError(f"the recovery store file {file} is damaged ({why}); Tally will not replace "
+                     f"it: restore it from a backup, or move the namespace's recovery directory "
+                     f"aside and replay into a new namespace")
+
+
+def make_store(path: Path, parts: int) -> None:
+    """The recovery store at `path`, built aside and renamed into place, so that a start
+    cut off midway leaves no half-made store where the next start looks. One that was
+    never completed is moved aside (kept, not deleted) and made again, saying so."""
+    state = store_state(path)
+    if state == COMPLETE:
+        return
+    building = path.with_name(f"{path.name}.building-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    init_db_dir(building, parts)
+    if state == INCOMPLETE:
+        aside = path.with_name(f"{path.name}.incomplete-{time.strftime('%Y%m%dT%H%M%S')}")
+        logs.warning(f"the recovery store {path} was never completed (its first start was cut "
+                     f"off); making it again, the old one kept as {aside.name}")
+        path.rename(aside)
+    elif path.exists():  # a directory without part files: anything in it stays beside them
+        for file in building.iterdir():
+            file.rename(path / file.name)
+        building.rmdir()
+        return
+    building.rename(path)

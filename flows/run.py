@@ -15,9 +15,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from bytewax._bytewax import cli_main
-from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.recovery import RecoveryConfig
 
-from flows import kafka_io, logs, metrics
+from flows import kafka_io, logs, metrics, recovery_store
 from flows.logs import FlowError, UserError
 from flows.dataflow import FlowSettings, FlowStats, build_flow
 from flows.pacemaker import Pacemaker, silent_partitions
@@ -106,12 +106,11 @@ class RunSummary:
 def recovery_dir(options: RunOptions, stretch: Stretch) -> tuple[Path, dict]:
     """The namespace's recovery directory (created by the first process) and its layout."""
     path = options.recovery_dir or options.data_dir / options.namespace / "recovery"
-    if not any(path.glob("part-*.sqlite3")):
-        if options.process_id:  # another process of the cluster creates it
-            _wait_for(lambda: any(path.glob("part-*.sqlite3")), path)
-        else:
-            path.mkdir(parents=True, exist_ok=True)
-            init_db_dir(path, len(options.addresses or [None]))
+    if options.process_id:  # another process of the cluster creates it
+        _wait_for(lambda: recovery_store.store_state(path) == recovery_store.COMPLETE, path)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recovery_store.make_store(path, len(options.addresses or [None]))
     return path, _check_shape(path / "shape.json", options, stretch)
 
 

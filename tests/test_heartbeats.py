@@ -80,7 +80,7 @@ def quiet_day(broker, pg_dsn):
         yield work, topics, env, expected, flow
     finally:
         if flow.poll() is None:
-            flow.send_signal(signal.SIGINT)
+            flow.send_signal(signal.SIGTERM)
             flow.wait(60)
 
 
@@ -153,7 +153,7 @@ def test_other_readers_of_the_same_topics_decide_the_same(quiet_day, pg_dsn, nam
         wait_until(lambda: decided(pg_dsn, namespace, flow) >= len(expected.decisions), 240,
                    f"every record decided in {namespace}")
     finally:
-        flow.send_signal(signal.SIGINT)
+        flow.send_signal(signal.SIGTERM)
         flow.wait(60)
     assert pg_rows(pg_dsn, namespace)[0] == engine_rows(expected.decisions, expected.fates)[0]
 
@@ -172,7 +172,7 @@ def test_a_record_older_than_a_heartbeat_is_late(quiet_day, broker, pg_dsn):
 
 def test_the_log_with_tallys_heartbeats_replays_identically(quiet_day, broker, pg_dsn):
     work, topics, env, expected, flow = quiet_day
-    flow.send_signal(signal.SIGINT)
+    flow.send_signal(signal.SIGTERM)
     assert flow.wait(60) == 130
     replay_verifies(env, pg_dsn, "hb_live", topics)
 
@@ -193,7 +193,7 @@ def test_a_live_run_killed_midway_with_its_heartbeats_replays_identically(broker
         wait_until(lambda: decided(pg_dsn, "hb_killed", flow) >= len(expected.decisions), 240,
                    "the rest decided after the kill")
     finally:
-        flow.send_signal(signal.SIGINT)
+        flow.send_signal(signal.SIGTERM)
         flow.wait(60)
     assert pg_rows(pg_dsn, "hb_killed")[0] == engine_rows(expected.decisions, expected.fates)[0]
     replay_verifies(env, pg_dsn, "hb_killed", topics)

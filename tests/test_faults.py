@@ -1,0 +1,64 @@
+"""Faults an operator meets (Tally 10/14), each against the real broker and PostgreSQL.
+
+A first start cut off while the recovery store was being made leaves a store that
+was never completed: the next start must make it again, saying so. A store that
+was completed and is damaged must be refused in one line, never replaced.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.flow_helpers import publish_day, tally
+
+PAYMENTS = 1500
+
+
+@pytest.fixture(scope="module")
+def day(broker, pg_dsn):
+    work = Path(tempfile.mkdtemp(prefix="tally-faults-"))
+    topics, config = publish_day(broker, work, PAYMENTS, seed=41)
+    env = {"TALLY_BROKERS": broker, "TALLY_PG_DSN": pg_dsn, "TALLY_CONFIG": str(config),
+           "TALLY_DATA_DIR": str(work / "data")}
+    return work, env
+
+
+def run(env, namespace, expect=0):
+    return tally("run", "--until-end", "--namespace", namespace, env=env, expect=expect)
+
+
+def test_a_recovery_store_never_completed_is_made_again(day):
+    work, env = day
+    store = work / "data" / "cut_off" / "recovery"
+    store.mkdir(parents=True)
+    (store / "part-0.sqlite3").write_bytes(b"")  # killed, or out of disk, as it was created
+    result = run(env, "cut_off")
+    assert "was never completed" in result.stderr and "making it again" in result.stderr
+    clean = run(env, "clean_start").stdout
+    assert result.stdout.split("decisions")[1] == clean.split("decisions")[1]  # same summary
+    assert not list(work.glob("data/cut_off/recovery*.building*")), "no half-built store left"
+
+
+def test_a_damaged_recovery_store_is_refused_in_one_line(day):
+    work, env = day
+    run(env, "damaged")
+    part = work / "data" / "damaged" / "recovery" / "part-0.sqlite3"
+    part.write_bytes(b"not a database, " * 4096)
+    result = run(env, "damaged", expect=2)
+    (line,) = result.stderr.strip().splitlines()[-1:]
+    assert str(part) in line and "damaged" in line
+    assert part.read_bytes().startswith(b"not a database"), "never silently replaced"
+
+
+def test_a_completed_store_is_recognised_as_such(day):
+    work, env = day
+    run(env, "complete")
+    files = sorted((work / "data" / "complete" / "recovery").glob("part-*.sqlite3"))
+    assert files and all(sqlite3.connect(f).execute("SELECT count(*) FROM parts").fetchone()[0] == 1
+                         for f in files)
+    again = run(env, "complete")
+    assert "never completed" not in again.stderr
