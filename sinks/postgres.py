@@ -94,8 +94,9 @@ def validate_namespace(ns: str) -> str:
     if not isinstance(ns, str) or not NAMESPACE.match(ns):
         raise ValueError(f"invalid namespace {ns!r}: use 1-48 of a-z, 0-9 and _, "
                          f"not starting with a digit")
-    if ns.startswith("pg_") or ns == "information_schema":
-        raise ValueError(f"invalid namespace {ns!r}: reserved by PostgreSQL")
+    if ns.startswith("pg_") or ns in ("information_schema", "public"):
+        raise ValueError(f"invalid namespace {ns!r}: reserved by PostgreSQL (its default or "
+                         f"system schemas); choose another name")
     return ns
 
 

@@ -12,6 +12,7 @@ from decimal import Decimal, InvalidOperation
 import msgspec
 
 US_PER_SECOND = 1_000_000
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
 _DURATION = re.compile(r"^\s*(\d+)\s*(us|ms|s|m|h|d)?\s*$")
 _UNIT_US = {"us": 1, "ms": 1_000, "s": US_PER_SECOND, "m": 60 * US_PER_SECOND,
             "h": 3600 * US_PER_SECOND, "d": 86400 * US_PER_SECOND}
@@ -151,6 +152,10 @@ def validate(config: MatchConfig) -> MatchConfig:
         raise ConfigError(f"expected source(s) without a topic in [sources]: {', '.join(missing)}")
     if len(set(config.topics.values())) != len(config.topics):
         raise ConfigError("[sources]: two sources share one topic")
+    for source, topic in config.topics.items():
+        if not _TOPIC.match(topic) or topic in (".", ".."):
+            raise ConfigError(f"[sources] {source} = {topic!r}: Kafka topic names are 1 to 249 "
+                              f"of a-z, A-Z, 0-9, '.', '_' and '-', and not '.' or '..'")
     if config.match_window_us <= 0:
         raise ConfigError("matching.match_window must be positive")
     if not config.min_year < config.max_year:

@@ -17,7 +17,9 @@ names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), m
 @st.composite
 def configs(draw) -> MatchConfig:
     sources = draw(st.lists(names, min_size=1, max_size=4, unique=True))
-    topics = draw(st.lists(names, min_size=len(sources), max_size=len(sources), unique=True))
+    topic_names = st.from_regex(r"[A-Za-z0-9._-]{1,20}", fullmatch=True).filter(
+        lambda t: t not in (".", ".."))  # as Kafka allows
+    topics = draw(st.lists(topic_names, min_size=len(sources), max_size=len(sources), unique=True))
     expected = draw(st.lists(st.sampled_from(sources), min_size=1, unique=True))
     min_year = draw(st.integers(1, 5000))
     delays = draw(st.dictionaries(st.sampled_from(sources), st.integers(0, 10**12)))
@@ -64,3 +66,10 @@ def test_heartbeat_settings_are_checked_in_one_line():
                                        "sources": {"bank": {"max_source_delay": "1d", "write": False}}}})
     assert config.source_delay_us("bank") == 86_400 * 10**6 and not config.writes_heartbeats("bank")
     assert config.source_delay_us("ledger") == 120 * 10**6 and config.writes_heartbeats("ledger")
+
+
+def test_topic_names_kafka_forbids_are_refused_in_one_line():
+    for bad in ("recon bank", "recon/bank", "", ".", "..", "x" * 250, "bänk"):
+        with pytest.raises(ConfigError, match="Kafka topic names are 1 to 249"):
+            from_toml({"sources": {"bank": bad, "processor": "p", "ledger": "l"}})
+    assert from_toml({"sources": {"bank": "a.b_c-D9", "processor": "p", "ledger": "l"}})

@@ -62,3 +62,17 @@ def test_a_completed_store_is_recognised_as_such(day):
                          for f in files)
     again = run(env, "complete")
     assert "never completed" not in again.stderr
+
+
+@pytest.mark.parametrize("namespace", ["public", "pg_catalog", "information_schema"])
+def test_a_reserved_namespace_is_refused_in_one_line(namespace):
+    result = tally("run", "--until-end", "--namespace", namespace, expect=2)
+    assert "reserved by PostgreSQL" in result.stderr.strip().splitlines()[-1]  # after the usage
+
+
+def test_a_topic_name_kafka_forbids_is_refused_in_one_line(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[sources]\nbank = "recon bank"\nprocessor = "p"\nledger = "l"\n')
+    result = tally("topics", "create", "--config", str(config), "--brokers", "127.0.0.1:1", expect=2)
+    (line,) = result.stderr.strip().splitlines()
+    assert "Kafka topic names are 1 to 249" in line and "'recon bank'" in line
