@@ -191,7 +191,10 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
     # A zero backup interval lets bytewax delete every snapshot but the newest.
     recovery = RecoveryConfig(str(recovery_path), backup_interval=timedelta(0))
     # SIGTERM (a deploy, `docker stop`) stops the flow like Ctrl-C: exit 130, resume later.
+    # SIGINT too, even when a non-interactive shell started us in the background with it
+    # ignored (Python then installs no handler of its own, and `kill -INT` did nothing).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     gc.set_threshold(*GC_THRESHOLD)
     if not logs.log.isEnabledFor(logging.DEBUG):
         # An error in a step panics a bytewax thread; keep its Rust backtrace out of the way.

@@ -1,5 +1,8 @@
 """Faults an operator meets (Tally 10/14), each against the real broker and PostgreSQL.
 
+So far: a cut-off or damaged recovery store, reserved namespaces and bad topic names,
+and a live run started with SIGINT ignored.
+
 A first start cut off while the recovery store was being made leaves a store that
 was never completed: the next start must make it again, saying so. A store that
 was completed and is damaged must be refused in one line, never replaced.
@@ -7,13 +10,18 @@ was completed and is damaged must be refused in one line, never replaced.
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.flow_helpers import publish_day, tally
+from tests.flow_helpers import publish_day, tally, wait_until
 
 PAYMENTS = 1500
 
@@ -76,3 +84,20 @@ def test_a_topic_name_kafka_forbids_is_refused_in_one_line(tmp_path):
     result = tally("topics", "create", "--config", str(config), "--brokers", "127.0.0.1:1", expect=2)
     (line,) = result.stderr.strip().splitlines()
     assert "Kafka topic names are 1 to 249" in line and "'recon bank'" in line
+
+
+def test_sigint_stops_a_live_run_even_when_started_with_it_ignored(day):
+    """A non-interactive shell starts background jobs with SIGINT ignored; `kill -INT` must
+    still stop the run cleanly (exit 130), as Ctrl-C does in a terminal."""
+    work, env = day
+    flow = subprocess.Popen([sys.executable, "-m", "flows", "run", "--namespace", "sigint"],
+                            env=os.environ | env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        wait_until(lambda: (work / "data" / "sigint" / "recovery").exists(), 60, "the run started")
+        time.sleep(1)
+        flow.send_signal(signal.SIGINT)
+        assert flow.wait(60) == 130
+    finally:
+        if flow.poll() is None:
+            flow.kill()
