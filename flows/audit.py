@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flows import logs
-from flows.logs import UserError
+from flows.logs import UserError, printable
 from flows.progress import table
 
 STORES = ("postgres", "parquet")
@@ -170,6 +170,8 @@ def render(report: AuditReport) -> str:
     for store in report.stores:
         rows += store_rows(store)
     rows += agreement_rows(report)
+    rows = [(label, printable(value) if isinstance(value, str) else value)  # examples come from records
+            for label, value in rows]
     verdict = "CONSERVED" if report.ok else "NOT CONSERVED"
     return table(rows, f"Audit of namespace {report.namespace}") + f"\nverdict: {verdict}"
 

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except UserError as err:
-        print(f"tally: {logs.redact(str(err))}", file=sys.stderr)
+        print(f"tally: {logs.printable(logs.redact(str(err)))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("tally: interrupted", file=sys.stderr)

