@@ -161,12 +161,14 @@ def _dev(commands) -> None:
 
 
 def run_dev_up(args) -> int:
-    from flows.services import ServiceError, dev_up
+    from flows.services import ServiceError, dev_up_report
     try:
-        dev = dev_up(args.data_dir)
+        dev, started = dev_up_report(args.data_dir)
     except ServiceError as err:
         raise UserError(str(err)) from None
-    print(f"dev services running under {args.data_dir}/dev")
+    kept = [name for name in ("broker", "postgres") if name not in started]
+    print(f"dev services running under {args.data_dir}/dev "
+          f"(started: {', '.join(started) or 'none'}; already running, kept: {', '.join(kept) or 'none'})")
     print(f"  brokers  {dev.brokers}")
     print(f"  pg       {logs.redact(dev.pg_dsn)}")
     return 0

@@ -453,20 +453,56 @@ def dev_down(data_dir: Path | str) -> bool:
 def dev_up(data_dir: Path | str, timeout: float = READY_TIMEOUT) -> DevServices:
     """Start Tansu and PostgreSQL detached (they outlive this process), or return
     the ones already running.  Logs, data and services.json live in <data_dir>/dev/."""
+    return dev_up_report(data_dir, timeout)[0]
+
+
+def dev_up_report(data_dir: Path | str, timeout: float = READY_TIMEOUT
+                  ) -> tuple[DevServices, list[str]]:
+    """dev_up, and which services it started. Only what is down is started: a running
+    broker keeps its in-memory topics and its port, and a PostgreSQL started again keeps
+    its port, so the flows that use them go on."""
     with _locked(data_dir) as dev:
-        running = _status(dev)
-        if running is not None:
-            return running
-        _down(dev)  # leftovers of a half-running state
-        broker_pid, brokers = start_broker(dev, detach=True, timeout=timeout)
-        try:
-            pg_pid, pg_dsn = start_postgres(dev, detach=True, timeout=timeout)
-        except BaseException:
-            stop_broker(broker_pid)
-            raise
+        state = _read_state(dev)
+        broker_up = state is not None and _healthy(state.broker_pid, "tansu", _broker_port(state))
+        pg_up = state is not None and _healthy(state.pg_pid, "postgres", _pg_port(state))
+        if broker_up and pg_up:
+            return state, []
+        started = []
+        if broker_up:
+            broker_pid, brokers = state.broker_pid, state.brokers
+        else:
+            if state is not None:
+                stop_broker(state.broker_pid)  # whatever is left of it
+            broker_pid, brokers = start_broker(dev, detach=True, timeout=timeout)
+            started.append("broker")
+        if pg_up:
+            pg_pid, pg_dsn = state.pg_pid, state.pg_dsn
+        else:
+            if state is not None:
+                stop_postgres(state.pg_pid)
+            try:
+                port = _pg_port(state) if state is not None else None
+                pg_pid, pg_dsn = start_postgres(dev, detach=True, timeout=timeout, port=port)
+            except BaseException:
+                if not broker_up:
+                    stop_broker(broker_pid)
+                raise
+            started.append("postgres")
         services = DevServices(brokers, pg_dsn, broker_pid, pg_pid, str(dev.parent))
         tmp = dev / "services.json.tmp"
         tmp.write_text(json.dumps(asdict(services), indent=2))
         tmp.chmod(0o600)
         tmp.replace(dev / "services.json")
-        return services
+        return services, started
+
+
+def _healthy(pid: int, name: str, port: int) -> bool:
+    return _alive(pid, name) and port_open(port)
+
+
+def _broker_port(state: DevServices) -> int:
+    return int(state.brokers.rsplit(":", 1)[1])
+
+
+def _pg_port(state: DevServices) -> int:
+    return int(conninfo_to_dict(state.pg_dsn)["port"])

@@ -136,3 +136,29 @@ def test_postgres_error_is_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(ServiceError, match=r"pg_password is missing.*delete .*pgdata") as err:
         start_postgres(tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_dev_up_starts_only_what_is_down(dev_dir: Path) -> None:
+    """PostgreSQL died: `tally dev up` starts it again on its port and keeps the running
+    broker (its in-memory topics and its port), saying which it started."""
+    import os
+    import signal
+    tally = [sys.executable, "-m", "flows", "dev", "up", "--data-dir", str(dev_dir)]
+    first = subprocess.run(tally, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "started: broker, postgres" in first
+    up = dev_status(dev_dir)
+    topic = f"kept-{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": up.brokers})
+    admin.create_topics([NewTopic(topic, 1)])[topic].result(10)
+    os.kill(up.pg_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(up.pg_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    again = subprocess.run(tally, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "started: postgres; already running, kept: broker" in again
+    now = dev_status(dev_dir)
+    assert (now.broker_pid, now.brokers) == (up.broker_pid, up.brokers)
+    assert now.pg_pid != up.pg_pid and conninfo_to_dict(now.pg_dsn)["port"] == conninfo_to_dict(up.pg_dsn)["port"]
+    assert topic in AdminClient({"bootstrap.servers": now.brokers}).list_topics(timeout=10).topics
+    with psycopg.connect(now.pg_dsn) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
