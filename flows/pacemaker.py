@@ -60,14 +60,20 @@ class Pacemaker:
         self.config, self.clock = config, clock
         self.source_of = config.source_of_topic()
         self.idle_s = config.heartbeat_idle_us / 1_000_000
-        self.kafka = kafka
         self.lock = threading.Lock()
         self.high: dict[Part, int] = {}  # highest event time read per partition
         self.behind: dict[Part, bool] = {}  # not yet read to its end
         self.quiet_since: dict[Part, float] = {}  # monotonic time of its last record or beat
+        self.declared: dict[Part, int] = {}  # the last time written into each partition
         self.refused: set[Part] = set()
         self.written = 0
-        self.producer: Producer | None = None
+        # made here, before the flow runs: not inside a poll, where a stop could cut it off
+        self.producer = Producer({**kafka, "acks": "all", "enable.idempotence": True,
+                                  "linger.ms": 0, "on_delivery": self._delivered,
+                                  # the consumers already say when the broker is away
+                                  "error_cb": lambda err: logs.log.debug("heartbeat producer: %s", err),
+                                  "logger": logging.getLogger("tally.kafka"),
+                                  "log.connection.close": False}) if kafka else None  # None: a test's
 
     # ------------------------------------------------------------------ what was read
 
@@ -77,14 +83,15 @@ class Pacemaker:
             if high_us > self.high.get(part, NEVER):
                 self.high[part] = high_us
 
-    def polled(self, part: Part, records: int) -> None:
-        """The source polled `part`: with no records, it has read it to the end for now."""
+    def polled(self, part: Part, records: int, at_end: bool) -> None:
+        """The source polled `part`: `records` read, and whether the broker has said that
+        it has nothing more (partition EOF). Only a partition read to its end is quiet."""
         now = time.monotonic()
         with self.lock:
-            self.behind[part] = records > 0
+            self.behind[part] = not at_end
             if records or part not in self.quiet_since:
                 self.quiet_since[part] = now
-        if not records:
+        if at_end and not records:
             self._maybe_beat(part, now)
 
     # ------------------------------------------------------------------ writing
@@ -97,8 +104,9 @@ class Pacemaker:
                 return
             self.quiet_since[part] = now  # the next one after another idle interval
             declared = self._declaration(source)
-            if declared <= self.high.get(part, NEVER):
-                return  # nothing new to say
+            if declared <= max(self.high.get(part, NEVER), self.declared.get(part, NEVER)):
+                return  # nothing new to say (or said already, not yet read back)
+            self.declared[part] = declared
         self._write(part, source, declared)
 
     def _declaration(self, source: str) -> int:
@@ -108,13 +116,6 @@ class Pacemaker:
         return present
 
     def _write(self, part: Part, source: str, time_us: int) -> None:
-        if self.producer is None:
-            self.producer = Producer({**self.kafka, "acks": "all", "enable.idempotence": True,
-                                      "linger.ms": 0, "on_delivery": self._delivered,
-                                      # the consumers already say when the broker is away
-                                      "error_cb": lambda err: logs.log.debug("heartbeat producer: %s", err),
-                                      "logger": logging.getLogger("tally.kafka"),
-                                      "log.connection.close": False})
         self.producer.produce(part[0], heartbeat_value(source, time_us), partition=part[1])
         self.producer.poll(0)
         logs.log.debug("heartbeat %s:%s at %s", part[0], part[1], format_us(time_us))
@@ -140,4 +141,4 @@ class Pacemaker:
 
     def close(self) -> None:
         if self.producer is not None:
-            self.producer.flush(5)
+            self.producer.flush(2)  # a heartbeat not written now is written by the next start

@@ -107,6 +107,7 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
             batch_size = min(batch_size, max(1, int(PACED_BATCH_S / seconds_per_record)))
         self.batch_size, self.counters = batch_size, counters
         self.next_offset = start
+        self.at_end = False  # read to the end the broker reported, and nothing since
         self.awake: datetime | None = None
         self.lag_checked = 0.0
         self.consumer = Consumer({**SOURCE_DEFAULTS, **config, "enable.partition.eof": True,
@@ -125,18 +126,21 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    self.at_end = True  # the broker says: nothing more for now
+                else:
                     self._on_error(error)
                 continue
             offset = message.offset()
             if self.end is not None and offset >= self.end:
                 break
+            self.at_end = False
             offsets.append(offset)
             keys.append(message.key())
             values.append(message.value())
             stamps.append(message.timestamp()[1])
         if self.pacemaker is not None:
-            self.pacemaker.polled((self.topic, self.partition), len(offsets))
+            self.pacemaker.polled((self.topic, self.partition), len(offsets), self.at_end)
         if not offsets:
             self._note_lag()
             self.awake = datetime.now(timezone.utc) + IDLE_WAIT

@@ -232,18 +232,22 @@ def test_a_heartbeat_never_runs_ahead_of_a_backlog_and_follows_the_clock_after_i
     now_s = 1_795_300_000
     quiet, busy, ledger = ("recon.bank", 0), ("recon.bank", 1), ("recon.ledger", 0)
     pacemaker = Recorded(config, now_s)
-    pacemaker.polled(busy, 500)  # behind its end: a backlog
     pacemaker.read(busy, 1_795_000_000_000_000)
-    pacemaker.polled(quiet, 0)
-    pacemaker.polled(quiet, 0)
+    pacemaker.polled(quiet, 0, False)  # nothing read yet, but the broker has not said EOF
+    pacemaker.polled(quiet, 0, False)
+    assert pacemaker.beats == [], "not caught up until the broker says so"
+    pacemaker.polled(busy, 500, False)  # behind its end: a backlog
+    pacemaker.read(busy, 1_795_000_000_000_000)
+    pacemaker.polled(quiet, 0, True)
+    pacemaker.polled(quiet, 0, True)
     assert pacemaker.beats == [(quiet, 1_795_000_000_000_000)]  # the stream's progress, no more
     pacemaker.read(quiet, 1_795_000_000_000_000)  # the heartbeat read back
-    pacemaker.polled(quiet, 0)
+    pacemaker.polled(quiet, 0, True)
     assert len(pacemaker.beats) == 1, "nothing new to declare"
-    pacemaker.polled(busy, 0)  # caught up everywhere: the present less the source's delay
-    pacemaker.polled(quiet, 0)
-    pacemaker.polled(ledger, 0)
-    pacemaker.polled(ledger, 0)
+    pacemaker.polled(busy, 0, True)  # caught up everywhere: the present less the source's delay
+    pacemaker.polled(quiet, 0, True)
+    pacemaker.polled(ledger, 0, True)
+    pacemaker.polled(ledger, 0, True)
     assert pacemaker.beats[1:] == [(busy, now_s * 10**6 - 120 * 10**6),
                                    (quiet, now_s * 10**6 - 120 * 10**6),
                                    (ledger, now_s * 10**6 - 86_400 * 10**6)]
