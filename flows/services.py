@@ -417,12 +417,10 @@ def _status(dev: Path) -> DevServices | None:
     state = _read_state(dev)
     if state is None:
         return None
-    broker_up = _alive(state.broker_pid, "tansu")
-    pg_up = _alive(state.pg_pid, "postgres")
-    if broker_up and pg_up and port_open(int(state.brokers.rsplit(":", 1)[1])) \
-            and port_open(int(conninfo_to_dict(state.pg_dsn)["port"])):
+    if _healthy(state.broker_pid, "tansu", _broker_port(state)) \
+            and _healthy(state.pg_pid, "postgres", _pg_port(state)):
         return state
-    if not broker_up and not pg_up:
+    if not _alive(state.broker_pid, "tansu") and not _alive(state.pg_pid, "postgres"):
         (dev / "services.json").unlink(missing_ok=True)  # stale
     # else: half running; keep the file so that dev_down can stop the survivor
     return None

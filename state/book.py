@@ -77,13 +77,10 @@ class Book:
     def remove(self, event: Event) -> None:
         order = event_order(event)
         _take(self.open, order)
-        _drop(self.by_amount, (event.currency, event.amount_minor), order)
-        sizes = self.by_size[event.currency]
-        del sizes[bisect_left(sizes, (event.amount_minor, order))]
-        if not sizes:
-            del self.by_size[event.currency]
+        _drop(self.by_amount, (event.currency, event.amount_minor), (order,))
+        _drop(self.by_size, event.currency, (event.amount_minor, order))
         if event.idempotency_key is not None:
-            _drop(self.by_key, event.idempotency_key, order)
+            _drop(self.by_key, event.idempotency_key, (order,))
             if self.original_of.pop(id(event), None) is not None:
                 _take(self.duplicates, order)
 
@@ -196,9 +193,10 @@ class Book:
         self.newest_memory = max([t for t, _ in self.seen_expiry + self.claim_expiry], default=0)
 
 
-def _drop(index: dict, key, order: tuple) -> None:
+def _drop(index: dict, key, probe: tuple) -> None:
+    """Remove the entry that starts with `probe` from index[key], and the key once empty."""
     entries = index[key]
-    _take(entries, order)
+    del entries[bisect_left(entries, probe)]
     if not entries:
         del index[key]
 

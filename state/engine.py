@@ -70,6 +70,21 @@ def late_decision(event: Event, high_before: int, config: MatchConfig) -> tuple[
     return decision, fate_of(event, EXCEPTION, decision.decision_id, event.time_us)
 
 
+def take_unowned(record, high_before: int, out: "Output") -> bool:
+    """A heartbeat or an invalid record belongs to no account: its fate (and an invalid
+    record's decision) goes to `out` at once. False for an event, which the caller takes."""
+    if isinstance(record, Heartbeat):
+        out.fates.append(Fate(record.topic, record.partition, record.offset, record.source,
+                              None, HEARTBEAT, None, record.time_us))
+    elif isinstance(record, Invalid):
+        decision, fate = invalid_decision(record, high_before)
+        out.decisions.append(decision)
+        out.fates.append(fate)
+    else:
+        return False
+    return True
+
+
 class Output(msgspec.Struct):
     decisions: list[Decision] = []
     fates: list[Fate] = []
@@ -134,14 +149,7 @@ class Shard:
         return out
 
     def _take(self, record, high_before: int, out: Output) -> None:
-        if isinstance(record, Heartbeat):
-            out.fates.append(Fate(record.topic, record.partition, record.offset, record.source,
-                                  None, HEARTBEAT, None, record.time_us))
-        elif isinstance(record, Invalid):
-            decision, fate = invalid_decision(record, high_before)
-            out.decisions.append(decision)
-            out.fates.append(fate)
-        else:
+        if not take_unowned(record, high_before, out):
             self._event(record, high_before, out)
 
     def _event(self, event: Event, high_before: int, out: Output) -> None:

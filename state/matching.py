@@ -40,22 +40,18 @@ class Window:
                 and not self.book.is_duplicate(event))
 
     def keyed(self, key: str, until: int) -> list[Event]:
-        book = self.book
-        found = []
-        for order, event in book.keyed(key):
-            if order[0] > until:
-                break
-            if not book.is_duplicate(event):
-                found.append(event)
-        return found
+        return self._originals(self.book.keyed(key), until)
 
     def same_amount(self, currency: str, amount: int, until: int) -> list[Event]:
-        book = self.book
+        return self._originals(self.book.same_amount(currency, amount), until)
+
+    def _originals(self, entries: list, until: int) -> list[Event]:
+        """The non-duplicate events of an index list (canonical order) up to `until`."""
         found = []
-        for order, event in book.same_amount(currency, amount):
+        for order, event in entries:
             if order[0] > until:
                 break
-            if not book.is_duplicate(event):
+            if not self.book.is_duplicate(event):
                 found.append(event)
         return found
 
@@ -73,12 +69,7 @@ def decide(book: Book, anchor: Event, config: MatchConfig) -> list[Verdict]:
 def decides_alone(book: Book, anchor: Event, config: MatchConfig) -> bool:
     """True when the window alone decides: the anchor is a duplicate, or its key group is
     complete or disagrees on the amount. Every other decision waits for the evidence."""
-    if book.is_duplicate(anchor):
-        return True
-    w = Window(book, anchor, config)
-    core = _core(w)
-    return (any(e.amount_minor != anchor.amount_minor for e in core)
-            or not v.missing_sources(core, config))
+    return book.is_duplicate(anchor) or _alone(_core(Window(book, anchor, config)), config)
 
 
 def _core(w: Window) -> list[Event]:
@@ -87,14 +78,21 @@ def _core(w: Window) -> list[Event]:
     return [anchor] + _key_linked(w, anchor.idempotency_key, [anchor.source], anchor.currency)
 
 
+def _at_odds(core: list[Event]) -> bool:
+    return any(e.amount_minor != core[0].amount_minor for e in core)
+
+
+def _alone(core: list[Event], config: MatchConfig) -> bool:
+    """A key group decides alone when it is complete or at odds on the amount."""
+    return _at_odds(core) or not v.missing_sources(core, config)
+
+
 def _core_verdict(w: Window, core: list[Event]) -> Verdict | None:
-    """The verdict of a key group that decides alone: complete, or at odds on the amount."""
-    anchor = w.anchor
-    if any(e.amount_minor != anchor.amount_minor for e in core):
-        return v.mismatch(anchor, core, w.config)
-    if not v.missing_sources(core, w.config):
-        return v.match(anchor, core, w.config)
-    return None
+    """The verdict of a key group that decides alone, else None."""
+    if not _alone(core, w.config):
+        return None
+    verdict = v.mismatch if _at_odds(core) else v.match
+    return verdict(w.anchor, core, w.config)
 
 
 def _group(w: Window) -> Verdict:

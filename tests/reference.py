@@ -15,9 +15,9 @@ from bisect import insort
 
 from state import verdicts as v
 from state.config import MatchConfig
-from state.contract import NEVER, Event, Heartbeat, Invalid
-from state.decision import DUPLICATE, Fate, HEARTBEAT, REDELIVERY
-from state.engine import END_OF_TIME, Output, Seen, fate_of, invalid_decision, late_decision, seen_key
+from state.contract import NEVER, Event
+from state.decision import DUPLICATE, Fate, REDELIVERY
+from state.engine import END_OF_TIME, Output, Seen, fate_of, late_decision, seen_key, take_unowned
 from state.routing import Slice
 from state.scoring import within_tolerance
 from state.verdicts import Claim, claim_key, claim_of, event_order
@@ -223,14 +223,7 @@ class ScanShard:
         known = self.progress[part]
         for record, chunk_before in zip(piece.records, piece.chunk_max_before):
             high_before = max(known, chunk_before)
-            if isinstance(record, Heartbeat):
-                out.fates.append(Fate(record.topic, record.partition, record.offset, record.source,
-                                      None, HEARTBEAT, None, record.time_us))
-            elif isinstance(record, Invalid):
-                decision, fate = invalid_decision(record, high_before)
-                out.decisions.append(decision)
-                out.fates.append(fate)
-            else:
+            if not take_unowned(record, high_before, out):  # heartbeats and invalid records
                 self._event(record, high_before, out)
         self.progress[part] = max(known, piece.high)
         out.extend(self.advance())
