@@ -25,7 +25,7 @@ from pathlib import Path
 from flows.logs import UserError, printable, redact
 from state.config import MatchConfig
 from state.contract import Event, format_us
-from state.decision import (AMBIGUOUS, DUPLICATE, HEARTBEAT, INVALID_KIND, LATE, MISMATCH,
+from state.decision import (AMBIGUOUS, CLOCK_SKEW, DUPLICATE, HEARTBEAT, INVALID_KIND, LATE, MISMATCH,
                             MISSING, PENDING, REDELIVERY, REVIEW)
 
 # pyarrow, psycopg and the sinks are imported where used: `register` runs for every
@@ -63,6 +63,9 @@ KIND_RULES = {
                "them in event-time order, which this decision names",
     LATE: "late: its event_time was more than allowed_lateness ({lateness}) behind its "
           "partition's progress when it arrived; decided alone, at once",
+    CLOCK_SKEW: "clock skew: its event_time was more than max_clock_skew ({skew}) ahead of its "
+                "partition's progress, and the partition's next record did not follow it; it "
+                "moved nothing and was decided alone",
     INVALID_KIND: "invalid: the record breaks the event contract; its raw bytes are kept with "
                   "the reason",
 }
@@ -246,7 +249,8 @@ def rule_text(decision: dict, config: MatchConfig) -> str:
     template = KIND_RULES.get(kind, f"{kind}: not a kind this version of Tally knows")
     return template.format(tolerance=f"{config.amount_tolerance_ppm / 10_000:g}% of the larger",
                            horizon=duration(config.redelivery_horizon_us),
-                           lateness=duration(config.allowed_lateness_us))
+                           lateness=duration(config.allowed_lateness_us),
+                           skew=duration(config.max_clock_skew_us))
 
 
 def watermark_text(decision: dict, config: MatchConfig) -> str:
@@ -255,6 +259,9 @@ def watermark_text(decision: dict, config: MatchConfig) -> str:
     if kind == LATE:
         return ("decided on arrival, without waiting for the watermark; its window is its own "
                 "event_time")
+    if kind == CLOCK_SKEW:
+        return ("decided when its partition's next record arrived, without waiting for the "
+                "watermark; its window is its partition's event-time progress then")
     if kind == INVALID_KIND:
         return ("decided on arrival, without waiting for the watermark; its window is its "
                 "partition's event-time progress at arrival (1970-01-01 if none yet)")
@@ -289,7 +296,7 @@ def _pending_watermark(record: object, config: MatchConfig) -> str:
 
 def _window_check(decision: dict, config: MatchConfig) -> list[str]:
     """A window of another length than match_window: the config is not the namespace's."""
-    if decision["exception_kind"] in (LATE, INVALID_KIND):
+    if decision["exception_kind"] in (LATE, INVALID_KIND, CLOCK_SKEW):
         return []
     length = decision["window_end"] - decision["window_start"]
     if length == config.match_window_us:

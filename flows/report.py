@@ -33,7 +33,7 @@ OPEN_SHOWN = 50
 COLOURS = {"tier 1": "#1b7837", "tier 2": "#5aae61", "tier 3": "#a6dba0",
            "missing_counterpart": "#d95f02", "amount_mismatch": "#e7298a",
            "ambiguous": "#7570b3", "review": "#e6ab02", "duplicate": "#a6761d",
-           "late": "#666666", "invalid": "#b2182b"}
+           "late": "#666666", "clock_skew": "#1f78b4", "invalid": "#b2182b"}
 OTHER_COLOUR = "#9e9e9e"
 MATCHED_COLOUR, UNMATCHED_COLOUR = COLOURS["tier 1"], COLOURS["missing_counterpart"]
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0)) if c not in (0x0a,)}

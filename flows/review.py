@@ -25,7 +25,7 @@ from state.currency import exponent
 # and `register` runs for every `tally` command (a test holds the two equal).
 RESOLUTIONS = ("matched", "written-off", "duplicate", "refunded", "false-positive", "escalated")
 KINDS = (decision.MISSING, decision.MISMATCH, decision.AMBIGUOUS, decision.REVIEW,
-         decision.DUPLICATE, decision.LATE, decision.INVALID_KIND)
+         decision.DUPLICATE, decision.LATE, decision.CLOCK_SKEW, decision.INVALID_KIND)
 ID_SHOWN = 16  # hex characters of an id in tables: unique in practice, and a valid prefix
 REASON_SHOWN = 48
 

@@ -27,9 +27,10 @@ from pathlib import Path
 
 from flows.logs import UserError, redact
 from state.currency import EXPONENTS
-from state.decision import AMBIGUOUS, DUPLICATE, INVALID_KIND, LATE, MISMATCH, MISSING, REVIEW
+from state.decision import (AMBIGUOUS, CLOCK_SKEW, DUPLICATE, INVALID_KIND, LATE, MISMATCH, MISSING,
+                            REVIEW)
 
-KIND_ORDER = (MISSING, MISMATCH, AMBIGUOUS, REVIEW, DUPLICATE, LATE, INVALID_KIND)
+KIND_ORDER = (MISSING, MISMATCH, AMBIGUOUS, REVIEW, DUPLICATE, LATE, CLOCK_SKEW, INVALID_KIND)
 UNITS = ("hour", "day", "month", "year")
 HOURLY_SPAN = timedelta(days=2)  # window ends spanning at most this are shown per hour
 MOST_BARS = 120  # else the finest of day, month, year giving at most this many buckets

@@ -33,6 +33,9 @@ class MatchConfig(msgspec.Struct, frozen=True, kw_only=True):
     match_window_us: int = 30 * 60 * US_PER_SECOND
     allowed_lateness_us: int = 2 * 60 * US_PER_SECOND
     redelivery_horizon_us: int = 60 * 60 * US_PER_SECOND
+    # a record further ahead of its partition's progress waits for the partition's next
+    # record to follow it, or becomes a clock_skew exception (state/stream_time.py)
+    max_clock_skew_us: int = 60 * 60 * US_PER_SECOND
     amount_tolerance_ppm: int = 20_000  # 2% of the larger amount
     min_year: int = 2000
     max_year: int = 2100
@@ -88,7 +91,8 @@ def from_toml(data: dict) -> MatchConfig:
         kwargs["topics"] = {str(k): str(v) for k, v in data["sources"].items()}
     matching = dict(data.get("matching", {}))
     durations = {"match_window": "match_window_us", "allowed_lateness": "allowed_lateness_us",
-                 "redelivery_horizon": "redelivery_horizon_us"}
+                 "redelivery_horizon": "redelivery_horizon_us",
+                 "max_clock_skew": "max_clock_skew_us"}
     for key, field in durations.items():
         if key in matching:
             kwargs[field] = parse_duration(matching.pop(key), f"matching.{key}")
@@ -158,6 +162,8 @@ def validate(config: MatchConfig) -> MatchConfig:
                               f"of a-z, A-Z, 0-9, '.', '_' and '-', and not '.' or '..'")
     if config.match_window_us <= 0:
         raise ConfigError("matching.match_window must be positive")
+    if config.max_clock_skew_us <= 0:
+        raise ConfigError("matching.max_clock_skew must be positive")
     if not config.min_year < config.max_year:
         raise ConfigError("contract.min_year must be below contract.max_year")
     if config.heartbeat_idle_us <= 0:
@@ -181,6 +187,7 @@ def to_toml(config: MatchConfig) -> str:
               f'match_window = "{config.match_window_us}us"',
               f'allowed_lateness = "{config.allowed_lateness_us}us"',
               f'redelivery_horizon = "{config.redelivery_horizon_us}us"',
+              f'max_clock_skew = "{config.max_clock_skew_us}us"',
               f'amount_tolerance = "{tolerance}"',
               "", "[contract]", f"min_year = {config.min_year}", f"max_year = {config.max_year}",
               "", "[heartbeats]", f'idle = "{config.heartbeat_idle_us}us"',

@@ -17,6 +17,7 @@ MATCHED, EXCEPTION, INVALID, REDELIVERY, HEARTBEAT, PENDING = (
 # exception kinds
 MISSING, MISMATCH, AMBIGUOUS, REVIEW, DUPLICATE, LATE, INVALID_KIND = (
     "missing_counterpart", "amount_mismatch", "ambiguous", "review", "duplicate", "late", "invalid")
+CLOCK_SKEW = "clock_skew"
 
 
 class Candidate(msgspec.Struct, frozen=True):

@@ -1,7 +1,8 @@
 """The matching engine for one shard: ingest slices, advance the watermark, decide.
 
 Determinism comes from four rules (docs/determinism.md):
-- lateness is judged from the record's own partition history only;
+- lateness is judged from the record's own partition history only, and a record
+  too far ahead of it moves it only once the partition's next record follows;
 - the watermark is the minimum progress over all input partitions;
 - an anchor is decided only once the watermark has passed the end of what its
   decision reads (its window, and for most decisions the evidence after it),
@@ -20,10 +21,11 @@ import msgspec
 from state.book import Book, Seen
 from state.config import MatchConfig
 from state.contract import NEVER, Event, Heartbeat, Invalid, format_us
-from state.decision import (DUPLICATE, EXCEPTION, HEARTBEAT, INVALID, INVALID_KIND, LATE, PENDING,
-                            REDELIVERY, Decision, Fate, decision_id)
+from state.decision import (CLOCK_SKEW, DUPLICATE, EXCEPTION, HEARTBEAT, INVALID, INVALID_KIND,
+                            LATE, PENDING, REDELIVERY, Decision, Fate, decision_id)
 from state.matching import decide, decides_alone
 from state.routing import Slice
+from state.stream_time import TAKE, Clock, settle, walk
 from state.verdicts import Claim, Verdict
 
 END_OF_TIME = 2**62
@@ -70,6 +72,23 @@ def late_decision(event: Event, high_before: int, config: MatchConfig) -> tuple[
     return decision, fate_of(event, EXCEPTION, decision.decision_id, event.time_us)
 
 
+def skew_decision(event: Event, high_before: int, next_us: int,
+                  config: MatchConfig) -> tuple[Decision, Fate]:
+    """A record its partition did not follow: it lands on the day the stream was at."""
+    when = max(high_before, next_us, 0)
+    progress = "no progress yet" if high_before == NEVER else f"progress {format_us(high_before)}"
+    decision = Decision(
+        decision_id=decision_id(CLOCK_SKEW, [event.label], [event.ref]), kind="exception",
+        tier=None, exception_kind=CLOCK_SKEW, account=event.account, currency=event.currency,
+        amount_minor=event.amount_minor, confidence=None, member_event_ids=[event.label],
+        member_refs=[event.ref], window_start=when, window_end=when,
+        reason=(f"event_time {format_us(event.time_us)} is more than max_clock_skew "
+                f"({config.max_clock_skew_us // 1_000_000}s) ahead of its partition's {progress}, "
+                f"and the partition's next record ({format_us(next_us)}) did not follow it; "
+                f"it moved nothing and was not matched"))
+    return decision, fate_of(event, EXCEPTION, decision.decision_id, when)
+
+
 def take_unowned(record, high_before: int, out: "Output") -> bool:
     """A heartbeat or an invalid record belongs to no account: its fate (and an invalid
     record's decision) goes to `out` at once. False for an event, which the caller takes."""
@@ -112,12 +131,14 @@ class ShardSnapshot(msgspec.Struct, array_like=True):
     progress: list[tuple[str, int, int]]  # (topic, partition, highest event time)
     accounts: list[tuple[str, Account]]
     flushed: bool
+    # (topic, partition, event time, the record if this shard owns it): held too far ahead
+    ahead: list[tuple[str, int, int, Event | None]] = []
 
 
 class Shard:
     def __init__(self, config: MatchConfig, partitions: Iterable[tuple[str, int]]):
         self.config = config
-        self.progress: dict[tuple[str, int], int] = {p: NEVER for p in sorted(partitions)}
+        self.clocks: dict[tuple[str, int], Clock] = {p: Clock() for p in sorted(partitions)}
         self.accounts: dict[str, Book] = {}
         # (deadline, account): the end of what the account's anchor decision reads
         self.deadlines: list[tuple[int, str]] = []
@@ -125,32 +146,38 @@ class Shard:
 
     # ------------------------------------------------------------------ watermark
 
+    @property
+    def progress(self) -> dict[tuple[str, int], int]:
+        return {part: clock.high for part, clock in self.clocks.items()}
+
     def watermark(self) -> int:
         if self.flushed:
             return END_OF_TIME
-        if not self.progress:
+        if not self.clocks:
             return NEVER
-        lowest = min(self.progress.values())
+        lowest = min(clock.high for clock in self.clocks.values())
         return NEVER if lowest == NEVER else lowest - self.config.allowed_lateness_us
 
     # ------------------------------------------------------------------ ingest
 
     def ingest(self, piece: Slice) -> Output:
         """Take one slice; decide whatever the watermark now allows."""
-        part = (piece.topic, piece.partition)
-        if part not in self.progress:
+        clock = self.clocks.get((piece.topic, piece.partition))
+        if clock is None:
             raise ValueError(f"partition {piece.topic}:{piece.partition} was not declared")
         out = Output([], [])
-        known = self.progress[part]
-        for record, chunk_before in zip(piece.records, piece.chunk_max_before):
-            self._take(record, max(known, chunk_before), out)
-        self.progress[part] = max(known, piece.high)
+        self._walk(walk(clock, piece.times, piece.beats, piece.positions, piece.records,
+                        self.config.max_clock_skew_us), out)
         out.extend(self.advance())
         return out
 
-    def _take(self, record, high_before: int, out: Output) -> None:
-        if not take_unowned(record, high_before, out):
-            self._event(record, high_before, out)
+    def _walk(self, steps, out: Output) -> None:
+        for step, record, high_before, next_us in steps:
+            if step is TAKE:
+                if not take_unowned(record, high_before, out):
+                    self._event(record, high_before, out)
+            else:
+                self._skewed(record, high_before, next_us, out)
 
     def _event(self, event: Event, high_before: int, out: Output) -> None:
         book = self.accounts.get(event.account)
@@ -161,18 +188,36 @@ class Shard:
         if first is not None and first.time_us >= high_before - self.config.redelivery_horizon_us:
             self._redelivery(book, first, event, out)
         elif event.time_us < high_before - self.config.allowed_lateness_us:
-            decision, fate = late_decision(event, high_before, self.config)
-            seen = book.seen[key] = Seen(event.ref, event.time_us, decision.decision_id,
-                                         decision.window_end)
-            book.decided(key, seen)
-            out.decisions.append(decision)
-            out.fates.append(fate)
+            self._alone(book, key, event, late_decision(event, high_before, self.config), out)
         else:
             book.seen[key] = Seen(event.ref, event.time_us)
             was_first = book.open[0][1] if book.open else None
             book.add(event)
             if book.open[0][1] is not was_first:
                 self._schedule(event.account, book)
+
+    def _skewed(self, event: Event, high_before: int, next_us: int, out: Output) -> None:
+        book = self.accounts.get(event.account)
+        if book is None:
+            book = self.accounts[event.account] = Book(self.config.redelivery_horizon_us)
+        key = seen_key(event)
+        first = book.seen.get(key)
+        if first is not None and first.time_us >= high_before - self.config.redelivery_horizon_us:
+            self._redelivery(book, first, event, out)
+        else:
+            self._alone(book, key, event, skew_decision(event, high_before, next_us, self.config),
+                        out)
+
+    def _alone(self, book: Book, key: str, event: Event, verdict: tuple[Decision, Fate],
+               out: Output) -> None:
+        """A record decided on its own (late, or clock-skewed): its redeliveries follow it.
+        Remembered at the decision's window end: a skewed record's own time means nothing."""
+        decision, fate = verdict
+        seen = book.seen[key] = Seen(event.ref, min(event.time_us, decision.window_end),
+                                     decision.decision_id, decision.window_end)
+        book.decided(key, seen)
+        out.decisions.append(decision)
+        out.fates.append(fate)
 
     def _redelivery(self, book: Book, first: Seen, event: Event, out: Output) -> None:
         if first.decision_id is None:
@@ -250,9 +295,15 @@ class Shard:
             heapq.heappush(self.deadlines, (book.newest_memory + horizon + 1, name))
 
     def flush(self) -> Output:
-        """Treat the end of input as the end of time: decide everything still open."""
+        """Treat the end of input as the end of time: decide everything still open. A record
+        held ahead is taken: nothing after it in its partition contradicts it."""
+        out = Output([], [])
+        for clock in self.clocks.values():
+            if clock.ahead is not None:
+                self._walk(settle(clock, None, self.config.max_clock_skew_us), out)
         self.flushed = True
-        return self.advance()
+        out.extend(self.advance())
+        return out
 
     def pending(self) -> list[Fate]:
         """Fates of records still waiting for their window (and their redeliveries)."""
@@ -262,10 +313,13 @@ class Shard:
                 fates.append(fate_of(event, PENDING, None, None))
                 fates += [fate_of(event, PENDING, None, None, ref)
                           for ref in book.redelivered.get(event.ref, [])]
+        fates += [fate_of(clock.held, PENDING, None, None)
+                  for clock in self.clocks.values() if clock.held is not None]
         return fates
 
     def open_count(self) -> int:
-        return sum(len(b.open) for b in self.accounts.values())
+        held = sum(clock.held is not None for clock in self.clocks.values())
+        return sum(len(b.open) for b in self.accounts.values()) + held
 
     # ------------------------------------------------------------------ snapshots
 
@@ -273,13 +327,17 @@ class Shard:
         accounts = [(name, Account(book.open, book.seen, book.redelivered, book.claims))
                     for name, book in sorted(self.accounts.items())]
         return ShardSnapshot(config=self.config,
-                             progress=[(t, p, v) for (t, p), v in self.progress.items()],
-                             accounts=accounts, flushed=self.flushed)
+                             progress=[(t, p, c.high) for (t, p), c in self.clocks.items()],
+                             accounts=accounts, flushed=self.flushed,
+                             ahead=[(t, p, c.ahead, c.held) for (t, p), c in self.clocks.items()
+                                    if c.ahead is not None])
 
     @classmethod
     def restore(cls, snap: ShardSnapshot) -> "Shard":
         shard = cls(snap.config, [(t, p) for t, p, _ in snap.progress])
-        shard.progress = {(t, p): v for t, p, v in snap.progress}
+        shard.clocks = {(t, p): Clock(high) for t, p, high in snap.progress}
+        for t, p, ahead, held in snap.ahead:
+            shard.clocks[(t, p)].ahead, shard.clocks[(t, p)].held = ahead, held
         shard.flushed = snap.flushed
         horizon = snap.config.redelivery_horizon_us
         for name, account in snap.accounts:

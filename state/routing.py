@@ -1,9 +1,9 @@
 """Cutting one partition's records into per-shard slices, keeping what lateness needs.
 
 Lateness is judged from a partition's whole history, but a shard only sees its
-own accounts. So every slice says, for each record, the highest event time
-earlier in the same chunk, and every shard gets every chunk's final progress
-(`high`), even when none of the chunk's records are its own.
+own accounts. So every slice carries the event times of the whole chunk (and
+where its heartbeats are), and every shard follows every partition's progress
+(state/stream_time.py), even when none of the chunk's records are its own.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import zlib
 
 import msgspec
 
-from state.contract import NEVER, Event, Invalid, Record
+from state.contract import NEVER, Event, Heartbeat, Invalid, Record
 
 
 class Slice(msgspec.Struct, frozen=True, array_like=True):
@@ -21,8 +21,10 @@ class Slice(msgspec.Struct, frozen=True, array_like=True):
     topic: str
     partition: int
     records: list[Record]
-    chunk_max_before: list[int]  # per record: highest event time earlier in the chunk
-    high: int  # highest event time in the whole chunk (NEVER if none)
+    positions: list[int]  # each record's place in the chunk
+    times: list[int]  # the event time of every record in the chunk (NEVER: invalid)
+    beats: list[int]  # the places of the chunk's heartbeats
+    high: int  # highest event time in the whole chunk (NEVER if none), as read
 
 
 def shard_of(key: str, shards: int) -> int:
@@ -44,12 +46,16 @@ def progress_time(record: Record) -> int:
 def split(topic: str, partition: int, records: list[Record], shards: int) -> list[Slice]:
     """One slice per shard (possibly empty), for records of one partition in offset order."""
     per_shard: list[list[Record]] = [[] for _ in range(shards)]
-    befores: list[list[int]] = [[] for _ in range(shards)]
-    running = NEVER
-    for record in records:
+    positions: list[list[int]] = [[] for _ in range(shards)]
+    times, beats = [], []
+    for position, record in enumerate(records):
         shard = record_shard(record, shards)
         per_shard[shard].append(record)
-        befores[shard].append(running)
-        running = max(running, progress_time(record))
-    return [Slice(topic, partition, per_shard[i], befores[i], running) for i in range(shards)]
+        positions[shard].append(position)
+        times.append(progress_time(record))
+        if isinstance(record, Heartbeat):
+            beats.append(position)
+    high = max(times, default=NEVER)
+    return [Slice(topic, partition, per_shard[i], positions[i], times, beats, high)
+            for i in range(shards)]
 

@@ -17,7 +17,8 @@ from state import verdicts as v
 from state.config import MatchConfig
 from state.contract import NEVER, Event
 from state.decision import DUPLICATE, Fate, REDELIVERY
-from state.engine import END_OF_TIME, Output, Seen, fate_of, late_decision, seen_key, take_unowned
+from state.engine import (END_OF_TIME, Output, Seen, fate_of, late_decision, seen_key,
+                          skew_decision, take_unowned)
 from state.routing import Slice
 from state.scoring import within_tolerance
 from state.verdicts import Claim, claim_key, claim_of, event_order
@@ -207,6 +208,7 @@ class ScanShard:
     def __init__(self, config: MatchConfig, partitions):
         self.config = config
         self.progress = {p: NEVER for p in sorted(partitions)}
+        self.ahead: dict = {}  # partition -> (event time, own record or None)
         self.accounts: dict[str, Account] = {}
         self.deadlines: list[tuple[int, str]] = []
         self.flushed = False
@@ -218,16 +220,42 @@ class ScanShard:
         return NEVER if lowest == NEVER else lowest - self.config.allowed_lateness_us
 
     def ingest(self, piece: Slice) -> Output:
+        """Every record of the chunk, in order: a record more than max_clock_skew ahead of
+        its partition waits in `ahead` for the partition's next timed record."""
         part = (piece.topic, piece.partition)
         out = Output([], [])
-        known = self.progress[part]
-        for record, chunk_before in zip(piece.records, piece.chunk_max_before):
-            high_before = max(known, chunk_before)
-            if not take_unowned(record, high_before, out):  # heartbeats and invalid records
-                self._event(record, high_before, out)
-        self.progress[part] = max(known, piece.high)
+        mine = {position: record for position, record in zip(piece.positions, piece.records)}
+        for position, time_us in enumerate(piece.times):
+            record = mine.get(position)
+            if time_us != NEVER and part in self.ahead:
+                self._settle(part, time_us, out)
+            if (time_us != NEVER and position not in piece.beats
+                    and time_us > self.progress[part] + self.config.max_clock_skew_us):
+                self.ahead[part] = (time_us, record)
+                continue
+            if record is not None:
+                self._take(record, self.progress[part], out)
+            self.progress[part] = max(self.progress[part], time_us)
         out.extend(self.advance())
         return out
+
+    def _settle(self, part, next_us: int | None, out: Output) -> None:
+        time_us, record = self.ahead.pop(part)
+        high = self.progress[part]
+        if next_us is None or next_us >= time_us - self.config.max_clock_skew_us:
+            if record is not None:
+                self._take(record, high, out)
+            self.progress[part] = max(high, time_us)
+        elif record is not None:
+            first = self.accounts.get(record.account, Account()).seen.get(seen_key(record))
+            if first is not None and first.time_us >= high - self.config.redelivery_horizon_us:
+                self._event(record, high, out)  # a redelivery, whatever its time
+            else:
+                self._alone(record, skew_decision(record, high, next_us, self.config), out)
+
+    def _take(self, record, high_before: int, out: Output) -> None:
+        if not take_unowned(record, high_before, out):  # heartbeats and invalid records
+            self._event(record, high_before, out)
 
     def _event(self, event: Event, high_before: int, out: Output) -> None:
         account = self.accounts.setdefault(event.account, Account())
@@ -239,17 +267,21 @@ class ScanShard:
             else:
                 out.fates.append(fate_of(event, REDELIVERY, first.decision_id, first.window_end))
         elif event.time_us < high_before - config.allowed_lateness_us:
-            decision, fate = late_decision(event, high_before, config)
-            account.seen[seen_key(event)] = Seen(event.ref, event.time_us, decision.decision_id,
-                                                 decision.window_end)
-            out.decisions.append(decision)
-            out.fates.append(fate)
+            self._alone(event, late_decision(event, high_before, config), out)
         else:
             account.seen[seen_key(event)] = Seen(event.ref, event.time_us, None)
             was_first = account.open[0][1] if account.open else None
             insort(account.open, (event_order(event), event))
             if account.open[0][1] is not was_first:
                 self._schedule(event.account, account)
+
+    def _alone(self, event: Event, verdict, out: Output) -> None:
+        decision, fate = verdict
+        account = self.accounts.setdefault(event.account, Account())
+        account.seen[seen_key(event)] = Seen(event.ref, decision.window_end, decision.decision_id,
+                                             decision.window_end)
+        out.decisions.append(decision)
+        out.fates.append(fate)
 
     def _schedule(self, name: str, account: Account) -> None:
         anchor = account.open[0][1]
@@ -305,8 +337,12 @@ class ScanShard:
                 account.claims[claim_key(event.source, event.idempotency_key)] = claim_of(event)
 
     def flush(self) -> Output:
+        out = Output([], [])
+        for part in sorted(self.ahead):
+            self._settle(part, None, out)
         self.flushed = True
-        return self.advance()
+        out.extend(self.advance())
+        return out
 
     def pending(self) -> list[Fate]:
         fates = []
@@ -315,6 +351,8 @@ class ScanShard:
                 fates.append(fate_of(event, "pending", None, None))
                 fates += [fate_of(event, "pending", None, None, ref)
                           for ref in account.redelivered.get(event.ref, [])]
+        fates += [fate_of(record, "pending", None, None)
+                  for _, record in self.ahead.values() if record is not None]
         return fates
 
     def open_count(self) -> int:

@@ -9,12 +9,14 @@ output must be byte-identical.
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import payments as pay
 from tests.days import day_values
+from tests.test_clock_skew import shifted, timed
 from tests.reference import ScanShard
 from tests.test_determinism import feed
 from tests.test_determinism_dense import CONFIG as DENSE, build_log, event, round_robin
@@ -39,6 +41,34 @@ def test_adversarial_logs_decide_as_the_reference(events, schedule, shards, flus
     logs = build_log(events)
     expected = feed(logs, round_robin(logs), 1, flush, config=DENSE, engine=ScanShard)
     assert feed(logs, schedule, shards, flush, config=DENSE) == expected
+
+
+# a clock-skew bound below the jumps the logs are given: records are held, taken and refuted
+JUMPY = msgspec.structs.replace(DENSE, max_clock_skew_us=200 * 1_000_000)
+jumps = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 60), st.sampled_from([300, 900, 18_000])),
+                 max_size=6)
+
+
+def jumped(logs, picks):
+    """Some transactions moved ahead in time, where they stand in their partition."""
+    logs, parts = dict(logs), sorted(logs)
+    for choice, position, seconds in picks:
+        part = parts[choice % len(parts)]
+        log = list(logs[part])
+        position %= len(log)
+        if timed(log[position]) and b'"heartbeat"' not in log[position]:
+            log[position] = shifted(log[position], seconds)
+        logs[part] = log
+    return logs
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=st.lists(event, min_size=1, max_size=120), picks=jumps, schedule=schedules,
+       shards=st.integers(1, 3), flush=st.booleans(), points=st.frozensets(st.integers(0, 39), max_size=4))
+def test_logs_with_jumps_decide_as_the_reference(events, picks, schedule, shards, flush, points):
+    logs = jumped(build_log(events), picks)
+    expected = feed(logs, round_robin(logs), 1, flush, config=JUMPY, engine=ScanShard)
+    assert feed(logs, schedule, shards, flush, points, config=JUMPY) == expected
 
 
 # amounts that collide exactly and within the 2% tolerance
