@@ -24,7 +24,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from flows import kafka_io
 from flows.dayfiles import partitions, read_values
 from flows.generate import generate_day
-from tests.flow_helpers import tally, unique_topics, write_config
+from flows.logs import UserError
+from flows.recovery_store import Committed, read_committed
+from sinks.audit import not_records
+from tests.flow_helpers import pg_rows, start_tally, tally, unique_topics, wait_until, write_config
 
 PAYMENTS = 600
 PER_TRANSACTION = 250  # records of one partition per transaction
@@ -90,10 +93,16 @@ def consumed(run) -> int:
     return int(line.split()[-1].replace(",", ""))
 
 
+@pytest.fixture(scope="module")
+def committed(work, broker):
+    """The day in committed transactions: its values, config and markers per partition."""
+    values, config, _ = a_day(work, broker, "committed")
+    return values, config, publish_in_transactions(broker, values)
+
+
 def test_until_end_finishes_on_transactional_topics_and_the_audit_proves_the_markers(
-        work, broker, pg_dsn):
-    values, config, topics = a_day(work, broker, "committed")
-    markers = publish_in_transactions(broker, values)
+        work, committed, broker, pg_dsn):
+    values, config, markers = committed
     records = sum(len(v) for v in values.values())
 
     run, audit = run_and_audit(work, config, "tx_committed", broker, pg_dsn)
@@ -108,7 +117,14 @@ def test_until_end_finishes_on_transactional_topics_and_the_audit_proves_the_mar
                  "--pg", pg_dsn, "--brokers", broker).stdout
     assert "not records (transaction markers or compacted)" in text and "verdict: CONSERVED" in text
 
-    # the same day published without transactions gives the same decisions
+
+def test_the_same_day_without_transactions_gives_the_same_decisions(
+        work, committed, broker, pg_dsn):
+    values, config, _ = committed
+    records = sum(len(v) for v in values.values())
+    run_and_audit(work, config, "tx_committed", broker, pg_dsn)  # resumes: nothing more to do
+    report = json.loads(tally("audit", "--namespace", "tx_committed", "--json", "--data-dir",
+                              str(work / "data"), "--pg", pg_dsn, "--brokers", broker).stdout)
     plain_values, plain_config, _ = a_day(work, broker, "plain")
     kafka_io.produce_values(broker, plain_values, progress=False)
     plain_run, plain_audit = run_and_audit(work, plain_config, "tx_plain", broker, pg_dsn)
@@ -117,6 +133,36 @@ def test_until_end_finishes_on_transactional_topics_and_the_audit_proves_the_mar
     assert [s["outcomes"] for s in plain["stores"]] == [s["outcomes"] for s in report["stores"]]
     assert [s["decision_kinds"] for s in plain["stores"]] == \
         [s["decision_kinds"] for s in report["stores"]]
+
+
+def test_decisions_do_not_depend_on_batches_or_kills(work, committed, broker, pg_dsn):
+    """Where a batch ends, or a kill falls, between records and markers changes nothing."""
+    _, config, _ = committed
+    run_and_audit(work, config, "tx_committed", broker, pg_dsn)
+    env = {"TALLY_BROKERS": broker, "TALLY_PG_DSN": pg_dsn, "TALLY_CONFIG": str(config),
+           "TALLY_DATA_DIR": str(work / "data")}
+    tally("run", "--until-end", "--namespace", "tx_batches", "--batch-size", "7", env=env,
+          timeout=RUN_TIMEOUT)
+    killed = start_tally("run", "--until-end", "--namespace", "tx_killed", "--max-rate", "3000",
+                         "--snapshot-interval", "1", env=env)
+    store = work / "data" / "tx_killed" / "recovery"
+    wait_until(lambda: committed_offsets(store), 60, "a committed snapshot")
+    killed.kill()
+    killed.communicate()
+    assert killed.returncode == -9, "killed while it ran, not after it ended"
+    tally("run", "--until-end", "--namespace", "tx_killed", env=env, timeout=RUN_TIMEOUT)
+    expected = pg_rows(pg_dsn, "tx_committed")
+    assert pg_rows(pg_dsn, "tx_batches") == expected
+    assert pg_rows(pg_dsn, "tx_killed") == expected
+    for namespace in ("tx_batches", "tx_killed"):
+        tally("audit", "--namespace", namespace, env=env)
+
+
+def committed_offsets(store: Path) -> dict:
+    try:
+        return (read_committed(store, engine=False) or Committed(0)).next_offsets
+    except UserError:  # the store is still being made
+        return {}
 
 
 def test_a_lost_record_is_never_taken_for_a_marker(work, broker, pg_dsn):
@@ -149,6 +195,12 @@ def test_aborted_transactions_on_the_embedded_broker(work, broker, pg_dsn):
     assert report["conserved"], audit.stdout
     assert sum(row[1] for row in report["not_records"]) == sum(markers.values())
     assert all(s["outcomes"].get("invalid", 0) >= aborts for s in report["stores"])
+
+
+def test_only_offsets_no_committed_reader_is_given_are_not_records():
+    """The rule, on every answer a broker can give (Tansu never gives the aborted one)."""
+    markers, aborted = not_records([3, 4, 5, 6], committed={5}, uncommitted={4, 5})
+    assert (markers, aborted) == ([3, 6], [4]), "5 holds a committed record: it stays missing"
 
 
 def read_partition(broker: str, topic: str, isolation: str) -> tuple[list, int, int]:
