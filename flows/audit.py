@@ -3,7 +3,9 @@
 What must hold, per source partition, over the offsets the namespace consumed
 ([its first offset, the committed next offset)):
 
-* the raw archive holds each offset exactly once (consumption was contiguous);
+* the raw archive holds each offset exactly once (consumption was contiguous),
+  except offsets the broker proves hold no committed record: transaction
+  markers, records of aborted transactions, records removed by compaction;
 * each offset has exactly one fate, or is pending in the committed engine state;
 * each fate's decision exists, and each decision's members have fates pointing
   back to it;
@@ -14,6 +16,13 @@ offsets and pending records from its recovery store. Fates beyond the committed
 offsets are "in flight": written by an epoch a crash interrupted, and written
 again, identically, when the flow resumes. Audit a stopped namespace for a
 verdict about a settled state.
+
+Offsets the archive lacks are put to the broker, only then: what a
+read_committed and a read_uncommitted consumer are given there. An offset
+either is given is a record, so it stays missing; one neither is given is a
+transaction marker or was compacted away; one only read_uncommitted is given
+belongs to an aborted transaction. Offsets the broker no longer holds
+(retention) cannot be proven anything, and stay missing.
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ class AuditReport:
     pending: int | None  # None: no recovery store, so pending records are unknown
     notes: list = field(default_factory=list)
     archive_gaps: list = field(default_factory=list)
+    # [partition, markers or compacted, aborted, first of those, first of these]
+    not_records: list = field(default_factory=list)
     archive_duplicates: tuple = (0, [])
     stores: list = field(default_factory=list)
     disagreement: dict = field(default_factory=dict)  # table -> (rows, examples)
@@ -75,19 +86,26 @@ class AuditReport:
 # ----------------------------------------------------------------------------- the audit
 
 
-def audit(data_root: Path, namespace: str, stores: list[str], pg_dsn: str | None) -> AuditReport:
+def audit(data_root: Path, namespace: str, stores: list[str], pg_dsn: str | None,
+          brokers=None) -> AuditReport:
+    """`brokers`: a callable giving the broker's address (raising UserError when there is
+    none), called only when the archive lacks offsets."""
     from sinks import audit as checks
 
     archive = checks.archive_positions(data_root)
     starts, ends, committed, notes = _ranges(data_root, archive)
     ranges = {part: (starts[part], ends[part]) for part in starts}
+    skipped = _not_records(checks, archive, checks.coverage(archive, ranges), brokers, notes)
     pending = _pending(committed)
     report = AuditReport(namespace, len(ranges), committed and committed.epoch,
                          sum(e - s for s, e in ranges.values()),
                          None if pending is None else sum(len(v) for v in pending.values()), notes)
     if pending is None:
         notes.append("no committed recovery snapshot: pending records cannot be told from lost ones")
-    report.archive_gaps = _gaps(checks.coverage(archive, ranges))
+    report.not_records = [[f"{t}:{p}", len(markers), len(aborted), markers[:5], aborted[:5]]
+                          for (t, p), (markers, aborted) in sorted(skipped.items())]
+    absent = {part: markers + aborted for part, (markers, aborted) in skipped.items()}
+    report.archive_gaps = _gaps(checks.coverage(archive, ranges, absent))
     report.archive_duplicates = checks.duplicates(archive, checks.POSITION)
     loaded = []
     for store in stores:
@@ -95,7 +113,7 @@ def audit(data_root: Path, namespace: str, stores: list[str], pg_dsn: str | None
         tables = (checks.from_postgres(pg_dsn, namespace) if store == "postgres"
                   else checks.from_parquet(data_root))
         loaded.append(tables)
-        report.stores.append(_check_store(checks, tables, ranges, pending or {}))
+        report.stores.append(_check_store(checks, tables, ranges, _merged(pending or {}, absent)))
     if len(loaded) == 2:
         a, b = loaded
         report.disagreement = {
@@ -128,6 +146,43 @@ def _ranges(data_root: Path, archive):
     else:
         ends = archived_ends
     return starts, ends, committed, notes
+
+
+def _not_records(checks, archive, covered, brokers, notes: list) -> dict:
+    """Per partition, the offsets the archive lacks that the broker proves hold no
+    committed record: (markers or compacted, aborted). Never raises: what cannot be
+    checked stays missing, with a note saying why."""
+    from flows import kafka_io
+
+    lacking = {c.part: checks.missing_offsets(archive, c.part, c.start, c.end)
+               for c in covered if c.missing}
+    if not lacking:
+        return {}
+    try:
+        if brokers is None:
+            raise UserError("no broker given")
+        address = brokers()
+        lows = kafka_io.low_offsets(address, sorted(lacking))
+        found = {}
+        for part, missing in sorted(lacking.items()):
+            held = [o for o in missing if o >= lows[part]]
+            if len(held) < len(missing):
+                notes.append(f"{part[0]}:{part[1]}: {len(missing) - len(held):,} offsets missing "
+                             f"from the archive are before the broker's first offset {lows[part]}, "
+                             f"so nothing can prove they were not records")
+            if held:
+                span = (part, held[0], held[-1] + 1)
+                found[part] = checks.not_records(
+                    held, kafka_io.delivered_offsets(address, *span, "read_committed"),
+                    kafka_io.delivered_offsets(address, *span, "read_uncommitted"))
+        return found
+    except UserError as exc:
+        notes.append(f"offsets missing from the archive were not checked against the broker: {exc}")
+        return {}
+
+
+def _merged(pending: dict, absent: dict) -> dict:
+    return {part: pending.get(part, []) + absent.get(part, []) for part in pending.keys() | absent}
 
 
 def _pending(committed) -> dict | None:
@@ -182,6 +237,9 @@ def overview_rows(report: AuditReport) -> list:
             ("committed epoch", "none" if report.committed_epoch is None else report.committed_epoch),
             ("offsets consumed", report.consumed),
             ("pending in the snapshot", "unknown" if report.pending is None else report.pending),
+            ("not records (transaction markers or compacted)",
+             _not_record_text(report.not_records, 1)),
+            ("not records (aborted transactions)", _not_record_text(report.not_records, 2)),
             ("archive: each offset once", _yes(not report.archive_gaps
                                                and not report.archive_duplicates[0],
                                                _gap_text(report.archive_gaps)
@@ -218,6 +276,15 @@ def store_rows(store: StoreReport) -> list:
     return rows
 
 
+def _not_record_text(not_records: list, column: int) -> str | int:
+    count = sum(row[column] for row in not_records)
+    if not count:
+        return 0
+    examples = "; ".join(f"{row[0]} first {row[column + 2]}"
+                         for row in [r for r in not_records if r[column]][:3])
+    return f"{count:,}, proven on the broker, e.g. {examples}"
+
+
 def _yes(ok: bool, why: str) -> str:
     return "yes" if ok else f"NO: {why.strip('; ')}"
 
@@ -237,25 +304,30 @@ def _count_text(what: str, counted: tuple) -> str:
 
 
 def register(commands) -> None:
-    from flows.cli import _namespace, _store_options
+    from flows.cli import _env, _namespace, _store_options
     cmd = commands.add_parser(
         "audit", help="prove every consumed record has exactly one fate, in both stores",
         description="Check a namespace's conservation: per source partition, the consumed "
-                    "offsets are contiguous, each has exactly one fate (or is pending in the "
-                    "snapshot), every fate's decision exists and every decision's members point "
-                    "back to it; and PostgreSQL and Parquet agree. Exit 0 when conserved, 1 on "
-                    "any gap, duplicate or disagreement, 2 on usage or connection errors.")
+                    "offsets are contiguous (but for offsets the broker proves hold no committed "
+                    "record: transaction markers, aborted or compacted records), each has exactly "
+                    "one fate (or is pending in the snapshot), every fate's decision exists and "
+                    "every decision's members point back to it; and PostgreSQL and Parquet agree. "
+                    "Exit 0 when conserved, 1 on any gap, duplicate or disagreement, 2 on usage or "
+                    "connection errors.")
     cmd.add_argument("--namespace", type=_namespace, default="live",
                      help="the namespace to audit (default live)")
     cmd.add_argument("--store", choices=("both",) + STORES, default="both",
                      help="which store(s) to audit (default both, and compare them)")
     _store_options(cmd)
+    cmd.add_argument("--brokers", default=_env("TALLY_BROKERS"),
+                     help="Kafka bootstrap servers, asked only which offsets the archive lacks "
+                          "hold no record (default $TALLY_BROKERS, else the 'tally dev up' broker)")
     cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     cmd.set_defaults(handler=run_audit)
 
 
 def run_audit(args) -> int:
-    from flows.cli import resolve_pg
+    from flows.cli import resolve_brokers, resolve_pg
     namespace = args.namespace
     stores = list(STORES) if args.store == "both" else [args.store]
     dsn = None
@@ -263,7 +335,7 @@ def run_audit(args) -> int:
         from sinks.postgres import connect_check
         dsn = resolve_pg(args)
         connect_check(dsn)
-    report = audit(args.data_dir / namespace, namespace, stores, dsn)
+    report = audit(args.data_dir / namespace, namespace, stores, dsn, lambda: resolve_brokers(args))
     if args.json:
         print(json.dumps(asdict(report) | {"conserved": report.ok}, indent=1, default=str))
     else:

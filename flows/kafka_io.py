@@ -9,6 +9,11 @@ ever taken from them.  We read to partition EOF instead
 (``enable.partition.eof=True``); the high watermark is only used as a hint for
 where to start reading in ``end_offsets`` (it is never past the true end).
 
+Every reader uses isolation.level=read_committed: records of open transactions
+are not read, and a partition's end for a reader is its last stable offset.
+Transaction markers take offsets no reader receives (``delivered_offsets``
+tells which offsets hold no record, for the audit).
+
 Every failure the user can fix raises ``UserError`` with one line naming what to
 do.  librdkafka's own log lines go to the ``tally.kafka`` logger at DEBUG level
 (they would otherwise be printed raw on stderr); the last error among them is
@@ -430,8 +435,9 @@ def produce_values(brokers: str, values: dict[Part, list[bytes | None]],
 # Reading logs back
 
 
-def _consumer(brokers: str, watch: _Watch) -> Consumer:
+def _consumer(brokers: str, watch: _Watch, isolation: str = "read_committed") -> Consumer:
     return Consumer(_client_config(brokers, watch, {
+        "isolation.level": isolation,
         "group.id": f"tally-reader-{uuid.uuid4().hex}",  # assign() only: never joins or commits
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -523,6 +529,37 @@ def end_offsets(brokers: str, topics: list[str], timeout: float = 30) -> dict[Pa
                                 f"{logs.redact(_reason(exc))}") from None
             starts[(topic, partition)] = max(low, hint - 1) if hint > 0 else OFFSET_BEGINNING
         return _drain(consumer, watch, brokers, starts, lambda *_: None, timeout)
+    finally:
+        consumer.close()
+
+
+def delivered_offsets(brokers: str, part: Part, start: int, end: int, isolation: str,
+                      timeout: float = 30) -> set[int]:
+    """The offsets in [start, end) at which a consumer with this isolation level
+    ("read_committed" or "read_uncommitted") is given a record.
+
+    No consumer is given a transaction marker, nor a record compaction removed;
+    only read_uncommitted ones are given the records of aborted transactions.
+    """
+    watch = _Watch()
+    consumer = _consumer(brokers, watch, isolation)
+    found: set[int] = set()
+    try:
+        consumer.assign([TopicPartition(part[0], part[1], start)])
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < timeout:
+            for msg in consumer.consume(10_000, 0.05):
+                idle_since = time.monotonic()
+                if msg.error() is None:
+                    if msg.offset() >= end:
+                        return found
+                    found.add(msg.offset())
+            # Done by position, which moves past markers, never by partition EOF: an
+            # EOF short of `end` would pass the records after it off as markers.
+            if consumer.position([TopicPartition(*part)])[0].offset >= end:
+                return found
+        raise UserError(f"reading {part[0]}/{part[1]} from {brokers} stalled for {timeout:.0f}s: "
+                        f"{watch.reason('no data')}")
     finally:
         consumer.close()
 

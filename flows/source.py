@@ -6,6 +6,12 @@ records of one partition, in offset order, with nothing decoded yet.
 
 End offsets come from reading to partition EOF, never from the broker's high
 watermark (the embedded broker reports that at record-batch granularity).
+
+Partitions are read with isolation.level=read_committed. Transaction markers
+take offsets that no consumer receives (as do aborted or compacted records), so
+a partition's progress is the consumer's position, which moves past them, not
+the offset of the last record received: otherwise a partition ending with a
+marker would never reach its end.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ PACED_BATCH_S = 0.2
 # Without this, the broker holds a fetch up to 500 ms waiting for more data; a record
 # then waits that long before the flow sees it (measured: p50 365 ms old at consumption).
 SOURCE_DEFAULTS = {"fetch.wait.max.ms": 10}
+# Whatever the config says: records of open or aborted transactions are not the log.
+READ_COMMITTED = {"isolation.level": "read_committed"}
 OUTAGE_LOG_EVERY_S = 10.0
 
 
@@ -110,7 +118,8 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
         self.at_end = False  # read to the end the broker reported, and nothing since
         self.awake: datetime | None = None
         self.lag_checked = 0.0
-        self.consumer = Consumer({**SOURCE_DEFAULTS, **config, "enable.partition.eof": True,
+        self.consumer = Consumer({**SOURCE_DEFAULTS, **config, **READ_COMMITTED,
+                                  "enable.partition.eof": True,
                                   "group.id": "tally-unused", "enable.auto.commit": False,
                                   "error_cb": TROUBLE.error, "logger": TROUBLE,
                                   "log.connection.close": False})
@@ -141,6 +150,7 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
             stamps.append(message.timestamp()[1])
         if self.pacemaker is not None:
             self.pacemaker.polled((self.topic, self.partition), len(offsets), self.at_end)
+        self._advance(offsets)
         if not offsets:
             self._note_lag()
             self.awake = datetime.now(timezone.utc) + IDLE_WAIT
@@ -150,10 +160,20 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
             pause = timedelta(seconds=len(offsets) * self.seconds_per_record)
             self.awake = datetime.now(timezone.utc) + pause
         TROUBLE.recovered()
-        self.next_offset = offsets[-1] + 1
         self._note_lag()
         self.counters.add((self.topic, self.partition), len(offsets))
         return [RawBatch(self.topic, self.partition, offsets, keys, values, stamps)]
+
+    def _advance(self, offsets: list[int]) -> None:
+        """The next offset: past the records taken and past any markers the consumer
+        skipped after them, but never past `end` (records beyond it were dropped)."""
+        if offsets:
+            self.next_offset = offsets[-1] + 1
+        tp = self.consumer.position([TopicPartition(self.topic, self.partition)])[0]
+        position = tp.offset if tp.error is None else -1  # -1001 until anything was read
+        if self.end is not None:
+            position = min(position, self.end)
+        self.next_offset = max(self.next_offset, position)
 
     def _note_lag(self) -> None:
         """Records behind the partition's end, from the high watermark of the last fetch

@@ -175,19 +175,38 @@ def coverage(positions: pa.Table, ranges: dict[Part, tuple[int, int]],
                           before_start=pc.sum(pc.less(offsets, start)).as_py() or 0,
                           in_flight=pc.sum(pc.greater_equal(offsets, end)).as_py() or 0)
         if report.missing:
-            report.first_missing = _first_missing(start, end, inside)
+            report.first_missing = _missing(start, end, inside, EXAMPLES)
         found.append(report)
     return found
 
 
-def _first_missing(start: int, end: int, inside: pa.Array, step: int = 1 << 20) -> list[int]:
+def missing_offsets(positions: pa.Table, part: Part, start: int, end: int) -> list[int]:
+    """Every offset in [start, end) of one partition that `positions` lacks, ascending."""
+    mask = pc.and_(pc.equal(positions.column("topic"), part[0]),
+                   pc.equal(positions.column("partition"), part[1]))
+    return _missing(start, end, pc.unique(positions.filter(mask).column("offset").combine_chunks()))
+
+
+def _missing(start: int, end: int, inside: pa.Array, limit: int | None = None,
+             step: int = 1 << 20) -> list[int]:
     missing: list[int] = []
     for low in range(start, end, step):
         window = pa.array(range(low, min(low + step, end)), pa.int64())
         missing += window.filter(pc.invert(pc.is_in(window, value_set=inside))).to_pylist()
-        if len(missing) >= EXAMPLES:
-            break
-    return missing[:EXAMPLES]
+        if limit is not None and len(missing) >= limit:
+            return missing[:limit]
+    return missing
+
+
+def not_records(missing: list[int], committed: set[int], uncommitted: set[int]
+                ) -> tuple[list[int], list[int]]:
+    """Of the offsets the archive lacks, those a broker proves hold no committed record:
+    (transaction markers or compacted away: no consumer is given anything there,
+    aborted: only read_uncommitted consumers are). Any offset a read_committed
+    consumer is given is a record, so it stays missing, whatever else is said of it."""
+    markers = [o for o in missing if o not in committed and o not in uncommitted]
+    aborted = [o for o in missing if o not in committed and o in uncommitted]
+    return markers, aborted
 
 
 def unknown_partitions(positions: pa.Table, ranges: dict[Part, tuple[int, int]]) -> list[str]:
