@@ -40,7 +40,7 @@ from psycopg import sql
 from flows import logs
 from flows.logs import UserError
 
-KEEP_ALIVE_S = 5.0  # how often the PostgreSQL lock's session is checked
+KEEP_ALIVE_S = 1.0  # how often the lock's session is checked: a lost lock is soon held again
 
 
 @dataclass

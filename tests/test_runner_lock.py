@@ -63,6 +63,15 @@ def members(launcher: int) -> list[int]:
     return sorted(found)
 
 
+def lock_sessions(pg_dsn: str, namespace: str) -> set[int]:
+    """The backends of `namespace`'s runner that hold an advisory lock."""
+    with psycopg.connect(pg_dsn) as conn:
+        return {pid for (pid,) in conn.execute(
+            "SELECT pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = %s",
+            (f"tally runner {namespace}",))}
+
+
 def two_members(launcher) -> list[int]:
     """The launcher's two members, once both have started."""
     def started():
@@ -112,6 +121,27 @@ def test_a_second_runner_is_refused_in_one_line_naming_the_first(day, pg_dsn):
         assert first.wait(60) == 130
     tally("run", "--until-end", "--namespace", "twice", env=env)  # free once the first stops
     same_as_clean(env, pg_dsn, "twice")
+
+
+def test_the_postgresql_lock_is_taken_again_when_its_session_is_lost(day, pg_dsn):
+    """A PostgreSQL restart (here: the lock's session terminated) ends the advisory lock;
+    the runner takes it again, so another host is still refused."""
+    work, env = day
+    first = start_tally("run", "--namespace", "relock", env=env)
+    try:
+        wait_until(lambda: decided(pg_dsn, "relock"), 120, "the first run's decisions")
+        (session,) = lock_sessions(pg_dsn, "relock")
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (session,))
+        wait_until(lambda: lock_sessions(pg_dsn, "relock") - {session}, 30, "the lock held again")
+        other = str(work / "other-host")
+        line = last_line(tally("run", "--until-end", "--namespace", "relock", "--data-dir", other,
+                               env=env, expect=2).stderr)
+        assert f"process id {first.pid}" in line and "PostgreSQL" in line
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=60)
+    assert "is held again" in stderr
 
 
 def test_a_launcher_killed_takes_its_members_with_it_and_frees_the_namespace(day, pg_dsn):
