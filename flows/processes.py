@@ -119,7 +119,8 @@ class Member:
         else:
             own = self.reason()
             how = f"exited with status {code}" + (f" ({own})" if own else "")
-        text = (f"{name} {how}; the others were stopped; its log: {self.log}. Nothing is lost: "
+        others = "the other was" if self.count == 2 else "the others were"
+        text = (f"{name} {how}; {others} stopped; its log: {self.log}. Nothing is lost: "
                 f"the next start resumes from the last snapshot")
         error = (UserError if code == 2 else FlowError)(text)
         if code == 130:

@@ -82,7 +82,9 @@ def two_members(launcher) -> list[int]:
 
 
 def last_line(stderr: str) -> str:
-    return stderr.strip().splitlines()[-1]
+    line = stderr.strip().splitlines()[-1]
+    print(line)  # shown with -s: what the operator reads
+    return line
 
 
 def same_as_clean(env, pg_dsn, namespace: str) -> None:
