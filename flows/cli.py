@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "launcher_pid", None) is not None:
+            from flows.processes import follow_launcher
+            follow_launcher(args.launcher_pid)
         return args.handler(args) or 0
     except UserError as err:
         print(f"tally: {logs.printable(logs.redact(str(err)))}", file=sys.stderr)
@@ -293,6 +296,8 @@ def _flow_options(cmd) -> None:
                           "$TALLY_METRICS_PORT, else none; all interfaces unless HOST is given); "
                           "with --processes N, process I serves on PORT+I")
     cmd.add_argument("--summary-to", type=Path, default=None, help=argparse.SUPPRESS)
+    # set by the launcher of --processes N on its members: they end when it ends
+    cmd.add_argument("--launcher-pid", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def _cluster(args) -> list[str] | None:
@@ -308,14 +313,25 @@ def _cluster(args) -> list[str] | None:
     return addresses
 
 
-def _spawn_processes(args) -> int | None:
+def _holding_namespace(args, dsn: str):
+    """The namespace's runner lock, held by whoever runs it for all its processes: a
+    single process, the launcher of --processes N, or process 0 of a cluster by hand."""
+    from contextlib import nullcontext
+    from flows.runner_lock import RunnerLock
+    if args.launcher_pid is not None or (args.process_id or 0) > 0:
+        return nullcontext()
+    return RunnerLock(args.namespace, args.data_dir / args.namespace / "run.lock", dsn)
+
+
+def _spawn_processes(args, lock) -> int | None:
     """With --processes N > 1, run this command as N local cluster members; their exit code."""
     if args.processes == 1:
         return None
     from flows.processes import run_local, without_option
     recovery = getattr(args, "recovery_dir", None) or args.data_dir / args.namespace / "recovery"
     argv = without_option(without_option(sys.argv[1:], "--processes"), "--metrics-port")
-    code, summary = run_local(argv, args.processes, recovery, args.metrics_port)
+    code, summary = run_local(argv, args.processes, recovery, args.data_dir / args.namespace / "logs",
+                              args.metrics_port, lock.fileno)
     if summary is not None:
         print(summary)
     return code
@@ -357,10 +373,11 @@ def run_run(args) -> int:
     if args.wait_for_topics > 0:
         kafka_io.wait_for_topics(brokers, list(config.topics.values()), args.wait_for_topics)
     options = _run_options(args, brokers, dsn, args.until_end)
-    spawned = _spawn_processes(args)
-    if spawned is not None:
-        return spawned
-    _report_run(args, run(options, config))
+    with _holding_namespace(args, dsn) as lock:
+        spawned = _spawn_processes(args, lock)
+        if spawned is not None:
+            return spawned
+        _report_run(args, run(options, config))
     return 0
 
 
@@ -416,13 +433,14 @@ def run_replay(args) -> int:
     origin = (f"replay --from {args.start} --to {args.stop} --source {args.source}"
               f"{' --archive-namespace ' + args.archive_namespace if args.source == 'archive' else ''}"
               f" --warmup {warmup_us}us")
-    chosen = replay.load_or_plan(args.data_dir / args.namespace / "replay.json", log, origin,
-                                 start, stop, warmup_us)
-    options = _run_options(args, brokers or "", dsn, until_end=True)
-    spawned = _spawn_processes(args)  # after the plan is saved: every member loads the same one
-    if spawned is not None:
-        return spawned
-    _report_run(args, run(options, config, chosen.stretch(log.archive)))
+    with _holding_namespace(args, dsn) as lock:
+        chosen = replay.load_or_plan(args.data_dir / args.namespace / "replay.json", log, origin,
+                                     start, stop, warmup_us)
+        options = _run_options(args, brokers or "", dsn, until_end=True)
+        spawned = _spawn_processes(args, lock)  # after the plan is saved: every member loads it
+        if spawned is not None:
+            return spawned
+        _report_run(args, run(options, config, chosen.stretch(log.archive)))
     if chosen.emit_from_us is not None:
         from state.contract import format_us
         print(f"  written: decisions and fates whose window ends at or after "
