@@ -73,12 +73,13 @@ class AuditReport:
     # [partition, markers or compacted, aborted, first of those, first of these]
     not_records: list = field(default_factory=list)
     archive_duplicates: tuple = (0, [])
+    lost: list = field(default_factory=list)  # given up by --skip-lost-offsets (flows/lost_offsets.py)
     stores: list = field(default_factory=list)
     disagreement: dict = field(default_factory=dict)  # table -> (rows, examples)
 
     @property
     def ok(self) -> bool:
-        return (self.pending is not None and not self.archive_gaps
+        return (self.pending is not None and not self.archive_gaps and not self.lost
                 and not self.archive_duplicates[0] and all(s.ok for s in self.stores)
                 and not any(n for n, _ in self.disagreement.values()))
 
@@ -107,6 +108,8 @@ def audit(data_root: Path, namespace: str, stores: list[str], pg_dsn: str | None
     absent = {part: markers + aborted for part, (markers, aborted) in skipped.items()}
     report.archive_gaps = _gaps(checks.coverage(archive, ranges, absent))
     report.archive_duplicates = checks.duplicates(archive, checks.POSITION)
+    from flows import lost_offsets
+    report.lost = lost_offsets.recorded(data_root)
     loaded = []
     for store in stores:
         logs.info("reading the store", store=store, namespace=namespace)
@@ -243,7 +246,13 @@ def overview_rows(report: AuditReport) -> list:
             ("archive: each offset once", _yes(not report.archive_gaps
                                                and not report.archive_duplicates[0],
                                                _gap_text(report.archive_gaps)
-                                               + _count_text("duplicated", report.archive_duplicates)))]
+                                               + _count_text("duplicated", report.archive_duplicates))),
+            ("nothing given up (--skip-lost-offsets)", _yes(not report.lost, _lost_text(report.lost)))]
+
+
+def _lost_text(lost: list) -> str:
+    return "; ".join(f"{e['partition']} offsets {e['lost_from']:,} to {e['lost_to']:,} "
+                     f"({e['why']}, given up {e['at']})" for e in lost[:5])
 
 
 def agreement_rows(report: AuditReport) -> list:

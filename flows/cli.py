@@ -262,6 +262,11 @@ def _run(commands) -> None:
     cmd.add_argument("--wait-for-topics", type=float, default=0, metavar="SECONDS",
                      help="if a source topic does not exist yet, wait up to SECONDS for it "
                           "(default 0: exit 2 at once)")
+    cmd.add_argument("--skip-lost-offsets", action="store_true",
+                     help="when the broker no longer holds the offsets this namespace resumes "
+                          "from (a topic deleted and created again, lost data, retention), go on "
+                          "where it can and give up the records in between; tally audit reports "
+                          "them. Without it, such a run refuses to start")
     _flow_options(cmd)
     cmd.set_defaults(handler=run_run)
 
@@ -356,7 +361,8 @@ def _run_options(args, brokers: str, dsn: str, until_end: bool):
                       snapshot_interval_s=args.snapshot_interval,
                       recovery_dir=getattr(args, "recovery_dir", None), shards=args.shards,
                       batch_size=args.batch_size, pg_retry_deadline_s=args.pg_retry_deadline,
-                      max_rate=max(args.max_rate, 0.0), metrics_address=args.metrics_port)
+                      max_rate=max(args.max_rate, 0.0), metrics_address=args.metrics_port,
+                      skip_lost_offsets=getattr(args, "skip_lost_offsets", False))
 
 
 def run_run(args) -> int:
@@ -374,6 +380,11 @@ def run_run(args) -> int:
         kafka_io.wait_for_topics(brokers, list(config.topics.values()), args.wait_for_topics)
     options = _run_options(args, brokers, dsn, args.until_end)
     with _holding_namespace(args, dsn) as lock:
+        if args.launcher_pid is None and not args.process_id:  # whoever holds the namespace
+            from flows import lost_offsets
+            recovery = args.recovery_dir or args.data_dir / args.namespace / "recovery"
+            lost_offsets.check(brokers, recovery, list(config.topics.values()),
+                               args.data_dir / args.namespace, args.skip_lost_offsets)
         spawned = _spawn_processes(args, lock)
         if spawned is not None:
             return spawned

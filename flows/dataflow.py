@@ -48,6 +48,7 @@ class FlowSettings:
     pg_retry_deadline_s: float = 300.0
     archive: object | None = None  # flows.archive.Archive: read it instead of the broker
     emit_from_us: int | None = None  # a replay's warm-up: decide, but write nothing ending earlier
+    skip_lost: bool = False  # --skip-lost-offsets: resume where the broker can (flows/lost_offsets.py)
 
 
 @dataclass
@@ -142,7 +143,7 @@ def _source(settings: FlowSettings, stats: FlowStats, pacemaker):
         return ArchiveSource(settings.archive, settings.starts, settings.ends, settings.batch_size,
                              stats.counters)
     return TallySource(settings.kafka, settings.starts, settings.ends, settings.batch_size,
-                       stats.counters, settings.max_rate, pacemaker)
+                       stats.counters, settings.max_rate, pacemaker, settings.skip_lost)
 
 
 def build_flow(settings: FlowSettings, stats: FlowStats, pacemaker=None) -> Dataflow:

@@ -45,6 +45,7 @@ class RunOptions:
     batch_size: int = 5000
     max_rate: float = 0.0
     metrics_address: str | None = None  # [HOST:]PORT of the Prometheus endpoint
+    skip_lost_offsets: bool = False  # go on where the broker lost offsets (flows/lost_offsets.py)
 
 
 @dataclass
@@ -181,7 +182,8 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
         namespace=options.namespace, shards=options.shards, flush=options.flush,
         sink_parts=layout["sink_parts"], spread_keys=layout["shard_keys"] == "spread",
         pg_retry_deadline_s=options.pg_retry_deadline_s, batch_size=options.batch_size,
-        archive=stretch.archive, emit_from_us=stretch.emit_from_us, max_rate=options.max_rate)
+        archive=stretch.archive, emit_from_us=stretch.emit_from_us, max_rate=options.max_rate,
+        skip_lost=options.skip_lost_offsets)
     stats = FlowStats()
     pacemaker = _pacemaker(settings)
     flow = build_flow(settings, stats, pacemaker)

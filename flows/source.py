@@ -26,6 +26,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from flows import logs
+from flows.logs import UserError
 
 IDLE_WAIT = timedelta(milliseconds=10)  # after an empty poll, before the next one
 LAG_EVERY_S = 1.0
@@ -39,6 +40,7 @@ SOURCE_DEFAULTS = {"fetch.wait.max.ms": 10}
 # Whatever the config says: records of open or aborted transactions are not the log.
 READ_COMMITTED = {"isolation.level": "read_committed"}
 OUTAGE_LOG_EVERY_S = 10.0
+PARKED_WAIT = timedelta(seconds=1)  # between looks at a log that must grow past our offset
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ TROUBLE = _BrokerTrouble()
 class _Partition(StatefulSourcePartition[RawBatch, int]):
     def __init__(self, config: dict, topic: str, partition: int, start: int, end: int | None,
                  batch_size: int, counters: Counters, seconds_per_record: float = 0.0,
-                 pacemaker=None):
+                 pacemaker=None, skip_lost: bool = False):
         self.topic, self.partition, self.end = topic, partition, end
         self.pacemaker = pacemaker  # flows.pacemaker.Pacemaker of a live run, told of every poll
         self.seconds_per_record = seconds_per_record  # --max-rate, spread over the partitions
@@ -121,13 +123,45 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
         self.consumer = Consumer({**SOURCE_DEFAULTS, **config, **READ_COMMITTED,
                                   "enable.partition.eof": True,
                                   "group.id": "tally-unused", "enable.auto.commit": False,
+                                  # an offset the broker no longer holds is an error, never
+                                  # a silent jump (flows/lost_offsets.py)
+                                  "auto.offset.reset": "error",
                                   "error_cb": TROUBLE.error, "logger": TROUBLE,
                                   "log.connection.close": False})
-        self.consumer.assign([TopicPartition(topic, partition, start if start >= 0 else OFFSET_BEGINNING)])
+        self.parked = self._resumable(start) if skip_lost and start >= 0 else None
+        if self.parked is None:
+            self._assign()
+
+    def _assign(self) -> None:
+        start = self.next_offset
+        self.consumer.assign([TopicPartition(self.topic, self.partition,
+                                             start if start >= 0 else OFFSET_BEGINNING)])
+
+    def _resumable(self, start: int) -> int | None:
+        """--skip-lost-offsets: start at the broker's first offset if it is above ours; if
+        the broker's log ends below ours, wait (parked) until it has grown past it."""
+        low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, self.partition),
+                                                        timeout=10)
+        if start < low:
+            self.next_offset = low
+        return start if start > high else None
+
+    def _unpark(self) -> bool:
+        """True once the broker's log has grown up to the offset this partition waits at."""
+        _low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, self.partition),
+                                                         timeout=10)
+        if high < self.parked:
+            return False
+        self.parked = None
+        self._assign()
+        return True
 
     def next_batch(self) -> list[RawBatch]:
         if self.end is not None and self.next_offset >= self.end:
             raise StopIteration()
+        if self.parked is not None and not self._unpark():
+            self.awake = datetime.now(timezone.utc) + PARKED_WAIT
+            return []
         # Never block: Bytewax polls the partitions one after the other on one thread,
         # so a blocking poll on one delays every other (next_awake paces idle ones).
         messages = self.consumer.consume(self.batch_size, 0)
@@ -189,6 +223,10 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
                 self.counters.lag[(self.topic, self.partition)] = max(high - self.next_offset, 0)
 
     def _on_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._AUTO_OFFSET_RESET:
+            raise UserError(f"{self.topic}:{self.partition}: offset {self.next_offset:,} is no "
+                            f"longer in the broker's log (the topic was deleted, truncated, or "
+                            f"retention removed it); start again to see what was lost")
         if error.fatal() or not error.retriable():
             raise RuntimeError(f"Kafka error on {self.topic}:{self.partition}: {error.str()}")
         logs.warning("kafka consumer error, retrying", partition=f"{self.topic}:{self.partition}",
@@ -209,8 +247,10 @@ class TallySource(FixedPartitionedSource[RawBatch, int]):
 
     def __init__(self, config: dict, starts: dict[tuple[str, int], int],
                  ends: dict[tuple[str, int], int] | None, batch_size: int = 5000,
-                 counters: Counters | None = None, max_rate: float = 0.0, pacemaker=None):
+                 counters: Counters | None = None, max_rate: float = 0.0, pacemaker=None,
+                 skip_lost: bool = False):
         self.config, self.starts, self.ends = config, starts, ends
+        self.skip_lost = skip_lost
         self.pacemaker = pacemaker
         self.seconds_per_record = len(starts) / max_rate if max_rate else 0.0
         self.batch_size = batch_size
@@ -225,4 +265,4 @@ class TallySource(FixedPartitionedSource[RawBatch, int]):
         start = self.starts[part] if resume_state is None else resume_state
         end = None if self.ends is None else self.ends[part]
         return _Partition(self.config, topic, int(partition), start, end, self.batch_size,
-                          self.counters, self.seconds_per_record, self.pacemaker)
+                          self.counters, self.seconds_per_record, self.pacemaker, self.skip_lost)

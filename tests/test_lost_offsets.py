@@ -1,0 +1,90 @@
+"""A broker that lost data (Tally 10/14, item 2), against the real embedded broker.
+
+The namespace read a day, then its topics were deleted and created again, so the
+offsets it resumes from lie beyond the new logs' ends. It used to consume nothing,
+exit 0, and audit said CONSERVED. Now the run refuses in one line; with
+--skip-lost-offsets it goes on from its own offsets, and audit names what it gave up.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from flows import kafka_io
+from tests.flow_helpers import publish_day, tally, wait_until
+
+PAYMENTS = 400
+
+
+def recreate(broker: str, topics: list[str]) -> None:
+    admin = AdminClient({"bootstrap.servers": broker})
+    for future in admin.delete_topics(topics).values():
+        future.result(30)
+    wait_until(lambda: not set(topics) & set(admin.list_topics(timeout=10).topics), 30,
+               "the topics to be deleted")
+    kafka_io.create_topics(broker, topics, 3)
+
+
+def publish(broker: str, topics: list[str], per_partition: int, tag: str) -> None:
+    values = {(t, p): [json.dumps({"type": "heartbeat", "source": t.rsplit(".", 1)[1],
+                                   "event_time": f"2026-11-22T00:{i // 60:02d}:{i % 60:02d}Z",
+                                   "note": tag}).encode()
+                       for i in range(per_partition)]
+              for t in topics for p in range(3)}
+    kafka_io.produce_values(broker, values, progress=False)
+
+
+@pytest.fixture(scope="module")
+def lost(broker, pg_dsn):
+    work = Path(tempfile.mkdtemp(prefix="tally-lost-"))
+    topics, config = publish_day(broker, work, PAYMENTS, seed=17)
+    env = {"TALLY_BROKERS": broker, "TALLY_PG_DSN": pg_dsn, "TALLY_CONFIG": str(config),
+           "TALLY_DATA_DIR": str(work / "data")}
+    tally("run", "--until-end", "--namespace", "recreated", env=env)
+    read_to = kafka_io.end_offsets(broker, list(topics.values()))
+    recreate(broker, list(topics.values()))
+    publish(broker, list(topics.values()), 5, "after the loss")
+    return work, env, topics, read_to
+
+
+def test_a_run_over_a_log_that_lost_its_offsets_refuses_in_one_line(lost):
+    work, env, topics, read_to = lost
+    result = tally("run", "--until-end", "--namespace", "recreated", env=env, expect=2)
+    (line,) = [l for l in result.stderr.splitlines() if l.startswith("tally: ")]
+    part = min(read_to)
+    assert f"{part[0]}:{part[1]}: this namespace has read up to offset {read_to[part]:,}" in line
+    assert "the broker holds offsets 0 to 5" in line and "--skip-lost-offsets" in line
+    assert "Traceback" not in result.stderr
+    audit = tally("audit", "--namespace", "recreated", env=env)  # what it read is whole
+    assert "verdict: CONSERVED" in audit.stdout
+
+
+def test_skipping_lost_offsets_is_recorded_and_audit_reports_them(lost):
+    work, env, topics, read_to = lost
+    result = tally("run", "--until-end", "--namespace", "recreated", "--skip-lost-offsets", env=env)
+    assert "giving up offsets 5 to" in result.stderr
+    assert "records consumed" in result.stdout and " 0\n" in result.stdout.split("records consumed")[1][:40]
+    audit = tally("audit", "--namespace", "recreated", "--json", env=env, expect=1)
+    report = json.loads(audit.stdout)
+    assert not report["conserved"]
+    assert sorted((e["partition"], e["lost_from"], e["lost_to"]) for e in report["lost"]) == \
+        sorted((f"{t}:{p}", 5, offset) for (t, p), offset in read_to.items())
+    text = tally("audit", "--namespace", "recreated", env=env, expect=1).stdout
+    assert "verdict: NOT CONSERVED" in text and "NO: " in text and "given up" in text
+
+    # once the new logs grow past the namespace's offsets, it reads on from exactly there
+    grown = max(read_to.values()) + 3
+    publish(broker_of(env), list(topics.values()), grown - 5, "grown")
+    again = tally("run", "--until-end", "--namespace", "recreated", env=env)
+    consumed = sum(grown - offset for offset in read_to.values())
+    assert f"records consumed" in again.stdout
+    assert str(consumed) in again.stdout.split("records consumed")[1].split("\n")[0].replace(",", "")
+
+
+def broker_of(env: dict) -> str:
+    return env["TALLY_BROKERS"]
