@@ -24,7 +24,7 @@ from pathlib import Path
 
 from flows import kafka_io, logs
 from flows.logs import UserError
-from flows.recovery_store import read_committed
+from flows.recovery_store import COMPLETE, read_committed, store_state
 
 Part = tuple[str, int]
 FILE = "lost-offsets.json"
@@ -34,6 +34,8 @@ OPTION = "--skip-lost-offsets"
 def lost_ranges(brokers: str, recovery: Path, topics: list[str]) -> list[dict]:
     """Per partition the broker cannot resume: what this namespace read up to, what the
     broker holds, and the offsets given up by going on."""
+    if store_state(recovery) != COMPLETE:  # a first start, or one the run itself remakes
+        return []
     committed = read_committed(recovery, engine=False)
     if committed is None or not committed.next_offsets:
         return []
