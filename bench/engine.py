@@ -47,7 +47,7 @@ def ingest_day(values: dict[tuple[str, int], list[bytes]], config: MatchConfig
         t0 = clock()
         records = [decoder.decode(v, topic, partition, first + i) for i, v in enumerate(chunk)]
         t1 = clock()
-        (piece,) = split(topic, partition, records, 1)
+        (piece,) = split(topic, partition, records, 1, config.max_clock_skew_us)
         t2 = clock()
         out = shard.ingest(piece)
         emitted += out.decisions

@@ -94,7 +94,7 @@ def build(day: Path, topics: dict[str, str], target: int, snapshot_file: Path) -
     shard = Shard(MatchConfig(topics=topics), declared + [("bench.never", 0)])
     started = time.perf_counter()
     for topic, partition, chunk in _chunks(events, copies):
-        (piece,) = split(topic, partition, chunk, 1)
+        (piece,) = split(topic, partition, chunk, 1, shard.config.max_clock_skew_us)
         shard.ingest(piece)
         if shard.open_count() >= target:
             break

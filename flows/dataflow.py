@@ -116,7 +116,7 @@ def splitter(config: MatchConfig, shards: int, spread_keys: bool, pacemaker=None
     def split_batch(batch: RawBatch) -> list[tuple[str, object]]:
         records = [decoder.decode(value, batch.topic, batch.partition, offset)
                    for offset, value in zip(batch.offsets, batch.values)]
-        pieces = split(batch.topic, batch.partition, records, shards)
+        pieces = split(batch.topic, batch.partition, records, shards, config.max_clock_skew_us)
         if pacemaker is not None:
             pacemaker.read((batch.topic, batch.partition), pieces[0].high)
         return [(keys[i], piece) for i, piece in enumerate(pieces)

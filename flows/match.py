@@ -45,7 +45,7 @@ def run_engine(day_dir: Path, config: MatchConfig, flush: bool = False,
     progress.enabled &= show_progress
     for topic, partition, first, chunk in dayfiles.interleave(values, CHUNK):
         records = [decoder.decode(v, topic, partition, first + i) for i, v in enumerate(chunk)]
-        (piece,) = split(topic, partition, records, 1)
+        (piece,) = split(topic, partition, records, 1, config.max_clock_skew_us)
         out = shard.ingest(piece)
         decisions += out.decisions
         fates += out.fates

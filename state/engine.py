@@ -166,8 +166,7 @@ class Shard:
         if clock is None:
             raise ValueError(f"partition {piece.topic}:{piece.partition} was not declared")
         out = Output([], [])
-        self._walk(walk(clock, piece.times, piece.beats, piece.positions, piece.records,
-                        self.config.max_clock_skew_us), out)
+        self._walk(walk(clock, piece, self.config.max_clock_skew_us), out)
         out.extend(self.advance())
         return out
 

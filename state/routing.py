@@ -22,8 +22,10 @@ class Slice(msgspec.Struct, frozen=True, array_like=True):
     partition: int
     records: list[Record]
     positions: list[int]  # each record's place in the chunk
+    befores: list[int]  # each record's highest event time earlier in the chunk
     times: list[int]  # the event time of every record in the chunk (NEVER: invalid)
     beats: list[int]  # the places of the chunk's heartbeats
+    jumps: list[int]  # times more than max_clock_skew above all earlier in the chunk
     high: int  # highest event time in the whole chunk (NEVER if none), as read
 
 
@@ -43,19 +45,30 @@ def progress_time(record: Record) -> int:
     return NEVER if isinstance(record, Invalid) else record.time_us
 
 
-def split(topic: str, partition: int, records: list[Record], shards: int) -> list[Slice]:
-    """One slice per shard (possibly empty), for records of one partition in offset order."""
+def split(topic: str, partition: int, records: list[Record], shards: int,
+          skew_us: int) -> list[Slice]:
+    """One slice per shard (possibly empty), for records of one partition in offset order.
+
+    `jumps` lets a shard see at once whether the chunk can hold a record too far ahead
+    of its partition (state/stream_time.py): only one of those times can."""
     per_shard: list[list[Record]] = [[] for _ in range(shards)]
     positions: list[list[int]] = [[] for _ in range(shards)]
-    times, beats = [], []
+    befores: list[list[int]] = [[] for _ in range(shards)]
+    times, beats, jumps = [], [], []
+    running = NEVER
     for position, record in enumerate(records):
         shard = record_shard(record, shards)
         per_shard[shard].append(record)
         positions[shard].append(position)
-        times.append(progress_time(record))
+        befores[shard].append(running)
+        time_us = progress_time(record)
+        times.append(time_us)
         if isinstance(record, Heartbeat):
             beats.append(position)
-    high = max(times, default=NEVER)
-    return [Slice(topic, partition, per_shard[i], positions[i], times, beats, high)
-            for i in range(shards)]
+        elif time_us > running + skew_us:
+            jumps.append(time_us)
+        if time_us > running:
+            running = time_us
+    return [Slice(topic, partition, per_shard[i], positions[i], befores[i], times, beats, jumps,
+                  running) for i in range(shards)]
 

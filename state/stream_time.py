@@ -38,13 +38,25 @@ class Clock:
         self.high, self.ahead, self.held = high, ahead, held
 
 
-def walk(clock: Clock, times: list[int], beats: list[int], positions: list[int],
-         records: list, skew_us: int) -> Iterator[tuple[str, object, int, int]]:
-    """Advance `clock` over one chunk of its partition: `times` of every record in the
-    chunk (NEVER for an invalid one), the chunk positions of heartbeats, and this
-    shard's own `records` at `positions`. Yields (TAKE, record, progress before it, 0)
-    for each record to take, and (SKEWED, record, progress, next time) for a held one
-    its partition did not follow."""
+def walk(clock: Clock, piece, skew_us: int) -> Iterator[tuple[str, object, int, int]]:
+    """Advance `clock` over one chunk of its partition (a state.routing.Slice: the times
+    of every record in the chunk, NEVER for an invalid one, and this shard's own
+    records). Yields (TAKE, record, progress before it, 0) for each record to take,
+    and (SKEWED, record, progress, next time) for a held one its partition did not
+    follow."""
+    if clock.ahead is None and max(piece.jumps, default=NEVER) <= clock.high + skew_us:
+        # nothing is held and nothing can be: the chunk's progress as it was read
+        high = clock.high
+        for record, before in zip(piece.records, piece.befores):
+            yield TAKE, record, (high if high > before else before), 0
+        if piece.high > high:
+            clock.high = piece.high
+        return
+    yield from _walk(clock, piece.times, piece.beats, piece.positions, piece.records, skew_us)
+
+
+def _walk(clock: Clock, times: list[int], beats: list[int], positions: list[int], records: list,
+          skew_us: int) -> Iterator[tuple[str, object, int, int]]:
     own = dict(zip(positions, records))
     beat = set(beats)
     for position, time_us in enumerate(times):

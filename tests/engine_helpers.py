@@ -38,7 +38,7 @@ def run(values_by_source, config=None, close=True):
     for source, topic in config.topics.items():
         values = list(values_by_source.get(source, [])) + ([heartbeat(source)] if close else [])
         records = [decoder.decode(v, topic, 0, i) for i, v in enumerate(values)]
-        for piece in split(topic, 0, records, 1):
+        for piece in split(topic, 0, records, 1, config.max_clock_skew_us):
             out = shard.ingest(piece)
             decisions += out.decisions
             fates += out.fates

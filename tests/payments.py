@@ -95,7 +95,7 @@ def run_logs(logs: dict, config: MatchConfig = CONFIG, engine=None):
         for topic, partition in parts:
             if i < len(logs[(topic, partition)]):
                 record = decoder.decode(logs[(topic, partition)][i], topic, partition, i)
-                out = shard.ingest(split(topic, partition, [record], 1)[0])
+                out = shard.ingest(split(topic, partition, [record], 1, config.max_clock_skew_us)[0])
                 decisions += out.decisions
                 fates += out.fates
     fates += shard.pending()

@@ -133,7 +133,7 @@ def test_heartbeats_are_never_held():
 
 def feed_one(shard, decoder, topic, offset, value):
     records = [decoder.decode(value, topic, 0, offset)]
-    (piece,) = split(topic, 0, records, 1)
+    (piece,) = split(topic, 0, records, 1, CONFIG.max_clock_skew_us)
     return shard.ingest(piece)
 
 

@@ -48,7 +48,8 @@ def feed(values, schedule, shards, flush, snapshot_points=frozenset(), config=CO
         chunk = values[part][start:start + size]
         cursors[part] = start + len(chunk)
         records = [decoder.decode(v, part[0], part[1], start + i) for i, v in enumerate(chunk)]
-        for shard_no, piece in enumerate(split(part[0], part[1], records, shards)):
+        for shard_no, piece in enumerate(split(part[0], part[1], records, shards,
+                                               config.max_clock_skew_us)):
             out = engines[shard_no].ingest(piece)
             decisions.extend(out.decisions)
             fates.extend(out.fates)

@@ -202,6 +202,7 @@ def test_a_quiet_account_forgets_its_memories_once_past_the_horizon():
 
     config, decoder = shard.config, Decoder(shard.config)
     for source, topic in config.topics.items():  # hours later, and not a word from QUIET
-        (piece,) = split(topic, 0, [decoder.decode(heartbeat(source), topic, 0, 2)], 1)
+        (piece,) = split(topic, 0, [decoder.decode(heartbeat(source), topic, 0, 2)], 1,
+                         config.max_clock_skew_us)
         shard.ingest(piece)
     assert "QUIET" not in shard.accounts and "BUSY" not in shard.accounts

@@ -196,7 +196,7 @@ def feed_in_steps(steps):
         topic = config.topics[source]
         records = [decoder.decode(v, topic, 0, offsets[topic] + i) for i, v in enumerate(values)]
         offsets[topic] += len(values)
-        decisions += shard.ingest(split(topic, 0, records, 1)[0]).decisions
+        decisions += shard.ingest(split(topic, 0, records, 1, config.max_clock_skew_us)[0]).decisions
     return decisions
 
 
