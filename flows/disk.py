@@ -6,6 +6,9 @@ A write that meets a full disk fails in one of three places: a Parquet sink
 while Bytewax unwinds from one of these. Nothing written after the last
 committed snapshot counts: the next start resumes from it, so the answer
 to a full disk is always the same: free space and start again.
+
+A guard stops the flow before that, below a floor of free space: a clean
+stop, where a full disk meets writers in whatever state they are.
 """
 
 from __future__ import annotations
