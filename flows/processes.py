@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from flows import metrics, recovery_store
+from flows.disk import DiskFull
 from flows.logs import FlowError, UserError
 from flows.run import RunSummary
 from flows.services import free_port
@@ -123,8 +124,8 @@ class Member:
         text = (f"{name} {how}; {others} stopped; its log: {self.log}. Nothing is lost: "
                 f"the next start resumes from the last snapshot")
         error = (UserError if code == 2 else FlowError)(text)
-        if code == 130:
-            error.exit_code = 130  # stopped like Ctrl-C (a SIGTERM sent to it alone)
+        if code in (130, DiskFull.exit_code):
+            error.exit_code = code  # stopped like Ctrl-C (a SIGTERM sent to it alone), or a full disk
         return error
 
 

@@ -138,8 +138,12 @@ def make_store(path: Path, parts: int) -> None:
         return
     building = path.with_name(f"{path.name}.building-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
-    init_db_dir(building, parts)
+    try:
+        building.mkdir(parents=True)
+        init_db_dir(building, parts)
+    except BaseException:  # a full disk, say: keep no half-made store taking space
+        shutil.rmtree(building, ignore_errors=True)
+        raise
     if state == INCOMPLETE:
         aside = path.with_name(f"{path.name}.incomplete-{time.strftime('%Y%m%dT%H%M%S')}")
         logs.warning(f"the recovery store {path} was never completed (its first start was cut "

@@ -17,7 +17,7 @@ from pathlib import Path
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig
 
-from flows import kafka_io, logs, metrics, recovery_store
+from flows import disk, kafka_io, logs, metrics, recovery_store
 from flows.logs import FlowError, UserError
 from flows.dataflow import FlowSettings, FlowStats, build_flow
 from flows.pacemaker import Pacemaker, silent_partitions
@@ -141,8 +141,13 @@ def _check_shape(manifest: Path, options: RunOptions, stretch: Stretch) -> dict:
         starts = {f"{t}:{p}": stretch.starts[(t, p)] for t, p in parts}
         layout = {"sink_parts": options.shards, "shard_keys": "spread"}
         temporary = manifest.with_name(f".{manifest.name}.{os.getpid()}")
-        temporary.write_text(json.dumps(shape | {"starts": starts} | layout, indent=1))
-        os.replace(temporary, manifest)  # processes starting together see one whole file
+        try:
+            temporary.write_text(json.dumps(shape | {"starts": starts} | layout, indent=1))
+            os.replace(temporary, manifest)  # processes starting together see one whole file
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            exc.filename = exc.filename or str(manifest)  # a failed write names no file
+            raise
         return layout
     saved = json.loads(manifest.read_text())
     saved.setdefault("origin", "run")
@@ -170,15 +175,21 @@ def live_stretch(brokers: str, config) -> Stretch:
 
 def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSummary:
     """Build and execute the flow in this process; blocks until it ends."""
+    if not logs.log.isEnabledFor(logging.DEBUG):
+        # An error in a step (or in making the recovery store) panics in bytewax's Rust;
+        # keep its backtrace out of the way.
+        os.environ["RUST_BACKTRACE"] = "0"
     stretch = stretch or live_stretch(options.brokers, config)
     if stretch.ends is None and options.until_end:
         stretch.ends = kafka_io.end_offsets(options.brokers, list(config.topics.values()))
     starts, ends = stretch.starts, stretch.ends
-    recovery_path, layout = recovery_dir(options, stretch)
+    data_root = options.data_dir / options.namespace
+    with disk.named(data_root, options.recovery_dir or data_root / "recovery"):
+        recovery_path, layout = recovery_dir(options, stretch)
     settings = FlowSettings(
         config=config, kafka=kafka_io.kafka_config(options.brokers) if options.brokers else {},
         starts=starts, ends=ends,
-        data_root=options.data_dir / options.namespace, pg_dsn=options.pg_dsn,
+        data_root=data_root, pg_dsn=options.pg_dsn,
         namespace=options.namespace, shards=options.shards, flush=options.flush,
         sink_parts=layout["sink_parts"], spread_keys=layout["shard_keys"] == "spread",
         pg_retry_deadline_s=options.pg_retry_deadline_s, batch_size=options.batch_size,
@@ -198,13 +209,11 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     gc.set_threshold(*GC_THRESHOLD)
-    if not logs.log.isEnabledFor(logging.DEBUG):
-        # An error in a step panics a bytewax thread; keep its Rust backtrace out of the way.
-        os.environ["RUST_BACKTRACE"] = "0"
     started = time.monotonic()
     with metrics.serving(options.metrics_address, options.process_id, stats, config.topics), \
             _progress_while_running(stats, total if options.process_id is None else None,
-                                    enabled=options.process_id is None):
+                                    enabled=options.process_id is None), \
+            disk.Guard([data_root, recovery_path], disk.min_free_bytes()) as guard:
         try:
             cli_main(flow, workers_per_process=1, process_id=options.process_id,
                      addresses=options.addresses,
@@ -213,10 +222,14 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
         except SystemExit:
             raise
         except BaseException as exc:  # a Rust panic (a cluster member lost) is no Exception
-            raise _as_user_error(exc) from None
+            if guard.low:  # the guard stopped the flow
+                raise guard.error() from None
+            raise _as_user_error(exc, data_root, recovery_path) from None
         finally:
             if pacemaker is not None:
                 pacemaker.close()
+    if disk.met_closing():  # a sink met a full disk as the flow ended
+        raise _as_user_error(disk.met_closing()[0], data_root, recovery_path)
     return RunSummary(stats.counters.total(), time.monotonic() - started,
                       dict(stats.decisions), stats.pending, stats.warm_up,
                       _member(options.process_id, options.addresses))
@@ -242,7 +255,7 @@ def _member(process_id: int | None, addresses: list[str] | None) -> str:
     return "" if process_id is None else f", process {process_id} of {len(addresses)}"
 
 
-def _as_user_error(exc: BaseException) -> UserError:
+def _as_user_error(exc: BaseException, data_root: Path, recovery: Path) -> UserError:
     """Bytewax wraps an error raised in a step in its own; find ours, or say what failed."""
     chain = []
     while exc is not None and exc not in chain:
@@ -253,6 +266,9 @@ def _as_user_error(exc: BaseException) -> UserError:
             raise KeyboardInterrupt from None  # `tally: interrupted`, exit 130
         exc = exc.__cause__ or exc.__context__
     logs.error("flow failed", chain=" <- ".join(f"{type(e).__name__}: {e}" for e in chain))
+    full = disk.full_in([*chain, *disk.met_closing()])
+    if full is not None:
+        return disk.disk_full(full, data_root, recovery)
     root = chain[-1]
     return FlowError(f"the flow stopped: {type(root).__name__}: {root}. Nothing is lost: the next "
                      f"start resumes from the last snapshot")

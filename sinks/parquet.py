@@ -55,10 +55,15 @@ def write_atomically(table: pa.Table, path: Path) -> Path:
     """Write to a hidden temporary name, fsync, then rename: readers see all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, **WRITE_OPTIONS)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp, **WRITE_OPTIONS)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)  # a write cut short (a full disk) keeps no space
+        exc.filename = exc.filename or str(path)  # pyarrow's errors name no file
+        raise
     return path
 
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from flows import metrics
+from flows import disk, metrics
 from flows.placement import shard_of_key
 from sinks import parquet
 
@@ -54,6 +54,7 @@ class _BufferedPartition(StatefulSinkPartition):
         self.rows: list = []
         self.count = 0  # rows buffered (an item of `rows` may hold many)
         self.last_flush = time.monotonic()
+        self.failed = False  # a write failed: the partition writes no more
 
     def buffered(self, rows: int) -> None:
         """`rows` more rows are in `self.rows`: write a file if there are enough, or it is time."""
@@ -65,8 +66,10 @@ class _BufferedPartition(StatefulSinkPartition):
         self.last_flush = time.monotonic()
         if not self.rows:
             return
+        self.failed = True  # until the files are written
         with metrics.sink_write(self.sink, self.count):
             self.write_files(f"{self.part}-{self.seq:09d}.parquet")
+        self.failed = False
         self.rows, self.count = [], 0
         self.seq += 1
 
@@ -78,7 +81,17 @@ class _BufferedPartition(StatefulSinkPartition):
         return self.seq
 
     def close(self) -> None:
-        self.flush()
+        # Bytewax closes a partition as it drops it, also while unwinding from a failed
+        # write; failing there aborts the process. Rows not written were never
+        # snapshotted: the next start writes them.
+        if self.failed:
+            return
+        try:
+            self.flush()
+        except OSError as exc:
+            if not disk.is_full(exc):
+                raise
+            disk.note_closing(exc)  # `tally run` reports it once the flow has ended
 
 
 class _DecisionPartition(_BufferedPartition):
