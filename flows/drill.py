@@ -6,14 +6,18 @@ once undisturbed into the namespace `drill_reference`, and once into
 the two, in PostgreSQL and in Parquet, decision by decision and fate by fate.
 
 Each attempt is killed once its committed snapshots cover a random share of
-what is left, so kills spread over the whole log. Kills come in four kinds, in
+what is left, so kills spread over the whole log. Kills come in six kinds, in
 an order shuffled by the seed:
 - random: a random moment (up to half a second) later, wherever the flow is;
 - after-snapshot: as soon as the recovery store commits a new epoch;
 - postgres-write: inside a sink transaction. The drill locks the namespace's
   tables, waits until the flow's INSERT queues behind the lock, kills the flow,
   then releases the lock (the orphaned transaction never commits);
-- parquet-write: while a sink's temporary file exists, before its rename.
+- parquet-write: while a sink's temporary file exists, before its rename;
+- second-runner: after a snapshot, a second `tally run` into the same namespace
+  must be refused (exit 2), then the first is killed;
+- launcher: the attempt runs as `--processes 2` and its launcher is killed; its
+  members must end by themselves and free the namespace for the next attempt.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ from sinks.postgres import drop_namespace
 from state.config import MatchConfig, to_toml
 
 REFERENCE, CRASHED = "drill_reference", "drill_crashed"
-KINDS = ("random", "after-snapshot", "postgres-write", "parquet-write")
+KINDS = ("random", "after-snapshot", "postgres-write", "parquet-write", "second-runner",
+         "launcher")
+MEMBERS_END_S = 30.0  # how long the members of a killed launcher may take to end
 # Many short epochs, so that kills land between many snapshots even on a small day.
 # An epoch lasts about as long as one poll of every partition takes to process,
 # so the crashed run reads small batches: a few epochs between two kills.
@@ -200,8 +206,9 @@ def _crash_repeatedly(flow: _Flow, options: DrillOptions, config: MatchConfig,
     watch = _Watch(options.root / CRASHED, options.pg_dsn)
     kills: list[Kill] = []
     for kind in kinds:
+        cluster = ("--processes", "2") if kind == "launcher" else ()
         proc = flow.start(CRASHED, f"kill-{len(kills) + 1}-{kind}", "--batch-size", str(batch),
-                          "--max-rate", str(rate))
+                          "--max-rate", str(rate), *cluster)
         started = time.monotonic()
         done = watch.committed()[1]
         share = rng.uniform(0.2, 1.0) / (options.kills - len(kills) + 1)
@@ -214,16 +221,70 @@ def _crash_repeatedly(flow: _Flow, options: DrillOptions, config: MatchConfig,
                 raise UserError(f"the crashed run failed on its own (exit {proc.returncode}) "
                                 f"before kill {len(kills) + 1}; see its log in {options.root}")
             break
+        refused = _second_runner(flow) if kind == "second-runner" and seen else None
+        members = _children(proc.pid)
         after = time.monotonic() - started
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         evidence = watch.evidence(kind) if seen else "trigger not seen in time, a plain kill"
+        if refused:
+            evidence = f"a second runner was refused: {refused}"
+        if kind == "launcher" and seen:
+            evidence = _members_end(members)
         watch.release()
         kills.append(Kill(kind, after, evidence, watch.committed()[1]))
         _step(f"kill {len(kills)}/{options.kills}: {kind} at {after:.1f}s, "
               f"{kills[-1].committed:,} of {total:,} records committed; {evidence}")
     flow.finish(CRASHED, "final", "--batch-size", str(batch))
     return kills
+
+
+def _second_runner(flow: _Flow) -> str:
+    """Start another run into the namespace the attempt holds: it must be refused."""
+    second = flow.start(CRASHED, "second-runner")
+    try:
+        code = second.wait(60)
+    except subprocess.TimeoutExpired:
+        second.kill()
+        code = "still running after 60s"
+    log = flow.options.root / f"{CRASHED}-{flow.attempt:02d}-second-runner.log"
+    line = next((l for l in reversed(log.read_text().splitlines()) if l.startswith("tally: ")), "")
+    if code != 2 or "already being run" not in line:
+        raise UserError(f"a second runner into {CRASHED} was not refused (exit {code}); see {log}")
+    return line.split(" (host")[0].removeprefix("tally: ")
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (the members of a launcher)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _members_end(members: list[int]) -> str:
+    """The members of a killed launcher end by themselves (their parent-death signal)."""
+    started = time.monotonic()
+    while time.monotonic() - started < MEMBERS_END_S:
+        alive = [pid for pid in members if Path(f"/proc/{pid}").exists()
+                 and "zombie" not in _state(pid)]
+        if not alive:
+            return f"its {len(members)} members ended {time.monotonic() - started:.1f}s after it"
+        time.sleep(0.05)
+    raise UserError(f"the members {alive} of a killed launcher still run after "
+                    f"{MEMBERS_END_S:.0f}s; stop them by hand")
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
 
 
 def _batch_size(options: DrillOptions, config: MatchConfig, total: int) -> int:
@@ -243,6 +304,8 @@ class _Watch:
         """Block until kind's moment (True), the process exits, or the timeout (False)."""
         if kind == "random":
             return True
+        if kind in ("second-runner", "launcher"):
+            kind = "after-snapshot"  # holding the namespace, and mid-run
         if kind == "postgres-write":
             return self._postgres_write(proc)
         seen = self._parquet_write if kind == "parquet-write" else self._new_epoch()

@@ -34,19 +34,21 @@ def _workdir(prefix: str) -> Path:
 
 # ----------------------------------------------------------------------------- the drill
 
-def test_a_drill_with_five_kills_ends_identical_to_a_clean_run(broker, pg_dsn, report):
+def test_a_drill_with_six_kills_ends_identical_to_a_clean_run(broker, pg_dsn, report):
     data = _workdir("tally-drill-")
     env = {"TALLY_BROKERS": broker, "TALLY_PG_DSN": pg_dsn}
-    out = tally("drill", "--kills", "5", "--transactions", "20000", "--seed", "3",
+    out = tally("drill", "--kills", "6", "--transactions", "20000", "--seed", "3",
                 "--data-dir", str(data), env=env).stdout
-    assert "Drill verdict: IDENTICAL after 5 of 5 kills" in out
+    assert "Drill verdict: IDENTICAL after 6 of 6 kills" in out
+    assert re.search(r"a second runner was refused: namespace drill_crashed is already being run", out)
+    assert re.search(r"its 2 members ended [\d.]+s after it", out)
     for kind in drill.KINDS:
         assert re.search(rf"kill \d: {kind} ", out), f"no {kind} kill in:\n{out}"
     assert "trigger not seen" not in out
     assert re.search(r"duplicate rows\s+none in either namespace", out)
     decisions = int(re.search(r"decisions in PostgreSQL\s+([\d,]+)", out).group(1).replace(",", ""))
     assert decisions > 20_000 / 2
-    report(f"drill: 5 SIGKILLs on 20,000 payments, {decisions:,} decisions identical, no duplicate")
+    report(f"drill: 6 SIGKILLs on 20,000 payments, {decisions:,} decisions identical, no duplicate")
 
     # A restart after the clean finish reads nothing and writes nothing.
     root = data / "drill"
