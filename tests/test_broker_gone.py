@@ -164,7 +164,8 @@ def test_the_schedule_slows_to_every_five_minutes_and_one_outage_is_one_voice():
     handler = logging.Handler()
     handler.emit = records.append
     tally_log = logging.getLogger("tally")
-    level, tally_log.level = tally_log.level, logging.INFO
+    level = tally_log.level
+    tally_log.setLevel(logging.INFO)
     tally_log.addHandler(handler)
     try:
         for _ in range(3600 * 4):  # four failures a second, from nine partitions' clients
@@ -175,7 +176,7 @@ def test_the_schedule_slows_to_every_five_minutes_and_one_outage_is_one_voice():
         outage.answered()
     finally:
         tally_log.removeHandler(handler)
-        tally_log.level = level
+        tally_log.setLevel(level)
     lines = [r.getMessage() for r in records]
     said = [line for line in lines if "cannot reach" in line]
     assert len(said) == 6 + 10  # then at 10, 15, ..., 55 min
