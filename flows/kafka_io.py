@@ -17,7 +17,8 @@ tells which offsets hold no record, for the audit).
 Every failure the user can fix raises ``UserError`` with one line naming what to
 do.  librdkafka's own log lines go to the ``tally.kafka`` logger at DEBUG level
 (they would otherwise be printed raw on stderr); the last error among them is
-quoted in our error messages.
+quoted in our error messages.  A broker that goes away under a reader or a producer
+is said by the process's one outage reporter (flows/outage.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from flows import logs
 from flows.dayfiles import DayError, partitions as day_partitions, read_values
 from flows.logs import UserError
+from flows.outage import OUTAGE
 from flows.progress import Progress
 
 _KAFKA_LOG = logging.getLogger("tally.kafka")
@@ -115,9 +117,14 @@ def kafka_config(brokers: str, extra: dict | None = None) -> dict:
 
 
 class _Watch:
-    """librdkafka logs and global errors of one client: logged at DEBUG, the last kept."""
+    """librdkafka logs and global errors of one client: logged at DEBUG, the last kept.
 
-    def __init__(self) -> None:
+    A client that waits out a broker's absence (`report=True`: readers and producers)
+    also tells the process's one outage reporter (flows/outage.py), which says it at a
+    slowing rate; a broker check fails fast in one line of its own instead."""
+
+    def __init__(self, report: bool = False) -> None:
+        self.report, self.brokers = report, ""
         self.last: str | None = None
         self.hopeless: KafkaError | None = None
         self.fatal: KafkaError | None = None
@@ -136,12 +143,15 @@ class _Watch:
         if err.fatal():
             self.fatal = err
         _KAFKA_LOG.debug("librdkafka error %s", err.str())
+        if self.report and not err.fatal():
+            OUTAGE.failed(self.brokers, err.str())
 
     def reason(self, default: str) -> str:
         return logs.redact(self.last or default)
 
 
 def _client_config(brokers: str, watch: _Watch, extra: dict | None = None) -> dict:
+    watch.brokers = brokers.strip()
     return kafka_config(brokers, {"logger": watch, "error_cb": watch.error,
                                   "log.connection.close": False, **(extra or {})})
 
@@ -390,7 +400,7 @@ def produce_values(brokers: str, values: dict[Part, list[bytes | None]],
     total = sum(len(v) for v in values.values())
     bar = Progress(total, "publish", unit="records")
     bar.enabled = bar.enabled and progress
-    watch, failures = _Watch(), []
+    watch, failures = _Watch(report=True), []
     producer = Producer(_producer_config(brokers, watch, failures))
     produce, poll = producer.produce, producer.poll
     step = 5_000
@@ -436,6 +446,7 @@ def produce_values(brokers: str, values: dict[Part, list[bytes | None]],
 
 
 def _consumer(brokers: str, watch: _Watch, isolation: str = "read_committed") -> Consumer:
+    watch.report = True  # a reader waits out a broker's absence, up to its timeout
     return Consumer(_client_config(brokers, watch, {
         "isolation.level": isolation,
         "group.id": f"tally-reader-{uuid.uuid4().hex}",  # assign() only: never joins or commits
@@ -469,6 +480,7 @@ def _drain(consumer: Consumer, watch: _Watch, brokers: str, starts: dict[Part, i
         msgs = consumer.consume(10_000, 0.05)
         if msgs:
             idle_since = time.monotonic()
+            OUTAGE.answered()
         for msg in msgs:
             err = msg.error()
             part = (msg.topic(), msg.partition())
@@ -550,6 +562,7 @@ def delivered_offsets(brokers: str, part: Part, start: int, end: int, isolation:
         while time.monotonic() - idle_since < timeout:
             for msg in consumer.consume(10_000, 0.05):
                 idle_since = time.monotonic()
+                OUTAGE.answered()
                 if msg.error() is None:
                     if msg.offset() >= end:
                         return found
@@ -621,6 +634,7 @@ def _first_stamped(consumer: Consumer, watch: _Watch, brokers: str, part: Part, 
     while time.monotonic() - idle_since < timeout:
         for msg in consumer.consume(1000, 0.05):
             idle_since = time.monotonic()
+            OUTAGE.answered()
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:

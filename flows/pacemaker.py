@@ -22,7 +22,6 @@ one writer. Bounded runs (--until-end, replay, drill) read history and write not
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 
@@ -30,6 +29,7 @@ import msgspec
 from confluent_kafka import KafkaError, Producer
 
 from flows import logs
+from flows.outage import OUTAGE, UNREACHABLE
 from state.config import MatchConfig
 from state.contract import NEVER, format_us
 
@@ -58,6 +58,7 @@ class Pacemaker:
 
     def __init__(self, kafka: dict, config: MatchConfig, clock=time.time):
         self.config, self.clock = config, clock
+        self.brokers = kafka.get("bootstrap.servers", "")
         self.source_of = config.source_of_topic()
         self.idle_s = config.heartbeat_idle_us / 1_000_000
         self.lock = threading.Lock()
@@ -70,9 +71,9 @@ class Pacemaker:
         # made here, before the flow runs: not inside a poll, where a stop could cut it off
         self.producer = Producer({**kafka, "acks": "all", "enable.idempotence": True,
                                   "linger.ms": 0, "on_delivery": self._delivered,
-                                  # the consumers already say when the broker is away
-                                  "error_cb": lambda err: logs.log.debug("heartbeat producer: %s", err),
-                                  "logger": logging.getLogger("tally.kafka"),
+                                  # said once for every client of the process
+                                  "error_cb": OUTAGE.error_cb(kafka.get("bootstrap.servers", "")),
+                                  "logger": OUTAGE,
                                   "log.connection.close": False}) if kafka else None  # None: a test's
 
     # ------------------------------------------------------------------ what was read
@@ -125,6 +126,9 @@ class Pacemaker:
         if err is None:
             with self.lock:
                 self.written += 1
+            return  # no news of the broker: the report may be of a write done long ago
+        if err.code() in UNREACHABLE:  # the broker is away: said once for every client
+            OUTAGE.failed(self.brokers, err.str())
             return
         if err.code() in _REFUSALS:
             with self.lock:

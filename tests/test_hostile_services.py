@@ -71,7 +71,7 @@ def test_a_broker_lost_mid_run_is_reported_while_the_flow_retries(pg_dsn, tmp_pa
         _wait_for(lambda: any("flow starting" in line for line in lines), 60)
         time.sleep(3)  # consuming, then idle at the end of the log
         stop_broker(pid)
-        _wait_for(lambda: any("cannot reach the Kafka broker for" in line for line in lines), 60)
+        _wait_for(lambda: any("cannot reach the Kafka broker at" in line for line in lines), 60)
         assert flow.poll() is None, "the flow must keep retrying, not exit"
     finally:
         stop_broker(pid)
