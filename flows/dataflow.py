@@ -18,9 +18,9 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
-from flows import metrics
+from flows import disk, metrics
 from flows.logs import UserError
-from flows.placement import shard_key
+from flows.placement import shard_key, shard_of_key
 from flows.source import Counters, RawBatch, TallySource
 from sinks.parquet_sink import ArchiveSink, DecisionSink
 from state.config import MatchConfig
@@ -146,6 +146,15 @@ def _source(settings: FlowSettings, stats: FlowStats, pacemaker):
                        stats.counters, settings.max_rate, pacemaker, settings.skip_lost)
 
 
+def keep_full_disk(exc: OSError) -> bool:
+    """A sink's `on_close_error`: a full disk met as Bytewax closes a sink partition is kept
+    for `tally run` to report once the flow has ended (flows/disk.py); others are raised."""
+    if not disk.is_full(exc):
+        return False
+    disk.note_closing(exc)
+    return True
+
+
 def build_flow(settings: FlowSettings, stats: FlowStats, pacemaker=None) -> Dataflow:
     """The dataflow; with a `pacemaker` (flows/pacemaker.py, live runs only) its source
     and decode step tell it what each partition reads, and it writes into quiet ones."""
@@ -167,11 +176,14 @@ def build_flow(settings: FlowSettings, stats: FlowStats, pacemaker=None) -> Data
     outputs = op.stateful_batch("engine", slices, build_shard)
     if settings.emit_from_us is not None:
         outputs = op.map("warm_up", outputs, _after(settings.emit_from_us, stats))
-    op.output("parquet", outputs, DecisionSink(settings.data_root, settings.sink_parts))
+    op.output("parquet", outputs, DecisionSink(settings.data_root, settings.sink_parts, shard_of_key,
+                                               metrics.sink_write, keep_full_disk))
     if settings.pg_dsn:
         op.output("postgres", outputs, PostgresSink(settings.pg_dsn, settings.namespace,
                                                     settings.sink_parts,
-                                                    settings.pg_retry_deadline_s))
+                                                    settings.pg_retry_deadline_s, shard_of_key,
+                                                    metrics.sink_write))
     archive = op.map("archive_key", raw, lambda b: (f"{b.topic}:{b.partition}", b))
-    op.output("archive", archive, ArchiveSink(settings.data_root, settings.sink_parts))
+    op.output("archive", archive, ArchiveSink(settings.data_root, settings.sink_parts,
+                                              metrics.sink_write, keep_full_disk))
     return flow

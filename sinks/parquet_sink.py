@@ -12,14 +12,14 @@ import re
 import time
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from flows import disk, metrics
-from flows.placement import shard_of_key
 from sinks import parquet
+from sinks.timing import Timer, never_handled, untimed
 
 FLUSH_ROWS = 200_000
 FLUSH_SECONDS = 5.0
@@ -49,8 +49,10 @@ class _BufferedPartition(StatefulSinkPartition):
 
     sink = ""  # its name in the metrics
 
-    def __init__(self, part: str, next_seq: int):
+    def __init__(self, part: str, next_seq: int, timer: Timer = untimed,
+                 on_close_error: Callable[[OSError], bool] = never_handled):
         self.part, self.seq = part, next_seq
+        self.timer, self.on_close_error = timer, on_close_error
         self.rows: list = []
         self.count = 0  # rows buffered (an item of `rows` may hold many)
         self.last_flush = time.monotonic()
@@ -67,7 +69,7 @@ class _BufferedPartition(StatefulSinkPartition):
         if not self.rows:
             return
         self.failed = True  # until the files are written
-        with metrics.sink_write(self.sink, self.count):
+        with self.timer(self.sink, self.count):
             self.write_files(f"{self.part}-{self.seq:09d}.parquet")
         self.failed = False
         self.rows, self.count = [], 0
@@ -89,16 +91,16 @@ class _BufferedPartition(StatefulSinkPartition):
         try:
             self.flush()
         except OSError as exc:
-            if not disk.is_full(exc):
+            if not self.on_close_error(exc):  # the flow keeps a full disk to report at its end
                 raise
-            disk.note_closing(exc)  # `tally run` reports it once the flow has ended
 
 
 class _DecisionPartition(_BufferedPartition):
     sink = "parquet"
 
-    def __init__(self, root: Path, part: str, next_seq: int):
-        super().__init__(part, next_seq)
+    def __init__(self, root: Path, part: str, next_seq: int, timer: Timer = untimed,
+                 on_close_error: Callable[[OSError], bool] = never_handled):
+        super().__init__(part, next_seq, timer, on_close_error)
         self.root = root
 
     def write_batch(self, values: list) -> None:
@@ -115,28 +117,35 @@ class _DecisionPartition(_BufferedPartition):
 
 
 class DecisionSink(FixedPartitionedSink):
-    """Decisions and fates under <root>/decisions/date=.../ and <root>/fates/date=.../."""
+    """Decisions and fates under <root>/decisions/date=.../ and <root>/fates/date=.../.
 
-    def __init__(self, root: Path, parts: int):
-        self.root, self.parts = root, parts
+    `shard_of(key)` is the shard an item's key names (its part is that modulo `parts`);
+    `timer(sink, rows)` times each write; `on_close_error(exc)` is True when the caller
+    keeps an error met while Bytewax closes a partition (raising there aborts the process)."""
+
+    def __init__(self, root: Path, parts: int, shard_of: Callable[[str], int],
+                 timer: Timer = untimed, on_close_error: Callable[[OSError], bool] = never_handled):
+        self.root, self.parts, self.shard_of = root, parts, shard_of
+        self.timer, self.on_close_error = timer, on_close_error
 
     def list_parts(self) -> list[str]:
         return [f"part{i}" for i in range(self.parts)]
 
     def part_fn(self, item_key: str) -> int:
-        return shard_of_key(item_key) % self.parts
+        return self.shard_of(item_key) % self.parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _DecisionPartition:
         next_seq = resume_state or 0
         remove_orphans([self.root / "decisions", self.root / "fates"], for_part, next_seq)
-        return _DecisionPartition(self.root, for_part, next_seq)
+        return _DecisionPartition(self.root, for_part, next_seq, self.timer, self.on_close_error)
 
 
 class _ArchivePartition(_BufferedPartition):
     sink = "archive"
 
-    def __init__(self, root: Path, part: str, next_seq: int):
-        super().__init__(part, next_seq)
+    def __init__(self, root: Path, part: str, next_seq: int, timer: Timer = untimed,
+                 on_close_error: Callable[[OSError], bool] = never_handled):
+        super().__init__(part, next_seq, timer, on_close_error)
         self.root = root
 
     def write_batch(self, values: list) -> None:
@@ -158,10 +167,13 @@ class _ArchivePartition(_BufferedPartition):
 
 
 class ArchiveSink(FixedPartitionedSink):
-    """Every consumed record, raw, under <root>/events/date=.../ (the backfill source)."""
+    """Every consumed record, raw, under <root>/events/date=.../ (the backfill source);
+    `timer` and `on_close_error` as for DecisionSink."""
 
-    def __init__(self, root: Path, parts: int):
+    def __init__(self, root: Path, parts: int, timer: Timer = untimed,
+                 on_close_error: Callable[[OSError], bool] = never_handled):
         self.root, self.parts = root, parts
+        self.timer, self.on_close_error = timer, on_close_error
 
     def list_parts(self) -> list[str]:
         return [f"part{i}" for i in range(self.parts)]
@@ -172,4 +184,4 @@ class ArchiveSink(FixedPartitionedSink):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ArchivePartition:
         next_seq = resume_state or 0
         remove_orphans([self.root / "events"], for_part, next_seq)
-        return _ArchivePartition(self.root, for_part, next_seq)
+        return _ArchivePartition(self.root, for_part, next_seq, self.timer, self.on_close_error)

@@ -7,16 +7,17 @@ make that harmless. Nothing needs to be snapshotted.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from flows import metrics
-from flows.placement import shard_of_key
 from sinks.postgres import PgWriter, write_with_retry
+from sinks.timing import Timer, untimed
 
 
 class _PgPartition(StatefulSinkPartition):
-    def __init__(self, dsn: str, namespace: str, deadline_s: float):
-        self.dsn, self.namespace, self.deadline_s = dsn, namespace, deadline_s
+    def __init__(self, dsn: str, namespace: str, deadline_s: float, timer: Timer):
+        self.dsn, self.namespace, self.deadline_s, self.timer = dsn, namespace, deadline_s, timer
         self.writer: PgWriter | None = None  # connected on first write, inside the retry loop
 
     def _writer(self, fresh: bool) -> PgWriter:
@@ -33,7 +34,7 @@ class _PgPartition(StatefulSinkPartition):
     def write_batch(self, values: list) -> None:
         decisions = [d for out in values for d in out.decisions]  # engine Outputs
         fates = [f for out in values for f in out.fates]
-        with metrics.sink_write("postgres", len(decisions) + len(fates)):
+        with self.timer("postgres", len(decisions) + len(fates)):
             write_with_retry(self._writer, decisions, fates, self.deadline_s, dsn=self.dsn)
 
     def snapshot(self) -> None:
@@ -45,14 +46,19 @@ class _PgPartition(StatefulSinkPartition):
 
 
 class PostgresSink(FixedPartitionedSink):
-    def __init__(self, dsn: str, namespace: str, parts: int, deadline_s: float):
+    """`shard_of(key)` is the shard an item's key names (its sink part is that modulo
+    `parts`); `timer(sink, rows)` times each write (the caller's metrics)."""
+
+    def __init__(self, dsn: str, namespace: str, parts: int, deadline_s: float,
+                 shard_of: Callable[[str], int], timer: Timer = untimed):
         self.dsn, self.namespace, self.parts, self.deadline_s = dsn, namespace, parts, deadline_s
+        self.shard_of, self.timer = shard_of, timer
 
     def list_parts(self) -> list[str]:
         return [f"part{i}" for i in range(self.parts)]
 
     def part_fn(self, item_key: str) -> int:
-        return shard_of_key(item_key) % self.parts
+        return self.shard_of(item_key) % self.parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _PgPartition:
-        return _PgPartition(self.dsn, self.namespace, self.deadline_s)
+        return _PgPartition(self.dsn, self.namespace, self.deadline_s, self.timer)

@@ -27,6 +27,7 @@ COPY rows or bind parameters.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from datetime import date, datetime, timedelta, timezone
@@ -39,7 +40,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from flows.logs import UserError, redact, warning
+from sinks.dsn import redact
+from sinks.errors import StoreError
 from state.decision import Decision, Fate
 
 NAMESPACE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
@@ -163,7 +165,7 @@ class PgWriter:
             self._ensure_schema()
         except errors.InsufficientPrivilege as exc:
             user = self.conn.info.user
-            raise UserError(
+            raise StoreError(
                 f"PostgreSQL role {user} may not create namespace {self.ns} "
                 f"({safe_reason(exc, self.dsn)}); as an administrator run: CREATE SCHEMA "
                 f"{self.ns} AUTHORIZATION {user}  (see docs/operations.md)") from None
@@ -322,17 +324,22 @@ class WriterFactory:
             self._writer.close()
 
 
+def _warning(message: str) -> None:
+    logging.getLogger("tally").warning(message)  # tally's handler formats it (flows.logs)
+
+
 def write_with_retry(writer_factory: Callable[[bool], PgWriter], decisions: list[Decision],
                      fates: list[Fate], deadline_s: float,
-                     log: Callable[[str], object] = warning, dsn: str | None = None) -> tuple[int, int]:
+                     log: Callable[[str], object] | None = None, dsn: str | None = None) -> tuple[int, int]:
     """`write`, retried on connection loss with backoff (0.5 s doubling, at most 10 s).
 
     `writer_factory(fresh)` gives the writer to use: fresh is False on the first
     attempt (reuse a live writer) and True after a failure (connect anew; the
     failed writer has been closed).  Retrying is safe: rows that a lost COMMIT did
     store are skipped, so a retry may report fewer rows inserted.  Each retry logs
-    one line; after deadline_s seconds the last error becomes a UserError.
+    one line; after deadline_s seconds the last error becomes a StoreError.
     """
+    log = log or _warning
     dsn = dsn or getattr(writer_factory, "dsn", None)  # named in messages, redacted
     start, delay, fresh = time.monotonic(), 0.5, False
     while True:
@@ -349,8 +356,8 @@ def write_with_retry(writer_factory: Callable[[bool], PgWriter], decisions: list
             reason = safe_reason(exc, dsn or "")
             elapsed = time.monotonic() - start
             if elapsed + delay > deadline_s:
-                raise UserError(f"cannot write to PostgreSQL at {where} for "
-                                f"{elapsed:.1f}s: {reason}") from None
+                raise StoreError(f"cannot write to PostgreSQL at {where} for "
+                                 f"{elapsed:.1f}s: {reason}") from None
             log(f"PostgreSQL write failed ({reason}); reconnecting to {where} in {delay:.1f}s")
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
@@ -367,9 +374,9 @@ def connect_check(dsn: str, timeout_s: int = 3) -> None:
     try:
         psycopg.connect(dsn, connect_timeout=timeout_s).close()
     except psycopg.Error as exc:
-        raise UserError(f"cannot connect to PostgreSQL at {redact(dsn)}: "
-                        f"{safe_reason(exc, dsn)}; start it with 'tally dev up' "
-                        f"or pass --pg") from None
+        raise StoreError(f"cannot connect to PostgreSQL at {redact(dsn)}: "
+                         f"{safe_reason(exc, dsn)}; start it with 'tally dev up' "
+                         f"or pass --pg") from None
 
 
 # -- reading (tests, verify) ---------------------------------------------------

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from flows.logs import UserError, redact
+from sinks.dsn import redact
+from sinks.errors import StoreError
 from state.currency import EXPONENTS
 from state.decision import (AMBIGUOUS, CLOCK_SKEW, DUPLICATE, INVALID_KIND, LATE, MISMATCH, MISSING,
                             REVIEW)
@@ -202,12 +203,12 @@ class PgDecisions:
         if self._query("SELECT to_regclass(%(t)s) AS t",
                        {"t": self.table.as_string(self.conn)})[0]["t"] is None:
             self.close()
-            raise UserError(f"namespace {namespace} has no decisions in PostgreSQL at "
-                            f"{redact(dsn)}; check --namespace and --pg")
+            raise StoreError(f"namespace {namespace} has no decisions in PostgreSQL at "
+                             f"{redact(dsn)}; check --namespace and --pg")
 
-    def _error(self, exc: BaseException, what: str) -> UserError:
+    def _error(self, exc: BaseException, what: str) -> StoreError:
         from sinks.postgres import safe_reason
-        return UserError(f"{what} {redact(self.dsn)}: {safe_reason(exc, self.dsn)}")
+        return StoreError(f"{what} {redact(self.dsn)}: {safe_reason(exc, self.dsn)}")
 
     def _query(self, text: str, params: dict | None = None, **parts) -> list[dict]:
         import psycopg
@@ -267,8 +268,8 @@ class ParquetDecisions:
         self.files = sorted(str(p) for p in self.root.rglob("*.parquet")
                             if not p.name.startswith("."))
         if not self.files:
-            raise UserError(f"namespace {namespace} has no decisions under {self.root}; "
-                            f"check --namespace and --data-dir")
+            raise StoreError(f"namespace {namespace} has no decisions under {self.root}; "
+                             f"check --namespace and --data-dir")
         self.table = self._read(GROUP_COLUMNS)
         self.is_match = _as_int(_equal(self.table.column("kind"), "match"))
 
@@ -281,8 +282,8 @@ class ParquetDecisions:
             return ds.dataset(self.files, schema=DECISIONS_SCHEMA, format="parquet").to_table(
                 columns=columns, filter=condition)
         except (OSError, pa.ArrowException) as exc:
-            raise UserError(f"cannot read Parquet files under {self.root}: "
-                            f"{' '.join(str(exc).split())}") from None
+            raise StoreError(f"cannot read Parquet files under {self.root}: "
+                             f"{' '.join(str(exc).split())}") from None
 
     def outcomes(self) -> list[dict]:
         grouped = self.table.group_by(["kind", "tier", "exception_kind"]).aggregate(

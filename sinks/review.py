@@ -25,7 +25,8 @@ import psycopg
 from psycopg import errors, sql
 from psycopg.rows import dict_row
 
-from flows.logs import UserError, redact
+from sinks.dsn import redact
+from sinks.errors import StoreError
 from sinks.postgres import RACES, CONNECT_TIMEOUT_S, safe_reason, validate_namespace
 from state.currency import EXPONENTS
 
@@ -64,17 +65,17 @@ def _connect(dsn: str, ns: str) -> Iterator[psycopg.Connection]:
         conn = psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True,
                                row_factory=dict_row)
     except psycopg.Error as exc:
-        raise UserError(f"cannot connect to PostgreSQL at {redact(dsn)}: "
-                        f"{safe_reason(exc, dsn)}; start it with 'tally dev up' "
-                        f"or pass --pg") from None
+        raise StoreError(f"cannot connect to PostgreSQL at {redact(dsn)}: "
+                         f"{safe_reason(exc, dsn)}; start it with 'tally dev up' "
+                         f"or pass --pg") from None
     try:
         with conn:
             conn.execute("SET TIME ZONE 'UTC'")
             yield conn
     except (errors.UndefinedTable, errors.InvalidSchemaName):
-        raise UserError(f"namespace {ns} has no decisions in PostgreSQL at {redact(dsn)}") from None
+        raise StoreError(f"namespace {ns} has no decisions in PostgreSQL at {redact(dsn)}") from None
     except psycopg.Error as exc:
-        raise UserError(f"PostgreSQL error on namespace {ns}: {safe_reason(exc, dsn)}") from None
+        raise StoreError(f"PostgreSQL error on namespace {ns}: {safe_reason(exc, dsn)}") from None
 
 
 def _table(ns: str, name: str) -> sql.Composed:
@@ -98,17 +99,17 @@ def _full_id(conn: psycopg.Connection, ns: str, given: str) -> tuple[str, object
     """(decision_id, day) for a full id or a unique prefix of at least 8 hex characters."""
     prefix = given.strip().lower()
     if not ID_PREFIX.match(prefix):
-        raise UserError(f"decision id {given!r} is not 8 to 32 hex characters")
+        raise StoreError(f"decision id {given!r} is not 8 to 32 hex characters")
     # A prefix is hex only, so it holds no LIKE wildcards.
     rows = conn.execute(sql.SQL(
         "SELECT decision_id, day FROM {} WHERE decision_id LIKE %s ORDER BY 1 LIMIT 3"
     ).format(_table(ns, "decisions")), (prefix + "%",)).fetchall()
     if not rows:
-        raise UserError(f"no decision {prefix} in namespace {ns}")
+        raise StoreError(f"no decision {prefix} in namespace {ns}")
     if len(rows) > 1:
         shown = ", ".join(r["decision_id"] for r in rows[:2])
-        raise UserError(f"decision id prefix {prefix} is ambiguous in namespace {ns} "
-                        f"(matches {shown}{', ...' if len(rows) > 2 else ''}); give more characters")
+        raise StoreError(f"decision id prefix {prefix} is ambiguous in namespace {ns} "
+                         f"(matches {shown}{', ...' if len(rows) > 2 else ''}); give more characters")
     return rows[0]["decision_id"], rows[0]["day"]
 
 
@@ -225,20 +226,20 @@ def _change(conn, ns: str, decision_id: str, day, action: str, resolution: str |
 def _who(by: str, note: str) -> tuple[str, str]:
     by, note = (by or "").strip(), (note or "").strip()
     if not by:
-        raise UserError("a reviewer name is required (--by, or set TALLY_REVIEWER)")
+        raise StoreError("a reviewer name is required (--by, or set TALLY_REVIEWER)")
     if not note:
-        raise UserError("a note is required: say why, for whoever reads this decision next")
+        raise StoreError("a note is required: say why, for whoever reads this decision next")
     return by, note
 
 
 def resolve(dsn: str, ns: str, decision_id: str, resolution: str, by: str, note: str) -> dict:
     """Record a human resolution of an open exception; returns the row's DONE_COLUMNS."""
     if resolution not in RESOLUTIONS:
-        raise UserError(f"unknown resolution {resolution!r}: use one of {', '.join(RESOLUTIONS)}")
+        raise StoreError(f"unknown resolution {resolution!r}: use one of {', '.join(RESOLUTIONS)}")
 
     def refuse(full: str, row: dict) -> None:
         if row["review_status"] == "resolved":
-            raise UserError(
+            raise StoreError(
                 f"decision {full} is already resolved as {row['resolution']} by "
                 f"{row['resolved_by']} at {_iso(row['resolved_at'])}; to change it, reopen it "
                 f"first: tally review reopen {full} --namespace {ns} --note TEXT")
@@ -250,7 +251,7 @@ def reopen(dsn: str, ns: str, decision_id: str, by: str, note: str) -> dict:
     """Put a resolved exception back in the queue (resolution fields cleared), logged."""
     def refuse(full: str, row: dict) -> None:
         if row["review_status"] == "open":
-            raise UserError(f"decision {full} is already open")
+            raise StoreError(f"decision {full} is already open")
 
     return _act(dsn, ns, decision_id, "reopen", None, by, note, refuse)
 
@@ -266,7 +267,7 @@ def _act(dsn: str, ns: str, decision_id: str, action: str, resolution: str | Non
         with conn.transaction():
             row = _locked(conn, ns, full, day)
             if row["kind"] != "exception":
-                raise UserError(f"decision {full} is a {row['kind']}: there is nothing to review")
+                raise StoreError(f"decision {full} is a {row['kind']}: there is nothing to review")
             refuse(full, row)
             return _change(conn, ns, full, day, action, resolution, by, note)
 
