@@ -6,7 +6,7 @@ has arrived. Each record's value is touched (its length summed), nothing else.
 Consumer settings are `FAST` below: bigger fetches and a deeper local queue than
 librdkafka's defaults, a short fetch wait; no group, no commits.
 
-raw ceiling per partition: the flow's own source code (flows.source.TallySource
+raw ceiling per partition: the flow's own source code (flows.runtime.source.TallySource
 partitions: one Consumer per partition, the flow's settings, batches of 5,000,
 each turned into a RawBatch), polled in turn from one thread, an idle partition
 not before its next_awake(), as a single bytewax worker does; no bytewax.
@@ -29,8 +29,8 @@ from datetime import datetime, timezone
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.common import Context, Result
-from flows import kafka_io
-from flows.source import TallySource
+from flows.kafka import kafka_io
+from flows.runtime.source import TallySource
 from state.contract import Decoder
 
 BATCH = 10_000  # messages per consume() call
@@ -129,7 +129,7 @@ def run(ctx: Context) -> list[Result]:
         "events_per_s_of_each_run": rates})
     (records, consumers, seconds), rates = _best(lambda: _per_partition(ctx))
     per_part = Result("raw ceiling per partition", records, seconds, {
-        "consumers": consumers, "batch": 5000, "settings": "the flow's (flows/source.py)",
+        "consumers": consumers, "batch": 5000, "settings": "the flow's (flows/runtime/source.py)",
         "events_per_s_of_each_run": rates})
     decoder = Decoder(ctx.config)
     (records, size, seconds), rates = _best(lambda: _one_consumer(ctx, decoder))

@@ -17,9 +17,9 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from flows import kafka_io
-from flows.dayfiles import partitions, read_values
-from flows.generate import generate_day
+from flows.kafka import kafka_io
+from flows.kafka.dayfiles import partitions, read_values
+from flows.dev.generate import generate_day
 from state.config import MatchConfig
 
 PARTITIONS = 3  # per source topic, as `tally topics create` makes them

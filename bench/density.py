@@ -11,7 +11,7 @@ density engine, <day>: `engine alone` of bench/engine.py on that day: its values
 read from disk first (not timed), then, timed, `bench.engine.ingest_day` (decode,
 split, Shard.ingest in chunks of 5,000 per partition, round-robin) and the final
 `Shard.flush`, so every event is decided, with the flow's GC thresholds. Then, not
-timed, its decisions are scored against the day's truth.jsonl (flows.truth.score):
+timed, its decisions are scored against the day's truth.jsonl (flows.dev.truth.score):
 auto_match_rate over the clean payments, and false_matches (match decisions that
 span two or more payments).
 
@@ -32,8 +32,8 @@ from dataclasses import replace
 from bench.common import PARTITIONS, SEED, Context, Result, publish
 from bench.engine import flow_gc, ingest_day
 from bench.flow import whole_flow
-from flows.generate import SOURCES, default_accounts, generate_day
-from flows.truth import score
+from flows.dev.generate import SOURCES, default_accounts, generate_day
+from flows.dev.truth import score
 from state.decision import Decision
 
 MAX_PAYMENTS = 100_000

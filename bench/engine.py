@@ -2,15 +2,15 @@
 
 engine alone: the day's values are read from disk first (not timed). Then, timed:
 for chunks of CHUNK records per partition, taken round-robin
-(flows.dayfiles.interleave; the flow reads 5,000 per partition per poll),
+(flows.kafka.dayfiles.interleave; the flow reads 5,000 per partition per poll),
 `Decoder.decode` of every record, `split` into one shard, `Shard.ingest`, and
 collecting the decisions and fates in the order the engine emits them. extra
 splits the time into decode / split / ingest (perf_counter around each, per chunk).
 Excluded: reading files, Kafka, bytewax, sinks, the final flush (events still
 open at the end stay pending, as in `tally run` without --flush), sorting.
-The garbage collector runs with the flow's thresholds (GC_THRESHOLD, as flows/run.py sets).
+The garbage collector runs with the flow's thresholds (GC_THRESHOLD, as flows/runtime/run.py sets).
 
-engine via run_engine: `flows.match.run_engine(day, config)` as `tally match` calls it,
+engine via run_engine: `flows.dev.match.run_engine(day, config)` as `tally match` calls it,
 timed whole: reading the files, chunks of 2,000, the same loop, sorting the output;
 default GC thresholds, as `tally match` has.
 """
@@ -22,9 +22,9 @@ import time
 from contextlib import contextmanager
 
 from bench.common import Context, Result
-from flows import dayfiles
-from flows.match import run_engine
-from flows.run import GC_THRESHOLD
+from flows.kafka import dayfiles
+from flows.dev.match import run_engine
+from flows.runtime.run import GC_THRESHOLD
 from state.config import MatchConfig
 from state.contract import Decoder
 from state.decision import Decision, Fate
@@ -61,7 +61,7 @@ def ingest_day(values: dict[tuple[str, int], list[bytes]], config: MatchConfig
 
 @contextmanager
 def flow_gc():
-    """The garbage collector's thresholds as flows/run.py sets them, then back to what they were."""
+    """The garbage collector's thresholds as flows/runtime/run.py sets them, then back to what they were."""
     default_gc = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLD)
     try:

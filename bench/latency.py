@@ -7,7 +7,7 @@ match window (2 s) and allowed lateness (1 s), so windows close all the time.
 `tally run` (live, not --until-end) runs as a subprocess. A producer thread in
 this process publishes payments at a steady rate: each payment is one event per
 source (same account, amount and idempotency key), stamped with the wall clock
-at publishing, keyed and partitioned by account as `flows.generate` does. Every
+at publishing, keyed and partitioned by account as `flows.dev.generate` does. Every
 ~100 ms it also publishes a heartbeat into every partition carrying the wall
 clock, so no partition holds the watermark back.
 
@@ -54,8 +54,8 @@ from confluent_kafka import Producer
 from psycopg import sql
 
 from bench.common import PARTITIONS, Context, Result
-from flows import kafka_io
-from flows.generate import partition_for
+from flows.kafka import kafka_io
+from flows.dev.generate import partition_for
 
 SOURCES = ("bank", "processor", "ledger")
 MATCH_WINDOW_S = 2

@@ -18,14 +18,14 @@ from pathlib import Path
 from bench.common import Context, Result
 
 # (step, a frame that only that step's stacks contain), first match wins
-STEPS = [("source poll", "next_batch (flows/source.py"),
-         ("decode and split", "split_batch (flows/dataflow.py"),
+STEPS = [("source poll", "next_batch (flows/runtime/source.py"),
+         ("decode and split", "split_batch (flows/runtime/dataflow.py"),
          ("engine", "(state/engine.py"),
          ("PostgreSQL sink", "(sinks/pg_sink.py"),
          ("Parquet decisions sink", "_DecisionPartition"),
          ("raw archive sink", "_ArchivePartition"),
          ("Parquet file writing", "(sinks/parquet_sink.py"),
-         ("Bytewax runtime", "run (flows/run.py")]
+         ("Bytewax runtime", "run (flows/runtime/run.py")]
 RATE_HZ = 200
 
 

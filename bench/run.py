@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.common import Context, Result, machine, prepare, write_json
 from flows import logs
 from flows.progress import table
-from flows.services import running_broker, running_postgres
+from flows.dev.services import running_broker, running_postgres
 
 # (module, what it measures), in the order they run; the ceiling comes first
 BENCHMARKS = [

@@ -25,7 +25,7 @@ the last copy a prefix of each partition) and added to [sources]. Measured:
 records consumed and seconds as the run's own summary prints them (from the
 dataflow starting to its end), its wall time including start-up, its peak RSS
 (its VmHWM, polled every 20 ms while it runs), and its committed engine
-snapshots (flows.recovery_store: bytes of every shard's snapshot, and the open
+snapshots (flows.runtime.recovery_store: bytes of every shard's snapshot, and the open
 events in them).
 Excluded: publishing; reading the snapshot back.
 
@@ -47,8 +47,9 @@ from pathlib import Path
 import msgspec
 
 from bench.common import PARTITIONS, Context, Result, run_child, status_mb
-from flows import dayfiles, kafka_io
-from flows.recovery_store import read_committed
+from flows.kafka import dayfiles
+from flows.kafka import kafka_io
+from flows.runtime.recovery_store import read_committed
 from sinks.postgres import drop_namespace
 from state.config import MatchConfig
 from state.contract import Decoder, Event

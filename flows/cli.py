@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if getattr(args, "launcher_pid", None) is not None:
-            from flows.processes import follow_launcher
+            from flows.runtime.processes import follow_launcher
             follow_launcher(args.launcher_pid)
         return args.handler(args) or 0
     except UserError as err:
@@ -105,7 +105,7 @@ def resolve_pg(args) -> str:
 
 def _dev_service(args, field: str, missing: str) -> str:
     """The address of a service that 'tally dev up' started for the same data directory."""
-    from flows.services import dev_status
+    from flows.dev.services import dev_status
     dev = dev_status(args.data_dir)
     if dev is None:
         raise UserError(f"{missing}, or start one with 'tally dev up --data-dir {args.data_dir}'")
@@ -131,7 +131,7 @@ _deadline = _seconds(0, sys.float_info.max,
 
 
 def _metrics_address(value: str) -> str:
-    from flows.metrics import parse_address
+    from flows.runtime.metrics import parse_address
     try:
         parse_address(value)
     except UserError as err:
@@ -164,7 +164,7 @@ def _dev(commands) -> None:
 
 
 def run_dev_up(args) -> int:
-    from flows.services import ServiceError, dev_up_report
+    from flows.dev.services import ServiceError, dev_up_report
     try:
         dev, started = dev_up_report(args.data_dir)
     except ServiceError as err:
@@ -178,13 +178,13 @@ def run_dev_up(args) -> int:
 
 
 def run_dev_down(args) -> int:
-    from flows.services import dev_down
+    from flows.dev.services import dev_down
     print("stopped" if dev_down(args.data_dir) else "nothing was running")
     return 0
 
 
 def run_dev_status(args) -> int:
-    from flows.services import dev_status
+    from flows.dev.services import dev_status
     dev = dev_status(args.data_dir)
     if dev is None:
         print(f"not running (start with: tally dev up --data-dir {args.data_dir})")
@@ -209,8 +209,8 @@ def _topics(commands) -> None:
 
 
 def run_topics_create(args) -> int:
-    from flows import kafka_io
-    from flows.settings import load_config
+    from flows.kafka import kafka_io
+    from flows.runtime.settings import load_config
     config = load_config(args.config)
     brokers = resolve_brokers(args)
     kafka_io.check_broker(brokers)
@@ -231,8 +231,8 @@ def _produce(commands) -> None:
 
 
 def run_produce(args) -> int:
-    from flows import kafka_io
-    from flows.settings import load_config
+    from flows.kafka import kafka_io
+    from flows.runtime.settings import load_config
     config = load_config(args.config)
     brokers = resolve_brokers(args)
     kafka_io.check_broker(brokers)
@@ -322,7 +322,7 @@ def _holding_namespace(args, dsn: str):
     """The namespace's runner lock, held by whoever runs it for all its processes: a
     single process, the launcher of --processes N, or process 0 of a cluster by hand."""
     from contextlib import nullcontext
-    from flows.runner_lock import RunnerLock
+    from flows.runtime.runner_lock import RunnerLock
     if args.launcher_pid is not None or (args.process_id or 0) > 0:
         return nullcontext()
     return RunnerLock(args.namespace, args.data_dir / args.namespace / "run.lock", dsn)
@@ -332,7 +332,7 @@ def _spawn_processes(args, lock) -> int | None:
     """With --processes N > 1, run this command as N local cluster members; their exit code."""
     if args.processes == 1:
         return None
-    from flows.processes import run_local, without_option
+    from flows.runtime.processes import run_local, without_option
     recovery = getattr(args, "recovery_dir", None) or args.data_dir / args.namespace / "recovery"
     argv = without_option(without_option(sys.argv[1:], "--processes"), "--metrics-port")
     code, summary = run_local(argv, args.processes, recovery, args.data_dir / args.namespace / "logs",
@@ -351,7 +351,7 @@ def _report_run(args, summary) -> None:
 
 
 def _run_options(args, brokers: str, dsn: str, until_end: bool):
-    from flows.run import RunOptions
+    from flows.runtime.run import RunOptions
     if args.batch_size < 1 or args.shards < 1:
         raise UserError("--batch-size and --shards must be at least 1")
     addresses = _cluster(args)
@@ -366,9 +366,9 @@ def _run_options(args, brokers: str, dsn: str, until_end: bool):
 
 
 def run_run(args) -> int:
-    from flows import kafka_io
-    from flows.run import run
-    from flows.settings import load_config
+    from flows.kafka import kafka_io
+    from flows.runtime.run import run
+    from flows.runtime.settings import load_config
     from sinks.postgres import connect_check, prepare_namespace
     config = load_config(args.config)
     brokers = resolve_brokers(args)
@@ -381,7 +381,7 @@ def run_run(args) -> int:
     options = _run_options(args, brokers, dsn, args.until_end)
     with _holding_namespace(args, dsn) as lock:
         if args.launcher_pid is None and not args.process_id:  # whoever holds the namespace
-            from flows import lost_offsets
+            from flows.runtime import lost_offsets
             recovery = args.recovery_dir or args.data_dir / args.namespace / "recovery"
             lost_offsets.check(brokers, recovery, list(config.topics.values()),
                                args.data_dir / args.namespace, args.skip_lost_offsets)
@@ -421,9 +421,10 @@ def _replay(commands) -> None:
 
 
 def run_replay(args) -> int:
-    from flows import kafka_io, replay
-    from flows.run import run
-    from flows.settings import load_config
+    from flows.kafka import kafka_io
+    from flows.runtime import replay
+    from flows.runtime.run import run
+    from flows.runtime.settings import load_config
     from sinks.postgres import connect_check, prepare_namespace
     config = load_config(args.config)
     start = replay.parse_position(args.start, start=True)
@@ -460,27 +461,27 @@ def run_replay(args) -> int:
 
 
 def _verify(commands) -> None:
-    from flows import verify
+    from flows.checks import verify
     verify.register(commands)
 
 
 def _audit(commands) -> None:
-    from flows import audit
+    from flows.checks import audit
     audit.register(commands)
 
 
 def _explain(commands) -> None:
-    from flows import explain
+    from flows.checks import explain
     explain.register(commands)
 
 
 def _report(commands) -> None:
-    from flows import report
+    from flows.checks import report
     report.register(commands)
 
 
 def _review(commands) -> None:
-    from flows import review
+    from flows.checks import review
     review.register(commands)
 
 
@@ -507,8 +508,8 @@ def _drill(commands) -> None:
 
 
 def run_drill(args) -> int:
-    from flows.drill import DrillOptions, drill
-    from flows.settings import load_config
+    from flows.dev.drill import DrillOptions, drill
+    from flows.runtime.settings import load_config
     if args.kills < 1 or args.transactions < 1:
         raise UserError("--kills and --transactions must be at least 1")
     config = load_config(args.config)
@@ -524,8 +525,8 @@ def run_drill(args) -> int:
 @contextmanager
 def _services_or_embedded(args, root: Path):
     """The services given (or 'tally dev up' ones); else embedded ones for this command only."""
-    from flows import kafka_io
-    from flows.services import ServiceError, dev_down, dev_status, dev_up
+    from flows.kafka import kafka_io
+    from flows.dev.services import ServiceError, dev_down, dev_status, dev_up
     from sinks.postgres import connect_check
     if args.brokers or args.pg or dev_status(args.data_dir):
         brokers, dsn = resolve_brokers(args), resolve_pg(args)
@@ -558,12 +559,12 @@ def _demo(commands) -> None:
 
 
 def run_demo(args) -> int:
-    from flows.demo import demo
+    from flows.dev.demo import demo
     return demo(args.data_dir, args.transactions, args.seed, args.keep_running)
 
 
 def _generate(commands) -> None:
-    from flows.generate import P_DUPLICATE  # stdlib and msgspec only: cheap at start-up
+    from flows.dev.generate import P_DUPLICATE  # stdlib and msgspec only: cheap at start-up
     cmd = commands.add_parser("generate", help="write a synthetic day with ground truth",
                               description="Write a synthetic day on disk (DIR/<topic>/<partition>.jsonl) "
                                           "plus DIR/truth.jsonl. Same seed, same bytes.")
@@ -588,7 +589,7 @@ def _generate(commands) -> None:
 
 
 def run_generate(args) -> int:
-    from flows.generate import generate_day
+    from flows.dev.generate import generate_day
     if args.transactions < 1 or args.partitions < 1:
         raise UserError("--transactions and --partitions must be at least 1")
     if args.accounts is not None and args.accounts < 1:
@@ -619,9 +620,9 @@ def _match(commands) -> None:
 
 
 def run_match(args) -> int:
-    from flows.dayfiles import DayError
-    from flows.match import run_engine, write_result
-    from flows.settings import load_config
+    from flows.kafka.dayfiles import DayError
+    from flows.dev.match import run_engine, write_result
+    from flows.runtime.settings import load_config
     config = load_config(args.config)
     started = time.monotonic()
     try:

@@ -39,7 +39,7 @@ class MatchConfig(msgspec.Struct, frozen=True, kw_only=True):
     amount_tolerance_ppm: int = 20_000  # 2% of the larger amount
     min_year: int = 2000
     max_year: int = 2100
-    # Tally's own heartbeats (flows/pacemaker.py): a live run writes one into a caught-up
+    # Tally's own heartbeats (flows/runtime/pacemaker.py): a live run writes one into a caught-up
     # partition quiet for heartbeat_idle_us, declaring now less the source's delay
     heartbeat_idle_us: int = 5 * US_PER_SECOND
     max_source_delay_us: int = 2 * 60 * US_PER_SECOND  # how late a source may still deliver

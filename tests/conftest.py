@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from flows.services import running_broker, running_postgres
+from flows.dev.services import running_broker, running_postgres
 
 
 # PostgreSQL data goes under /tmp, not under pytest's tmp_path: as root,

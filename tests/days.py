@@ -6,8 +6,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from flows import dayfiles
-from flows.generate import generate_day
+from flows.kafka import dayfiles
+from flows.dev.generate import generate_day
 from state.config import MatchConfig
 
 _ROOT = Path(tempfile.mkdtemp(prefix="tally-days-"))

@@ -79,8 +79,8 @@ def digest(rows: list[tuple]) -> str:
 def publish_day(broker: str, work: Path, payments: int, seed: int) -> tuple[dict[str, str], Path]:
     """A generated day under work/day, published to fresh topics (3 partitions each);
     returns the topics and a config file naming them."""
-    from flows import kafka_io
-    from flows.generate import generate_day
+    from flows.kafka import kafka_io
+    from flows.dev.generate import generate_day
     topics = unique_topics()
     generate_day(work / "day", payments, seed=seed, topics=topics)
     kafka_io.create_topics(broker, list(topics.values()), 3)

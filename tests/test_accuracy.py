@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from flows.match import run_engine
-from flows.truth import score
+from flows.dev.match import run_engine
+from flows.dev.truth import score
 from state.config import MatchConfig
 from tests.days import day
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from flows import kafka_io
-from flows.dayfiles import partitions, read_values
-from flows.generate import generate_day
+from flows.kafka import kafka_io
+from flows.kafka.dayfiles import partitions, read_values
+from flows.dev.generate import generate_day
 from tests.flow_helpers import tally, unique_topics, write_config
 
 PAYMENTS = 2000

@@ -1,7 +1,7 @@
 """A broker that is gone under a live run (Tally 10/14): said at once, then at a slowing rate.
 
 Every Kafka client of a run (the source's consumer per partition, the pacemaker's
-producer, readers) reports to one reporter per process (flows/outage.py): the first
+producer, readers) reports to one reporter per process (flows/kafka/outage.py): the first
 line at once, then after 10 s, 30 s, 1 min, 2 min, 5 min and every 5 min; one line
 when the broker answers again. librdkafka's own lines stay at DEBUG.
 
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from flows import kafka_io
-from flows.generate import generate_day
-from flows.services import start_broker, stop_broker
+from flows.kafka import kafka_io
+from flows.dev.generate import generate_day
+from flows.dev.services import start_broker, stop_broker
 from tests.flow_helpers import start_tally, unique_topics, wait_until, write_config
 
 PAYMENTS = 300
@@ -157,7 +157,7 @@ def test_a_broker_back_on_its_port_is_said_once_and_the_run_goes_on(own_broker, 
 def test_the_schedule_slows_to_every_five_minutes_and_one_outage_is_one_voice():
     """The reporter alone, on a clock of the test's own: many clients failing many times
     a second over an hour give 16 lines, at 0, 10 s, 30 s, 1, 2, 5 min, then every 5 min."""
-    from flows.outage import BrokerOutage
+    from flows.kafka.outage import BrokerOutage
     now = [1000.0]
     outage = BrokerOutage(clock=lambda: now[0], wall=lambda: 1_800_000_000.0)
     records: list[logging.LogRecord] = []

@@ -31,8 +31,8 @@ import pytest
 import yaml
 
 from flows.cli import build_parser
-from flows.metrics import METRIC_NAMES, parse_address
-from flows.settings import load_config
+from flows.runtime.metrics import METRIC_NAMES, parse_address
+from flows.runtime.settings import load_config
 from sinks.postgres import validate_namespace
 
 ROOT = Path(__file__).resolve().parents[1]

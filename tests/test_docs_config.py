@@ -14,11 +14,11 @@ import msgspec
 import pytest
 from confluent_kafka import Producer
 
-from flows import kafka_io
+from flows.kafka import kafka_io
 from flows.cli import build_parser
 from flows.logs import UserError
-from flows.run import RunOptions, Stretch, _check_shape
-from flows.settings import load_config
+from flows.runtime.run import RunOptions, Stretch, _check_shape
+from flows.runtime.settings import load_config
 from state.config import MatchConfig, from_toml, to_toml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,7 +186,7 @@ def test_every_documented_option_exists(parser):
 # ----------------------------------------------------------------------------- metrics
 
 def test_every_metric_is_documented_and_exists(parser):
-    from flows.metrics import METRIC_NAMES
+    from flows.runtime.metrics import METRIC_NAMES
     metrics_doc = section(DOC, "## Metrics")
     for name in METRIC_NAMES:
         assert names(metrics_doc, name), f"metric {name} is not documented"
@@ -210,6 +210,6 @@ def test_the_quoted_refusals_are_the_codes(tmp_path):
         assert f"tally: {refused.value}" in text
     config_refusal = ("the matching config differs from the one in the recovery snapshot; "
                       "use a new namespace (or the old config) to continue")
-    source = re.sub(r'"\s*\n\s*"', "", (ROOT / "flows" / "dataflow.py").read_text())  # join literals
+    source = re.sub(r'"\s*\n\s*"', "", (ROOT / "flows" / "runtime" / "dataflow.py").read_text())  # join literals
     assert config_refusal in source
     assert f"tally: {config_refusal}" in DOC

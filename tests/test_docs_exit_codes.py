@@ -73,13 +73,13 @@ def test_a_command_documents_1_exactly_when_it_can_answer_1():
         handler = parser.get_default("handler")
         source = inspect.getsource(handler)
         negative = re.search(r"return (1|0 if .* else 1)\s*$", source, re.MULTILINE) is not None
-        runs_the_flow = "flows.run import" in source or "flows.demo import" in source
+        runs_the_flow = "flows.runtime.run import" in source or "flows.dev.demo import" in source
         documented = TABLE[command]["1"] not in ("", "—")
         assert documented == (negative or runs_the_flow), \
             f"tally {command}: exit 1 {'documented' if documented else 'not documented'}"
         if runs_the_flow:
             assert "flow stopped" in TABLE[command]["1"] or TABLE[command]["1"] == "as `run`"
-        # 3 (flows/disk.py) ends only a command that runs the flow in its own process
+        # 3 (flows/runtime/disk.py) ends only a command that runs the flow in its own process
         assert (TABLE[command]["3"] not in ("", "—")) == runs_the_flow, f"tally {command}: exit 3"
 
 

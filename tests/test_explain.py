@@ -14,8 +14,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from flows import dayfiles, explain, kafka_io
-from flows.generate import generate_day
+from flows.kafka import dayfiles
+
+from flows.checks import explain
+
+from flows.kafka import kafka_io
+from flows.dev.generate import generate_day
 from flows.logs import UserError
 from sinks.compare import _us
 from sinks.postgres import read_decisions, read_fates

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from flows import kafka_io
-from flows.generate import generate_day
-from flows.match import run_engine
+from flows.kafka import kafka_io
+from flows.dev.generate import generate_day
+from flows.dev.match import run_engine
 from state.config import MatchConfig
 from tests.flow_helpers import (digest, engine_rows, parquet_rows, pg_rows, start_tally, tally,
                                 unique_topics, wait_until, write_config)
@@ -121,7 +121,7 @@ def test_two_processes_decide_exactly_what_one_does(published, broker, pg_dsn):
                 "--namespace", "e2e_p2", "--until-end", "--config", str(config_file),
                 "--processes", "2")
     assert "2 processes" in run.stdout
-    # both processes decide: the shard keys spread over them (flows/placement.py)
+    # both processes decide: the shard keys spread over them (flows/runtime/placement.py)
     decided = re.findall(r"decided by process \d\s+([\d,]+)", run.stdout)
     assert len(decided) == 2 and all(int(n.replace(",", "")) > 0 for n in decided), run.stdout
     total = re.search(r"^\s*decisions\s+([\d,]+)", run.stdout, re.M).group(1)

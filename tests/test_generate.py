@@ -1,4 +1,4 @@
-"""Tests for the synthetic day generator (flows.generate)."""
+"""Tests for the synthetic day generator (flows.dev.generate)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from flows.cli import main as tally
-from flows.generate import (CURRENCIES, DEFAULT_TOPICS, P_DUPLICATE, default_accounts, generate_day,
+from flows.dev.generate import (CURRENCIES, DEFAULT_TOPICS, P_DUPLICATE, default_accounts, generate_day,
                             partition_for)
 
 N = 20_000

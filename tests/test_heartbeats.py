@@ -20,11 +20,11 @@ import msgspec
 import psycopg
 import pytest
 
-from flows import kafka_io
-from flows.dayfiles import partitions, read_values
-from flows.generate import generate_day
-from flows.match import run_engine
-from flows.pacemaker import Pacemaker
+from flows.kafka import kafka_io
+from flows.kafka.dayfiles import partitions, read_values
+from flows.dev.generate import generate_day
+from flows.dev.match import run_engine
+from flows.runtime.pacemaker import Pacemaker
 from sinks.postgres import read_decisions, read_fates
 from state.config import MatchConfig, from_toml
 from state.contract import Decoder, Heartbeat
@@ -200,8 +200,8 @@ def test_a_live_run_killed_midway_with_its_heartbeats_replays_identically(broker
 
 
 def test_a_live_run_names_the_partitions_it_may_not_write_to(caplog):
-    from flows.dataflow import FlowSettings
-    from flows.run import _pacemaker
+    from flows.runtime.dataflow import FlowSettings
+    from flows.runtime.run import _pacemaker
     config = from_toml({"heartbeats": {"sources": {"bank": {"write": False}}}})
     parts = {(topic, p): 0 for topic in config.topics.values() for p in range(2)}
     settings = FlowSettings(config=config, kafka={}, starts=parts, ends=None, data_root=Path("."),

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from flows import kafka_io
-from flows.dayfiles import partitions, read_values
-from flows.generate import generate_day
+from flows.kafka import kafka_io
+from flows.kafka.dayfiles import partitions, read_values
+from flows.dev.generate import generate_day
 from sinks import compare
 from sinks.postgres import read_decisions, read_fates
 from state.config import MatchConfig

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from flows import kafka_io
-from flows.generate import generate_day
-from flows.services import free_port, start_broker, stop_broker
+from flows.kafka import kafka_io
+from flows.dev.generate import generate_day
+from flows.dev.services import free_port, start_broker, stop_broker
 from tests.flow_helpers import start_tally, tally, unique_topics, wait_until, write_config
 
 

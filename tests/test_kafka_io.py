@@ -1,4 +1,4 @@
-"""flows.kafka_io against a real Tansu broker (the session `broker` fixture)."""
+"""flows.kafka.kafka_io against a real Tansu broker (the session `broker` fixture)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from flows import kafka_io
-from flows.dayfiles import partitions as day_partitions, read_values
-from flows.generate import generate_day
+from flows.kafka import kafka_io
+from flows.kafka.dayfiles import partitions as day_partitions, read_values
+from flows.dev.generate import generate_day
 from flows.logs import UserError
 
 SOURCES = ("bank", "processor", "ledger")
@@ -241,7 +241,7 @@ def test_secrets_are_refused_in_the_config_file(name):
 
 
 def test_a_kafka_table_in_the_config_file_reaches_the_clients(tmp_path, monkeypatch):
-    from flows.settings import load_config
+    from flows.runtime.settings import load_config
     config = tmp_path / "tally.toml"
     config.write_text('[kafka]\n"security.protocol" = "bogus"\n')
     load_config(str(config))

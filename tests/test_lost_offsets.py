@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from flows import kafka_io
+from flows.kafka import kafka_io
 from tests.flow_helpers import publish_day, tally, wait_until
 
 PAYMENTS = 400

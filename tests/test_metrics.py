@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from flows import dayfiles
-from flows.metrics import METRIC_NAMES, parse_address
-from flows.services import free_port
+from flows.kafka import dayfiles
+from flows.runtime.metrics import METRIC_NAMES, parse_address
+from flows.dev.services import free_port
 from flows.logs import UserError
 from state.config import MatchConfig
 from state.contract import Decoder, Event, Heartbeat
@@ -202,7 +202,7 @@ def test_a_bad_metrics_address_is_refused_in_one_line(tmp_path):
 def test_a_paced_run_still_commits_a_snapshot_every_interval(broker, pg_dsn, tmp_path):
     """--max-rate sleeps the source between batches; epochs must still close on time,
     or a crash would redo far more than one snapshot interval."""
-    from flows.recovery_store import read_committed
+    from flows.runtime.recovery_store import read_committed
     topics, config = publish_day(broker, tmp_path, 3000, seed=23)
     data = tmp_path / "data"
     flow = start_tally("run", "--brokers", broker, "--pg", pg_dsn, "--data-dir", str(data),

@@ -4,7 +4,7 @@ The e2e test with `--processes 2` checks that both processes decide; this file
 checks the naming rule itself, fast and without services.
 """
 
-from flows.placement import WORKER_COUNTS, shard_key, shard_of_key, siphash13, worker_of
+from flows.runtime.placement import WORKER_COUNTS, shard_key, shard_of_key, siphash13, worker_of
 
 
 def test_the_hash_predicts_what_was_observed():

@@ -18,10 +18,12 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from flows import drill, kafka_io
-from flows.generate import generate_day
-from flows.match import run_engine
-from flows.services import dev_status, start_postgres, stop_postgres
+from flows.dev import drill
+
+from flows.kafka import kafka_io
+from flows.dev.generate import generate_day
+from flows.dev.match import run_engine
+from flows.dev.services import dev_status, start_postgres, stop_postgres
 from sinks import compare
 from state.config import MatchConfig
 from tests.flow_helpers import (engine_rows, parquet_rows, pg_rows, start_tally, tally,

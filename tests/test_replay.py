@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from flows import kafka_io
-from flows.generate import generate_day
+from flows.kafka import kafka_io
+from flows.dev.generate import generate_day
 from sinks import compare
 from state.contract import format_us
 from tests.flow_helpers import tally, unique_topics, write_config

@@ -288,7 +288,7 @@ def test_every_chart_is_drawn_with_its_bars(opened, browser, pages):
 def test_the_verdict_and_the_oldest_exception_are_shown(opened, browser, made):
     from selenium.webdriver.common.by import By
 
-    from flows.review import ID_SHOWN
+    from flows.checks.review import ID_SHOWN
     verdict = browser.find_element(By.ID, "verdict")
     assert verdict.is_displayed() and verdict.text == "Verdict: CONSERVED"
     rows = read_decisions(made.pg_dsn, NAMESPACE)
@@ -336,7 +336,7 @@ def synthetic(days: int, reason: str = "no counterpart"):
 
 
 def test_hostile_text_stays_inert_and_long_spans_are_drawn_per_day():
-    from flows.report import Verdict, render
+    from flows.checks.report import Verdict, render
     page = render(synthetic(10, reason='</td><script>alert(1)</script>\x00'), Verdict(None, "off"))
     assert "<script>" not in page and "&lt;script&gt;" in page and "\\x00" in page
     assert "\x1b" not in page and "ACC\\x1b[31m" in page and "&lt;b&gt;kind&lt;/b&gt;" in page
@@ -359,7 +359,7 @@ def test_the_bucket_follows_the_span(span, unit):
 
 
 def test_rates_are_exact():
-    from flows.report import nice_top, percent
+    from flows.checks.report import nice_top, percent
     assert percent(2, 3) == "66.7%" and percent(1, 8) == "12.5%" and percent(0, 0) == "-"
     assert percent(999_999_999, 1_000_000_000) == "100.0%" and percent(1, 2000) == "0.0%"
     assert nice_top(167) == (200, 50) and nice_top(1) == (1, 1) and nice_top(0) == (1, 1)

@@ -1,4 +1,4 @@
-"""The review queue (sinks.review, flows.review) against the session's real PostgreSQL."""
+"""The review queue (sinks.review, flows.checks.review) against the session's real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from flows import review as cli
+from flows.checks import review as cli
 from flows.logs import UserError
 from sinks import review
 from sinks.postgres import DECISION_COLUMNS, PgWriter, read_decisions

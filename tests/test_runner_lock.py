@@ -192,7 +192,7 @@ def test_a_member_that_fails_is_named_with_its_status_and_its_own_error(day):
     """A member that exits on an error of its own (its metrics port is taken): the run ends
     with that member's status and its one line, and the lock is free again."""
     work, env = day
-    from flows.services import free_port
+    from flows.dev.services import free_port
     port = free_port()
     with socket.socket() as taken:  # member 1 serves on PORT+1
         taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

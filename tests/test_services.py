@@ -1,4 +1,4 @@
-"""The real services start, answer and stop (flows/services.py)."""
+"""The real services start, answer and stop (flows/dev/services.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from psycopg.conninfo import conninfo_to_dict
 
-from flows.services import (
+from flows.dev.services import (
     DevServices, ServiceError, _alive, dev_down, dev_status, dev_up, port_open, redact,
     start_postgres,
 )
@@ -89,7 +89,7 @@ def test_dev_up_status_down(dev_dir: Path) -> None:
     assert dev_down(tmp_path) is False
 
     # Started by a process that exits at once: the services must outlive it.
-    subprocess.run([sys.executable, "-c", f"from flows.services import dev_up; dev_up({str(tmp_path)!r})"],
+    subprocess.run([sys.executable, "-c", f"from flows.dev.services import dev_up; dev_up({str(tmp_path)!r})"],
                    cwd=Path(__file__).parents[1], check=True, timeout=120)
     up = dev_status(tmp_path)
     try:

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from flows import kafka_io
-from flows.dayfiles import partitions, read_values
-from flows.generate import generate_day
+from flows.kafka import kafka_io
+from flows.kafka.dayfiles import partitions, read_values
+from flows.dev.generate import generate_day
 from flows.logs import UserError
-from flows.recovery_store import Committed, read_committed
+from flows.runtime.recovery_store import Committed, read_committed
 from sinks.audit import not_records
 from tests.flow_helpers import pg_rows, start_tally, tally, unique_topics, wait_until, write_config
 

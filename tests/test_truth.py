@@ -1,10 +1,10 @@
-"""Tests for scoring decisions against a generated day's truth (flows.truth)."""
+"""Tests for scoring decisions against a generated day's truth (flows.dev.truth)."""
 from __future__ import annotations
 
 import msgspec
 
-from flows.generate import TruthRecord
-from flows.truth import score
+from flows.dev.generate import TruthRecord
+from flows.dev.truth import score
 from state.decision import Decision
 
 

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 from psycopg.conninfo import conninfo_to_dict
 
-from flows import verify
+from flows.checks import verify
 from sinks import compare, parquet
 from sinks.postgres import PgWriter
 from state.decision import Decision, Fate, decision_id

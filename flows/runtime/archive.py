@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from flows.logs import UserError
-from flows.source import Counters, RawBatch
+from flows.runtime.source import Counters, RawBatch
 from sinks.audit import offset_bounds
 from sinks.parquet_sink import ARCHIVE_SCHEMA
 

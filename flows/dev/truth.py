@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-from flows.generate import TruthRecord
+from flows.dev.generate import TruthRecord
 from state.decision import Decision
 
 

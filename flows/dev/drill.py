@@ -35,11 +35,13 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from flows import kafka_io, logs
-from flows.generate import generate_day
+from flows import logs
+
+from flows.kafka import kafka_io
+from flows.dev.generate import generate_day
 from flows.logs import UserError
 from flows.progress import table
-from flows.recovery_store import read_committed
+from flows.runtime.recovery_store import read_committed
 from sinks import compare
 from sinks.postgres import drop_namespace
 from state.config import MatchConfig, to_toml

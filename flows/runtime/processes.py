@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,14 +20,22 @@ import threading
 import time
 from pathlib import Path
 
-from flows import metrics, recovery_store
-from flows.disk import DiskFull
+from flows.runtime import metrics
+
+from flows.runtime import recovery_store
+from flows.runtime.disk import DiskFull
 from flows.logs import FlowError, UserError
-from flows.run import RunSummary
-from flows.services import free_port
+from flows.runtime.run import RunSummary
 
 STOP_GRACE_S = 10  # how long a stopped member gets to end by itself before SIGKILL
 PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_local(argv: list[str], processes: int, recovery: Path, logs_dir: Path,

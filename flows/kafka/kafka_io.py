@@ -18,7 +18,7 @@ Every failure the user can fix raises ``UserError`` with one line naming what to
 do.  librdkafka's own log lines go to the ``tally.kafka`` logger at DEBUG level
 (they would otherwise be printed raw on stderr); the last error among them is
 quoted in our error messages.  A broker that goes away under a reader or a producer
-is said by the process's one outage reporter (flows/outage.py).
+is said by the process's one outage reporter (flows/kafka/outage.py).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from flows import logs
-from flows.dayfiles import DayError, partitions as day_partitions, read_values
+from flows.kafka.dayfiles import DayError, partitions as day_partitions, read_values
 from flows.logs import UserError
-from flows.outage import OUTAGE
+from flows.kafka.outage import OUTAGE
 from flows.progress import Progress
 
 _KAFKA_LOG = logging.getLogger("tally.kafka")
@@ -120,7 +120,7 @@ class _Watch:
     """librdkafka logs and global errors of one client: logged at DEBUG, the last kept.
 
     A client that waits out a broker's absence (`report=True`: readers and producers)
-    also tells the process's one outage reporter (flows/outage.py), which says it at a
+    also tells the process's one outage reporter (flows/kafka/outage.py), which says it at a
     slowing rate; a broker check fails fast in one line of its own instead."""
 
     def __init__(self, report: bool = False) -> None:

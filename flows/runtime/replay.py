@@ -1,6 +1,6 @@
 """`tally replay`: the same flow over a chosen stretch of the log, into its own namespace.
 
-A replay is `tally run` with other starts and ends (flows/run.py `Stretch`),
+A replay is `tally run` with other starts and ends (flows/runtime/run.py `Stretch`),
 read from the broker or from a namespace's raw archive. Starting from a
 timestamp T, the flow starts a warm-up earlier, at T - warmup, and decides
 everything from there. It writes only the decisions and fates whose window ends
@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from flows import kafka_io
+from flows.kafka import kafka_io
 from flows.logs import UserError
-from flows.run import Stretch
+from flows.runtime.run import Stretch
 from state.config import MatchConfig, parse_duration, ConfigError
 
 Part = tuple[str, int]
@@ -91,7 +91,7 @@ class ArchiveLog:
     """The log as a namespace's raw archive holds it."""
 
     def __init__(self, namespace_root: Path, config: MatchConfig):
-        from flows.archive import Archive
+        from flows.runtime.archive import Archive
         self.archive = Archive(namespace_root)
         topics = set(config.topics.values())
         if self.archive.partitions is None:

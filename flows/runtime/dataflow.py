@@ -18,10 +18,12 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
-from flows import disk, metrics
+from flows.runtime import disk
+
+from flows.runtime import metrics
 from flows.logs import UserError
-from flows.placement import shard_key, shard_of_key
-from flows.source import Counters, RawBatch, TallySource
+from flows.runtime.placement import shard_key, shard_of_key
+from flows.runtime.source import Counters, RawBatch, TallySource
 from sinks.parquet_sink import ArchiveSink, DecisionSink
 from state.config import MatchConfig
 from state.contract import NEVER, Decoder
@@ -42,13 +44,13 @@ class FlowSettings:
     shards: int = 4
     sink_parts: int = 1
     max_rate: float = 0.0  # records/s over all partitions; 0: as fast as it goes
-    spread_keys: bool = False  # shard keys named to spread over workers (flows/placement.py)
+    spread_keys: bool = False  # shard keys named to spread over workers (flows/runtime/placement.py)
     flush: bool = False
     batch_size: int = 5000
     pg_retry_deadline_s: float = 300.0
-    archive: object | None = None  # flows.archive.Archive: read it instead of the broker
+    archive: object | None = None  # flows.runtime.archive.Archive: read it instead of the broker
     emit_from_us: int | None = None  # a replay's warm-up: decide, but write nothing ending earlier
-    skip_lost: bool = False  # --skip-lost-offsets: resume where the broker can (flows/lost_offsets.py)
+    skip_lost: bool = False  # --skip-lost-offsets: resume where the broker can (flows/runtime/lost_offsets.py)
 
 
 @dataclass
@@ -139,7 +141,7 @@ def _after(since_us: int, stats: FlowStats):
 
 def _source(settings: FlowSettings, stats: FlowStats, pacemaker):
     if settings.archive is not None:
-        from flows.archive import ArchiveSource
+        from flows.runtime.archive import ArchiveSource
         return ArchiveSource(settings.archive, settings.starts, settings.ends, settings.batch_size,
                              stats.counters)
     return TallySource(settings.kafka, settings.starts, settings.ends, settings.batch_size,
@@ -148,7 +150,7 @@ def _source(settings: FlowSettings, stats: FlowStats, pacemaker):
 
 def keep_full_disk(exc: OSError) -> bool:
     """A sink's `on_close_error`: a full disk met as Bytewax closes a sink partition is kept
-    for `tally run` to report once the flow has ended (flows/disk.py); others are raised."""
+    for `tally run` to report once the flow has ended (flows/runtime/disk.py); others are raised."""
     if not disk.is_full(exc):
         return False
     disk.note_closing(exc)
@@ -156,7 +158,7 @@ def keep_full_disk(exc: OSError) -> bool:
 
 
 def build_flow(settings: FlowSettings, stats: FlowStats, pacemaker=None) -> Dataflow:
-    """The dataflow; with a `pacemaker` (flows/pacemaker.py, live runs only) its source
+    """The dataflow; with a `pacemaker` (flows/runtime/pacemaker.py, live runs only) its source
     and decode step tell it what each partition reads, and it writes into quiet ones."""
     from sinks.pg_sink import PostgresSink
 

@@ -22,9 +22,11 @@ import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
-from flows import kafka_io, logs
+from flows import logs
+
+from flows.kafka import kafka_io
 from flows.logs import UserError
-from flows.recovery_store import COMPLETE, read_committed, store_state
+from flows.runtime.recovery_store import COMPLETE, read_committed, store_state
 
 Part = tuple[str, int]
 FILE = "lost-offsets.json"

@@ -782,7 +782,7 @@ def open_store(args):
 
 
 def run_explain(args) -> int:
-    from flows.settings import load_config
+    from flows.runtime.settings import load_config
     config = load_config(args.config)
     query = parse_query(args.record, config)
     root = args.data_dir / args.namespace

@@ -17,10 +17,18 @@ from pathlib import Path
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig
 
-from flows import disk, kafka_io, logs, metrics, recovery_store
+from flows import logs
+
+from flows.runtime import disk
+
+from flows.kafka import kafka_io
+
+from flows.runtime import metrics
+
+from flows.runtime import recovery_store
 from flows.logs import FlowError, UserError
-from flows.dataflow import FlowSettings, FlowStats, build_flow
-from flows.pacemaker import Pacemaker, silent_partitions
+from flows.runtime.dataflow import FlowSettings, FlowStats, build_flow
+from flows.runtime.pacemaker import Pacemaker, silent_partitions
 from flows.progress import Progress, table
 
 
@@ -45,7 +53,7 @@ class RunOptions:
     batch_size: int = 5000
     max_rate: float = 0.0
     metrics_address: str | None = None  # [HOST:]PORT of the Prometheus endpoint
-    skip_lost_offsets: bool = False  # go on where the broker lost offsets (flows/lost_offsets.py)
+    skip_lost_offsets: bool = False  # go on where the broker lost offsets (flows/runtime/lost_offsets.py)
 
 
 @dataclass
@@ -61,7 +69,7 @@ class Stretch:
     ends: dict[tuple[str, int], int] | None  # exclusive; None: follow the log forever
     origin: str  # "run", or the replay's arguments: a namespace never mixes two
     emit_from_us: int | None = None
-    archive: object | None = None  # flows.archive.Archive
+    archive: object | None = None  # flows.runtime.archive.Archive
 
 
 @dataclass

@@ -29,7 +29,7 @@ import msgspec
 from confluent_kafka import KafkaError, Producer
 
 from flows import logs
-from flows.outage import OUTAGE, UNREACHABLE
+from flows.kafka.outage import OUTAGE, UNREACHABLE
 from state.config import MatchConfig
 from state.contract import NEVER, format_us
 

@@ -10,11 +10,13 @@ import shutil
 import time
 from pathlib import Path
 
-from flows import kafka_io, logs
-from flows.generate import generate_day
+from flows import logs
+
+from flows.kafka import kafka_io
+from flows.dev.generate import generate_day
 from flows.logs import UserError
-from flows.run import RunOptions, run
-from flows.services import ServiceError, dev_down, dev_up
+from flows.runtime.run import RunOptions, run
+from flows.dev.services import ServiceError, dev_down, dev_up
 from state.config import MatchConfig
 
 NAMESPACE = "demo"

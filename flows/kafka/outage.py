@@ -2,7 +2,7 @@
 
 Every Kafka client of a process reports here: the source's consumer of each
 partition, the pacemaker's producer, and the readers and producers of
-flows/kafka_io.py. librdkafka retries on its own and tells each client of every
+flows/kafka/kafka_io.py. librdkafka retries on its own and tells each client of every
 failed attempt, so without one shared reporter N partitions would say the same
 thing N times a second.
 

@@ -26,7 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from flows import logs
 from flows.logs import UserError
-from flows.outage import OUTAGE, UNREACHABLE
+from flows.kafka.outage import OUTAGE, UNREACHABLE
 
 IDLE_WAIT = timedelta(milliseconds=10)  # after an empty poll, before the next one
 LAG_EVERY_S = 1.0
@@ -76,7 +76,7 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
                  batch_size: int, counters: Counters, seconds_per_record: float = 0.0,
                  pacemaker=None, skip_lost: bool = False):
         self.topic, self.partition, self.end = topic, partition, end
-        self.pacemaker = pacemaker  # flows.pacemaker.Pacemaker of a live run, told of every poll
+        self.pacemaker = pacemaker  # flows.runtime.pacemaker.Pacemaker of a live run, told of every poll
         self.seconds_per_record = seconds_per_record  # --max-rate, spread over the partitions
         if seconds_per_record:
             batch_size = min(batch_size, max(1, int(PACED_BATCH_S / seconds_per_record)))
@@ -90,7 +90,7 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
                                   "enable.partition.eof": True,
                                   "group.id": "tally-unused", "enable.auto.commit": False,
                                   # an offset the broker no longer holds is an error, never
-                                  # a silent jump (flows/lost_offsets.py)
+                                  # a silent jump (flows/runtime/lost_offsets.py)
                                   "auto.offset.reset": "error",
                                   # one reporter for every client: N partitions, one line
                                   "error_cb": OUTAGE.error_cb(config.get("bootstrap.servers", "")),

@@ -64,7 +64,7 @@ def _seconds(us: int) -> float:
 
 
 class FlowCollector:
-    """Reads a FlowStats (flows/dataflow.py) at scrape time."""
+    """Reads a FlowStats (flows/runtime/dataflow.py) at scrape time."""
 
     def __init__(self, stats, sources: dict[str, str]):
         self.stats = stats

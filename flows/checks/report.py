@@ -364,7 +364,7 @@ def accounts_section(f) -> str:
 
 
 def oldest_section(f) -> str:
-    from flows.review import ID_SHOWN, amount
+    from flows.checks.review import ID_SHOWN, amount
     if not f.oldest_open:
         none = (f"{count(f.open_exceptions)} open exceptions, none listed (--limit 0)."
                 if f.open_exceptions else "No open exceptions.")
@@ -395,7 +395,7 @@ def oldest_section(f) -> str:
 class Verdict:
     """The audit's report, or why there is none."""
 
-    report: object | None  # flows.audit.AuditReport
+    report: object | None  # flows.checks.audit.AuditReport
     why_not: str | None = None
 
     @property
@@ -406,8 +406,9 @@ class Verdict:
 
 
 def run_audit(data_root: Path, namespace: str, stores: list[str], dsn: str | None) -> Verdict:
-    """flows.audit's verdict; a failure to audit becomes its reason, not a failed report."""
-    from flows import audit, logs
+    """flows.checks.audit's verdict; a failure to audit becomes its reason, not a failed report."""
+    from flows import logs
+    from flows.checks import audit
     try:
         return Verdict(audit.audit(data_root, namespace, stores, dsn))
     except Exception as exc:  # the page is still worth having: it says why
@@ -428,7 +429,7 @@ def audit_section(verdict: Verdict) -> str:
 
 
 def audit_tables(report) -> str:
-    from flows.audit import agreement_rows, overview_rows
+    from flows.checks.audit import agreement_rows, overview_rows
     rows = overview_rows(report) + agreement_rows(report)
     body = "\n".join(f"<tr><th>{text(k)}</th>{cell(v)}</tr>" for k, v in rows)
     overall = (f'<table id="audit-namespace"><caption>Namespace</caption>\n<tbody>\n{body}'
@@ -437,8 +438,8 @@ def audit_tables(report) -> str:
 
 
 def store_table(stores: list) -> str:
-    """One row per check or count, one column per store (flows.audit's own rows)."""
-    from flows.audit import store_rows
+    """One row per check or count, one column per store (flows.checks.audit's own rows)."""
+    from flows.checks.audit import store_rows
     columns = [{k.strip(): v for k, v in store_rows(store)[1:]} for store in stores]
     names = list(dict.fromkeys(name for column in columns for name in column))
     head = "".join(f'<th class="num">{text(store.where)}</th>' for store in stores)

@@ -55,6 +55,8 @@ from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import conninfo_to_dict
 
 from flows.logs import redact
+from flows.runtime.processes import free_port  # noqa: F401 (the services and their tests use it)
+
 
 with warnings.catch_warnings():  # the package warns at import when XDG_RUNTIME_DIR is unset
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
@@ -89,13 +91,6 @@ class DevServices:
     def __repr__(self) -> str:  # keep the password out of logs and tracebacks
         return (f"DevServices(brokers={self.brokers!r}, pg_dsn={redact(self.pg_dsn)!r}, "
                 f"broker_pid={self.broker_pid}, pg_pid={self.pg_pid}, data_dir={self.data_dir!r})")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int, timeout: float = 0.5) -> bool:

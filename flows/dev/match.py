@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows import dayfiles
+from flows.kafka import dayfiles
 from flows.progress import Progress, table
 from sinks import parquet
 from state.config import MatchConfig

@@ -73,7 +73,7 @@ class AuditReport:
     # [partition, markers or compacted, aborted, first of those, first of these]
     not_records: list = field(default_factory=list)
     archive_duplicates: tuple = (0, [])
-    lost: list = field(default_factory=list)  # given up by --skip-lost-offsets (flows/lost_offsets.py)
+    lost: list = field(default_factory=list)  # given up by --skip-lost-offsets (flows/runtime/lost_offsets.py)
     stores: list = field(default_factory=list)
     disagreement: dict = field(default_factory=dict)  # table -> (rows, examples)
 
@@ -108,7 +108,7 @@ def audit(data_root: Path, namespace: str, stores: list[str], pg_dsn: str | None
     absent = {part: markers + aborted for part, (markers, aborted) in skipped.items()}
     report.archive_gaps = _gaps(checks.coverage(archive, ranges, absent))
     report.archive_duplicates = checks.duplicates(archive, checks.POSITION)
-    from flows import lost_offsets
+    from flows.runtime import lost_offsets
     report.lost = lost_offsets.recorded(data_root)
     loaded = []
     for store in stores:
@@ -127,7 +127,7 @@ def audit(data_root: Path, namespace: str, stores: list[str], pg_dsn: str | None
 
 def _ranges(data_root: Path, archive):
     """First offsets (shape.json), committed next offsets (recovery store) per partition."""
-    from flows.recovery_store import read_committed
+    from flows.runtime.recovery_store import read_committed
     from sinks.audit import offset_bounds
 
     shape_file = data_root / "recovery" / "shape.json"
@@ -155,7 +155,7 @@ def _not_records(checks, archive, covered, brokers, notes: list) -> dict:
     """Per partition, the offsets the archive lacks that the broker proves hold no
     committed record: (markers or compacted, aborted). Never raises: what cannot be
     checked stays missing, with a note saying why."""
-    from flows import kafka_io
+    from flows.kafka import kafka_io
 
     lacking = {c.part: checks.missing_offsets(archive, c.part, c.start, c.end)
                for c in covered if c.missing}

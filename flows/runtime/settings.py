@@ -21,7 +21,7 @@ def load_config(path: str | None) -> MatchConfig:
         raise UserError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"config file {path} is not valid TOML: {err}") from None
-    from flows import kafka_io
+    from flows.kafka import kafka_io
     kafka = data.pop("kafka", {})
     if not isinstance(kafka, dict):
         raise UserError(f"config file {path}: [kafka] must be a table of librdkafka settings")
