@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(BIN)/tally demo
 
 test: $(STAMP) browser
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # The report test renders in a real headless Chromium, from Debian's packages.

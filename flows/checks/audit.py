@@ -313,7 +313,7 @@ def _count_text(what: str, counted: tuple) -> str:
 
 
 def register(commands) -> None:
-    from flows.cli import _env, _namespace, _store_options
+    from flows.cli.options import env, valid_namespace, store_options
     cmd = commands.add_parser(
         "audit", help="prove every consumed record has exactly one fate, in both stores",
         description="Check a namespace's conservation: per source partition, the consumed "
@@ -323,12 +323,12 @@ def register(commands) -> None:
                     "every decision's members point back to it; and PostgreSQL and Parquet agree. "
                     "Exit 0 when conserved, 1 on any gap, duplicate or disagreement, 2 on usage or "
                     "connection errors.")
-    cmd.add_argument("--namespace", type=_namespace, default="live",
+    cmd.add_argument("--namespace", type=valid_namespace, default="live",
                      help="the namespace to audit (default live)")
     cmd.add_argument("--store", choices=("both",) + STORES, default="both",
                      help="which store(s) to audit (default both, and compare them)")
-    _store_options(cmd)
-    cmd.add_argument("--brokers", default=_env("TALLY_BROKERS"),
+    store_options(cmd)
+    cmd.add_argument("--brokers", default=env("TALLY_BROKERS"),
                      help="Kafka bootstrap servers, asked only which offsets the archive lacks "
                           "hold no record (default $TALLY_BROKERS, else the 'tally dev up' broker)")
     cmd.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -336,7 +336,7 @@ def register(commands) -> None:
 
 
 def run_audit(args) -> int:
-    from flows.cli import resolve_brokers, resolve_pg
+    from flows.cli.options import resolve_brokers, resolve_pg
     namespace = args.namespace
     stores = list(STORES) if args.store == "both" else [args.store]
     dsn = None

@@ -751,7 +751,7 @@ def _span_note(archive: ArchiveReader, ref: str) -> str:
 
 def register(commands) -> None:
     """Add `explain` to the `tally` subcommands."""
-    from flows.cli import _namespace, _store_options
+    from flows.cli.options import valid_namespace, store_options
     cmd = commands.add_parser(
         "explain", help="show what happened to one record",
         description="Explain one record (TOPIC:PARTITION:OFFSET) or every record of one event "
@@ -761,12 +761,12 @@ def register(commands) -> None:
                     "unknown, 2 on errors.")
     cmd.add_argument("record", metavar="TOPIC:PARTITION:OFFSET|SOURCE:EVENT_ID",
                      help="a log position, or a source and event id")
-    cmd.add_argument("--namespace", type=_namespace, default="live",
+    cmd.add_argument("--namespace", type=valid_namespace, default="live",
                      help="PostgreSQL schema and Parquet directory (default live)")
     cmd.add_argument("--store", choices=STORES, default="postgres",
                      help="read fates and decisions from PostgreSQL (default) or the Parquet "
                           "files under --data-dir; the raw archive is always Parquet")
-    _store_options(cmd)
+    store_options(cmd)
     cmd.add_argument("--config", default=None,
                      help="the namespace's TOML config (default: $TALLY_CONFIG or built-in)")
     cmd.add_argument("--json", action="store_true",
@@ -777,7 +777,7 @@ def register(commands) -> None:
 def open_store(args):
     if args.store == "parquet":
         return ParquetStore(args.data_dir, args.namespace)
-    from flows.cli import resolve_pg
+    from flows.cli.options import resolve_pg
     return PgStore(resolve_pg(args), args.namespace)
 
 

@@ -486,7 +486,7 @@ def write_page(page: str, out: Path) -> int:
 
 
 def register(commands) -> None:
-    from flows.cli import _namespace, _store_options
+    from flows.cli.options import valid_namespace, store_options
     cmd = commands.add_parser(
         "report", help="write a self-contained HTML page about a namespace",
         description="Write one HTML page that works offline: the audit verdict, summary numbers, "
@@ -494,7 +494,7 @@ def register(commands) -> None:
                     "source combination and per account, and the oldest open exceptions. The "
                     "same namespace content gives the same bytes. Exit 0 when the page is "
                     "written (whatever the verdict), 2 on usage or connection errors.")
-    cmd.add_argument("--namespace", type=_namespace, default="live",
+    cmd.add_argument("--namespace", type=valid_namespace, default="live",
                      help="the namespace to report on (default live)")
     cmd.add_argument("--out", type=Path, required=True, metavar="FILE",
                      help="the HTML file to write")
@@ -502,7 +502,7 @@ def register(commands) -> None:
                      help="read decisions from PostgreSQL (default) or the Parquet files under "
                           "--data-dir; the audit covers the store read, and Parquet too when "
                           "a PostgreSQL namespace has it on disk")
-    _store_options(cmd)
+    store_options(cmd)
     cmd.add_argument("--top-accounts", type=int, default=TOP_ACCOUNTS, metavar="N",
                      help=f"accounts shown, the busiest first (default {TOP_ACCOUNTS})")
     cmd.add_argument("--limit", type=int, default=OPEN_SHOWN, metavar="N",
@@ -512,33 +512,42 @@ def register(commands) -> None:
     cmd.set_defaults(handler=run_report)
 
 
-def audited_stores(args) -> list[str]:
+def audited_stores(store: str, data_dir: Path, namespace: str) -> list[str]:
     """The store read, and Parquet too when it is on disk next to a PostgreSQL namespace."""
-    if args.store == "parquet":
+    if store == "parquet":
         return ["parquet"]
-    beside = (args.data_dir / args.namespace / "decisions").is_dir()
+    beside = (data_dir / namespace / "decisions").is_dir()
     return ["postgres", "parquet"] if beside else ["postgres"]
 
 
 def run_report(args) -> int:
-    from sinks import report
     if args.top_accounts < 1 or args.limit < 0:
         raise UserError("--top-accounts must be at least 1 and --limit at least 0")
     dsn = None
     if args.store == "postgres":
-        from flows.cli import resolve_pg
-        from sinks.postgres import connect_check
+        from flows.cli.options import resolve_pg
         dsn = resolve_pg(args)
+    return write_report(args.namespace, args.out, args.data_dir, args.store, dsn, args.top_accounts,
+                        args.limit, args.no_audit)
+
+
+def write_report(namespace: str, out: Path, data_dir: Path, store: str = "postgres",
+                 dsn: str | None = None, top_accounts: int = TOP_ACCOUNTS, limit: int = OPEN_SHOWN,
+                 no_audit: bool = False) -> int:
+    """`tally report` once its options are resolved: the page of `namespace` written to `out`."""
+    from sinks import report
+    if store == "postgres":
+        from sinks.postgres import connect_check
         connect_check(dsn)
-        reader = report.PgDecisions(dsn, args.namespace)
+        reader = report.PgDecisions(dsn, namespace)
     else:
-        reader = report.ParquetDecisions(args.data_dir / args.namespace, args.namespace)
+        reader = report.ParquetDecisions(data_dir / namespace, namespace)
     with reader:
-        figures = report.figures(reader, args.top_accounts, args.limit)
-    verdict = (Verdict(None, "skipped (--no-audit)") if args.no_audit else
-               run_audit(args.data_dir / args.namespace, args.namespace,
-                         audited_stores(args), dsn))
-    size = write_page(render(figures, verdict), args.out)
-    print(f"wrote {args.out} ({size:,} bytes): namespace {args.namespace}, "
+        figures = report.figures(reader, top_accounts, limit)
+    verdict = (Verdict(None, "skipped (--no-audit)") if no_audit else
+               run_audit(data_dir / namespace, namespace, audited_stores(store, data_dir, namespace),
+                         dsn))
+    size = write_page(render(figures, verdict), out)
+    print(f"wrote {out} ({size:,} bytes): namespace {namespace}, "
           f"{figures.decisions:,} decisions from {figures.store}, verdict {verdict.words}")
     return 0

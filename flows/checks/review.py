@@ -87,7 +87,7 @@ def described(row: dict) -> str:
 def register(commands) -> None:
     """Add `review` and its actions to the `tally` subcommands."""
     # Imported here: flows.cli imports this module, and is complete by the time it calls us.
-    from flows.cli import _namespace
+    from flows.cli.options import valid_namespace
     cmd = commands.add_parser(
         "review", help="the human review queue: list, resolve, reopen, history",
         description="Open exceptions wait here for a person. Resolving one records who decided "
@@ -134,7 +134,7 @@ def register(commands) -> None:
     past.set_defaults(handler=run_history)
 
     for action in (listing, resolving, reopening, past):
-        _common_options(action, _namespace)
+        _common_options(action, valid_namespace)
     cmd.set_defaults(handler=lambda args: cmd.print_help() or 2)
 
 
@@ -150,14 +150,14 @@ def _who_options(cmd, why: str) -> None:
 
 
 def _common_options(cmd, namespace_type) -> None:
-    from flows.cli import _store_options
+    from flows.cli.options import store_options
     cmd.add_argument("--namespace", type=namespace_type, default="live", metavar="NS",
                      help="the namespace reviewed (default live)")
-    _store_options(cmd)
+    store_options(cmd)
 
 
 def _dsn(args) -> str:
-    from flows.cli import resolve_pg
+    from flows.cli.options import resolve_pg
     return resolve_pg(args)
 
 

@@ -378,7 +378,7 @@ def digest_lines(ns: Namespace) -> list[str]:
 def register(commands) -> None:
     """Add `verify` and `digest` to the `tally` subcommands."""
     # Imported here: flows.cli imports this module, and is complete by the time it calls us.
-    from flows.cli import _namespace
+    from flows.cli.options import valid_namespace
     verify_cmd = commands.add_parser(
         "verify", help="compare what two namespaces decided; exit 0 only if identical",
         description="Compare the decisions and fates of namespaces A and B whose window_end is "
@@ -386,7 +386,7 @@ def register(commands) -> None:
                     "decisions, paired by their members (only in A, only in B, same members "
                     "but a different outcome). Exit 0 if identical, 1 if not, 2 on errors.")
     for side in ("a", "b"):
-        verify_cmd.add_argument(f"--{side}", type=_namespace, required=True, metavar="NS",
+        verify_cmd.add_argument(f"--{side}", type=valid_namespace, required=True, metavar="NS",
                                 help=f"namespace {side.upper()}")
     verify_cmd.add_argument("--limit", type=int, default=20,
                             help="diverging decisions listed per group (default 20)")
@@ -395,7 +395,7 @@ def register(commands) -> None:
         "digest", help="the canonical digest of a namespace's decisions and fates",
         description="SHA-256 over the canonical decision and fate rows, overall and per UTC day "
                     "of window_end. Equal digests mean equal content, whichever store.")
-    digest_cmd.add_argument("--namespace", type=_namespace, required=True, metavar="NS",
+    digest_cmd.add_argument("--namespace", type=valid_namespace, required=True, metavar="NS",
                             help="PostgreSQL schema and Parquet directory")
     digest_cmd.set_defaults(handler=run_digest)
     for cmd in (verify_cmd, digest_cmd):
@@ -403,18 +403,18 @@ def register(commands) -> None:
 
 
 def _read_options(cmd) -> None:
-    from flows.cli import _store_options
+    from flows.cli.options import store_options
     cmd.add_argument("--store", choices=STORES, default="postgres",
                      help="read PostgreSQL (default) or the Parquet files under --data-dir")
     cmd.add_argument("--from", dest="since", type=timestamp, default=None, metavar="TIME",
                      help="first window_end compared, RFC 3339 with an offset (default: open)")
     cmd.add_argument("--to", dest="until", type=timestamp, default=None, metavar="TIME",
                      help="window_end compared up to, excluded (default: open)")
-    _store_options(cmd)
+    store_options(cmd)
 
 
 def source_of(args) -> Source:
-    from flows.cli import resolve_pg
+    from flows.cli.options import resolve_pg
     if args.since is not None and args.until is not None and args.since >= args.until:
         raise UserError(f"--from {iso(args.since)} is not before --to {iso(args.until)}")
     dsn = resolve_pg(args) if args.store == "postgres" else None
