@@ -179,33 +179,41 @@ class Shard:
                 self._skewed(record, high_before, next_us, out)
 
     def _event(self, event: Event, high_before: int, out: Output) -> None:
-        book = self.accounts.get(event.account)
-        if book is None:
-            book = self.accounts[event.account] = Book(self.config.redelivery_horizon_us)
-        key = seen_key(event)
-        first = book.seen.get(key)
-        if first is not None and first.time_us >= high_before - self.config.redelivery_horizon_us:
-            self._redelivery(book, first, event, out)
-        elif event.time_us < high_before - self.config.allowed_lateness_us:
+        book, key = self._book(event), seen_key(event)
+        if self._redelivered(book, key, event, high_before, out):
+            return
+        if event.time_us < high_before - self.config.allowed_lateness_us:
             self._alone(book, key, event, late_decision(event, high_before, self.config), out)
-        else:
-            book.seen[key] = Seen(event.ref, event.time_us)
-            was_first = book.open[0][1] if book.open else None
-            book.add(event)
-            if book.open[0][1] is not was_first:
-                self._schedule(event.account, book)
+            return
+        book.seen[key] = Seen(event.ref, event.time_us)
+        was_first = book.open[0][1] if book.open else None
+        book.add(event)
+        if book.open[0][1] is not was_first:
+            self._schedule(event.account, book)
 
     def _skewed(self, event: Event, high_before: int, next_us: int, out: Output) -> None:
+        book, key = self._book(event), seen_key(event)
+        if not self._redelivered(book, key, event, high_before, out):
+            self._alone(book, key, event, skew_decision(event, high_before, next_us, self.config),
+                        out)
+
+    def _book(self, event: Event) -> Book:
         book = self.accounts.get(event.account)
         if book is None:
             book = self.accounts[event.account] = Book(self.config.redelivery_horizon_us)
-        key = seen_key(event)
+        return book
+
+    def _redelivered(self, book: Book, key: str, event: Event, high_before: int,
+                     out: Output) -> bool:
+        """A redelivery whatever its time: its fate follows the first delivery's."""
         first = book.seen.get(key)
-        if first is not None and first.time_us >= high_before - self.config.redelivery_horizon_us:
-            self._redelivery(book, first, event, out)
+        if first is None or first.time_us < high_before - self.config.redelivery_horizon_us:
+            return False
+        if first.decision_id is None:
+            book.redelivered.setdefault(first.ref, []).append(event.ref)
         else:
-            self._alone(book, key, event, skew_decision(event, high_before, next_us, self.config),
-                        out)
+            out.fates.append(fate_of(event, REDELIVERY, first.decision_id, first.window_end))
+        return True
 
     def _alone(self, book: Book, key: str, event: Event, verdict: tuple[Decision, Fate],
                out: Output) -> None:
@@ -217,12 +225,6 @@ class Shard:
         book.decided(key, seen)
         out.decisions.append(decision)
         out.fates.append(fate)
-
-    def _redelivery(self, book: Book, first: Seen, event: Event, out: Output) -> None:
-        if first.decision_id is None:
-            book.redelivered.setdefault(first.ref, []).append(event.ref)
-        else:
-            out.fates.append(fate_of(event, REDELIVERY, first.decision_id, first.window_end))
 
     def _schedule(self, name: str, book: Book) -> None:
         anchor = book.anchor()

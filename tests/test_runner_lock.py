@@ -20,6 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from flows.drill import alive, children
 from sinks.postgres import read_decisions
 from tests.flow_helpers import pg_rows, publish_day, start_tally, tally, wait_until
 
@@ -42,41 +43,11 @@ def decided(pg_dsn: str, namespace: str) -> int:
         return 0
 
 
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting for its parent to reap it has ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-def members(launcher: int) -> list[int]:
-    """The processes whose parent is `launcher`."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == launcher:
-            found.append(int(stat.parent.name))
-    return sorted(found)
-
-
-def lock_sessions(pg_dsn: str, namespace: str) -> set[int]:
-    """The backends of `namespace`'s runner that hold an advisory lock."""
-    with psycopg.connect(pg_dsn) as conn:
-        return {pid for (pid,) in conn.execute(
-            "SELECT pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-            " WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = %s",
-            (f"tally runner {namespace}",))}
-
-
 def two_members(launcher) -> list[int]:
     """The launcher's two members, once both have started."""
     def started():
         assert launcher.poll() is None, f"the launcher ended: {launcher.communicate()}"
-        found = members(launcher.pid)
+        found = children(launcher.pid)
         return len(found) == 2 and found
     return wait_until(started, 60, "two members")
 

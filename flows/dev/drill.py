@@ -224,7 +224,7 @@ def _crash_repeatedly(flow: _Flow, options: DrillOptions, config: MatchConfig,
                                 f"before kill {len(kills) + 1}; see its log in {options.root}")
             break
         refused = _second_runner(flow) if kind == "second-runner" and seen else None
-        members = _children(proc.pid)
+        members = children(proc.pid)
         after = time.monotonic() - started
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -256,7 +256,7 @@ def _second_runner(flow: _Flow) -> str:
     return line.split(" (host")[0].removeprefix("tally: ")
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     """The processes whose parent is `pid` (the members of a launcher)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -273,20 +273,20 @@ def _members_end(members: list[int]) -> str:
     """The members of a killed launcher end by themselves (their parent-death signal)."""
     started = time.monotonic()
     while time.monotonic() - started < MEMBERS_END_S:
-        alive = [pid for pid in members if Path(f"/proc/{pid}").exists()
-                 and "zombie" not in _state(pid)]
-        if not alive:
+        running = [pid for pid in members if alive(pid)]
+        if not running:
             return f"its {len(members)} members ended {time.monotonic() - started:.1f}s after it"
         time.sleep(0.05)
-    raise UserError(f"the members {alive} of a killed launcher still run after "
+    raise UserError(f"the members {running} of a killed launcher still run after "
                     f"{MEMBERS_END_S:.0f}s; stop them by hand")
 
 
-def _state(pid: int) -> str:
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it has ended)."""
     try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
-    except (OSError, IndexError):
-        return "zombie"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def _batch_size(options: DrillOptions, config: MatchConfig, total: int) -> int:
