@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from flows.drill import alive, children
+from flows.dev.drill import alive, children
 from sinks.postgres import read_decisions
 from tests.flow_helpers import pg_rows, publish_day, start_tally, tally, wait_until
 
