@@ -1,131 +1,22 @@
 """Conservation, checked over what a store holds: every record one fate, every fate its decision.
 
 A store (PostgreSQL or Parquet) is read into three compact Arrow tables, the
-same shape from either, so one set of vectorised checks serves both:
-
-* fates: topic, partition, offset, source, event_id, outcome, decision_id, window_end
-* decisions: decision_id, kind, tier, exception_kind, account, currency,
-  amount_minor, window_start, window_end
-* members: decision_id, topic, partition, offset (one row per member of a decision)
-
-Times are UTC microseconds (int64) in all three.
+same shape from either (`sinks.stores.Tables`, from a store's `compact()`), so
+one set of vectorised checks serves both.
 """
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pcsv
 
-from sinks import parquet
+from sinks.stores import POSITION, Tables
 
 Part = tuple[str, int]
-POSITION = ["topic", "partition", "offset"]
 EXAMPLES = 5  # how many offending keys a verdict names
-
-FATES = pa.schema([("topic", pa.string()), ("partition", pa.int32()), ("offset", pa.int64()),
-                   ("source", pa.string()), ("event_id", pa.string()), ("outcome", pa.string()),
-                   ("decision_id", pa.string()), ("window_end", pa.int64())])
-DECISIONS = pa.schema([("decision_id", pa.string()), ("kind", pa.string()), ("tier", pa.int8()),
-                       ("exception_kind", pa.string()), ("account", pa.string()),
-                       ("currency", pa.string()), ("amount_minor", pa.int64()),
-                       ("window_start", pa.int64()), ("window_end", pa.int64())])
-MEMBERS = pa.schema([("decision_id", pa.string()), ("topic", pa.string()),
-                     ("partition", pa.int32()), ("offset", pa.int64())])
-
-
-@dataclass
-class Tables:
-    where: str
-    fates: pa.Table
-    decisions: pa.Table
-    members: pa.Table
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def from_parquet(root: Path) -> Tables:
-    fates = parquet.read_dataset(root / "fates", parquet.FATES_SCHEMA)
-    decisions = parquet.read_dataset(root / "decisions", parquet.DECISIONS_SCHEMA)
-    refs = decisions.column("member_refs")
-    members = _members(pc.take(decisions.column("decision_id"), pc.list_parent_indices(refs)),
-                       pc.list_flatten(refs))
-    return Tables(f"Parquet {root}", _cast(fates, FATES), _cast(decisions, DECISIONS), members)
-
-
-def from_postgres(dsn: str, ns: str) -> Tables:
-    import psycopg
-    from psycopg import sql
-
-    from sinks.postgres import CONNECT_TIMEOUT_S, validate_namespace
-
-    schema = sql.Identifier(validate_namespace(ns))
-    us = "(extract(epoch FROM {0}) * 1000000)::bigint"
-    queries = {
-        "fates": sql.SQL('SELECT topic, partition, "offset", source, event_id, outcome, decision_id, '
-                         + us.format("window_end") + " FROM {}.fates").format(schema),
-        "decisions": sql.SQL("SELECT decision_id, kind, tier, exception_kind, account, currency, "
-                             "amount_minor, " + us.format("window_start") + ", "
-                             + us.format("window_end") + " FROM {}.decisions").format(schema),
-        "refs": sql.SQL("SELECT decision_id, unnest(member_refs) FROM {}.decisions").format(schema),
-    }
-    with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S) as conn:
-        fates = _copy_csv(conn, queries["fates"], FATES)
-        decisions = _copy_csv(conn, queries["decisions"], DECISIONS)
-        refs = _copy_csv(conn, queries["refs"], pa.schema([("decision_id", pa.string()),
-                                                           ("ref", pa.string())]))
-    return Tables(f"PostgreSQL schema {ns}", fates, decisions,
-                  _members(refs.column("decision_id"), refs.column("ref")))
-
-
-def _copy_csv(conn, query, schema: pa.Schema) -> pa.Table:
-    """A query's rows through COPY ... CSV into Arrow: no Python object per row."""
-    from psycopg import sql
-    buffer = io.BytesIO()
-    with conn.cursor() as cur:
-        with cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)) as copy:
-            for chunk in copy:
-                buffer.write(chunk)
-    if not buffer.tell():
-        return schema.empty_table()
-    buffer.seek(0)
-    # CSV from PostgreSQL: NULL is an unquoted empty field, '' a quoted one
-    return pcsv.read_csv(
-        buffer, read_options=pcsv.ReadOptions(column_names=schema.names),
-        parse_options=pcsv.ParseOptions(newlines_in_values=True),
-        convert_options=pcsv.ConvertOptions(column_types=schema, strings_can_be_null=True,
-                                            quoted_strings_can_be_null=False, null_values=[""]))
-
-
-def _members(decision_ids, refs) -> pa.Table:
-    """Member refs "topic:partition:offset" as columns (topics cannot contain ':')."""
-    parts = pc.split_pattern(refs, ":", max_splits=None)
-    return pa.table({"decision_id": decision_ids,
-                     "topic": pc.list_element(parts, 0),
-                     "partition": pc.cast(pc.list_element(parts, 1), pa.int32()),
-                     "offset": pc.cast(pc.list_element(parts, 2), pa.int64())}, schema=MEMBERS)
-
-
-def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    columns = []
-    for name in schema.names:
-        column = table.column(name)
-        if pa.types.is_timestamp(column.type):
-            column = pc.cast(column, pa.int64())
-        columns.append(pc.cast(column, schema.field(name).type))
-    return pa.table(columns, schema=schema)
-
-
-def archive_positions(root: Path) -> pa.Table:
-    """Log positions of every archived (consumed) record under <namespace>/events."""
-    from sinks.parquet_sink import ARCHIVE_SCHEMA
-    return parquet.read_dataset(root / "events", ARCHIVE_SCHEMA, columns=POSITION)
 
 
 def offset_bounds(positions: pa.Table, parts: list[Part]) -> tuple[dict[Part, int], dict[Part, int]]:

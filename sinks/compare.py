@@ -1,9 +1,8 @@
-"""A namespace read back as canonical rows, and the comparison of two namespaces.
+"""The comparison of two namespaces, over their canonical rows (`sinks.stores`).
 
-PostgreSQL and Parquet hand back the same decision in different shapes
-(datetimes, lists, dicts). Canonical rows are plain tuples in the Parquet column
-order with times as UTC microseconds, so equal content means equal tuples,
-whichever store and whichever run it came from. Rows are keyed by identity: a
+Canonical rows are plain tuples in the Parquet column order with times as UTC
+microseconds, so equal content means equal tuples, whichever store and whichever
+run it came from. Rows are keyed by identity: a
 decision by its id, a fate and an archived record by their log position. A key
 seen twice is a duplicate, which a correct sink never writes.
 """
@@ -13,38 +12,15 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import msgspec
 
-from sinks import parquet
+from sinks.stores import (DECISION_FIELDS, FATE_FIELDS, TABLES, Archive, ParquetStore,
+                          PostgresStore, canonical)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_US = timedelta(microseconds=1)
-DECISION_FIELDS = tuple(parquet.DECISIONS_SCHEMA.names)
-FATE_FIELDS = tuple(parquet.FATES_SCHEMA.names)
-TABLES = ("decisions", "fates")
-
-
-def _us(value):
-    if isinstance(value, datetime):
-        return (value - _EPOCH) // _ONE_US
-    return value
-
-
-def canonical(row: dict, fields: tuple[str, ...]) -> tuple:
-    out = []
-    for name in fields:
-        value = row[name]
-        if name in ("window_start", "window_end", "timestamp"):
-            value = _us(value)
-        elif name == "candidates":
-            value = tuple((c["event"], c["ref"], c["confidence"]) for c in value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        out.append(value)
-    return tuple(out)
+__all__ = ["DECISION_FIELDS", "FATE_FIELDS", "TABLES", "Contents", "Difference", "canonical",
+           "compare", "digest", "from_parquet", "from_postgres", "from_rows"]
 
 
 def decision_key(row: tuple) -> str:
@@ -75,29 +51,24 @@ class Contents:
         return len(self.rows.get(table, {}))
 
 
-def from_rows(where: str, decisions: list[dict], fates: list[dict]) -> Contents:
+def from_rows(where: str, decisions: list[tuple], fates: list[tuple]) -> Contents:
+    """Contents of canonical decision and fate rows."""
     contents = Contents(where)
-    contents.add("decisions", (canonical(r, DECISION_FIELDS) for r in decisions), decision_key)
-    contents.add("fates", (canonical(r, FATE_FIELDS) for r in fates), fate_key)
+    contents.add("decisions", decisions, decision_key)
+    contents.add("fates", fates, fate_key)
     return contents
 
 
 def from_postgres(dsn: str, namespace: str) -> Contents:
-    from sinks.postgres import read_decisions, read_fates
-    return from_rows(f"PostgreSQL schema {namespace}", read_decisions(dsn, namespace),
-                     read_fates(dsn, namespace))
+    with PostgresStore(dsn, namespace) as store:
+        return from_rows(f"PostgreSQL schema {namespace}", store.decisions(), store.fates())
 
 
 def from_parquet(root: Path) -> Contents:
     """Decisions, fates and the raw archive under <data-dir>/<namespace>."""
-    from sinks.parquet_sink import ARCHIVE_SCHEMA
-    contents = from_rows(
-        f"Parquet {root}",
-        parquet.read_dataset(root / "decisions", parquet.DECISIONS_SCHEMA).to_pylist(),
-        parquet.read_dataset(root / "fates", parquet.FATES_SCHEMA).to_pylist())
-    archive = parquet.read_dataset(root / "events", ARCHIVE_SCHEMA)
-    contents.add("events", (canonical(r, tuple(ARCHIVE_SCHEMA.names)) for r in archive.to_pylist()),
-                 fate_key)
+    store = ParquetStore(root.parent, root.name)
+    contents = from_rows(f"Parquet {root}", store.decisions(), store.fates())
+    contents.add("events", Archive(root).records(), fate_key)
     return contents
 
 

@@ -30,22 +30,21 @@ from __future__ import annotations
 import logging
 import re
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Callable
 
 import msgspec
 import psycopg
 from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from sinks.dsn import redact
 from sinks.errors import StoreError
+from state.contract import EPOCH
 from state.decision import Decision, Fate
 
 NAMESPACE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 CONNECT_TIMEOUT_S = 5
 
 # (name, PostgreSQL type): the columns of sinks.parquet, in the same order.
@@ -377,29 +376,6 @@ def connect_check(dsn: str, timeout_s: int = 3) -> None:
         raise StoreError(f"cannot connect to PostgreSQL at {redact(dsn)}: "
                          f"{safe_reason(exc, dsn)}; start it with 'tally dev up' "
                          f"or pass --pg") from None
-
-
-# -- reading (tests, verify) ---------------------------------------------------
-
-
-def _read(dsn: str, ns: str, table: str, order: list[str]) -> list[dict]:
-    query = sql.SQL("SELECT * FROM {}.{} ORDER BY {}").format(
-        sql.Identifier(validate_namespace(ns)), sql.Identifier(table),
-        sql.SQL(", ").join(map(sql.Identifier, order)))
-    with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S) as conn:
-        conn.execute("SET TIME ZONE 'UTC'")
-        with conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(query).fetchall()
-
-
-def read_decisions(dsn: str, ns: str) -> list[dict]:
-    """All decision rows (every column, review columns too), by decision_id."""
-    return _read(dsn, ns, "decisions", ["decision_id", "day"])
-
-
-def read_fates(dsn: str, ns: str) -> list[dict]:
-    """All fate rows, by topic, partition, offset."""
-    return _read(dsn, ns, "fates", ["topic", "partition", "offset", "day"])
 
 
 def drop_namespace(dsn: str, ns: str) -> None:

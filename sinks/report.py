@@ -27,6 +27,7 @@ from pathlib import Path
 
 from sinks.dsn import redact
 from sinks.errors import StoreError
+from sinks.stores import ParquetStore, PostgresStore
 from state.currency import EXPONENTS
 from state.decision import (AMBIGUOUS, CLOCK_SKEW, DUPLICATE, INVALID_KIND, LATE, MISMATCH, MISSING,
                             REVIEW)
@@ -181,44 +182,22 @@ BY_ACCOUNT_SQL = (
     " ORDER BY 2 DESC, account COLLATE \"C\" LIMIT %(top)s")
 
 class PgDecisions:
-    """The grouped figures of one namespace's `decisions` table."""
+    """The grouped figures of one namespace's `decisions` table, from its PostgresStore."""
 
     notes: tuple[str, ...] = ()
 
-    def __init__(self, dsn: str, namespace: str):
-        import psycopg
-        from psycopg import sql
-        from psycopg.rows import dict_row
-
-        from sinks.postgres import CONNECT_TIMEOUT_S, validate_namespace
-        self.dsn, self.namespace = dsn, validate_namespace(namespace)
-        self.where = f"PostgreSQL schema {namespace}"
-        self.table = sql.SQL("{}.decisions").format(sql.Identifier(namespace))
-        try:
-            self.conn = psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True,
-                                        row_factory=dict_row)
-        except psycopg.Error as exc:
-            raise self._error(exc, "cannot connect to PostgreSQL at") from None
-        self.conn.execute("SET TIME ZONE 'UTC'")
-        if self._query("SELECT to_regclass(%(t)s) AS t",
-                       {"t": self.table.as_string(self.conn)})[0]["t"] is None:
+    def __init__(self, store: PostgresStore):
+        self.store, self.namespace = store, store.namespace
+        self.where = f"PostgreSQL schema {store.namespace}"
+        conn = store.connect("cannot connect to PostgreSQL at")
+        table = store.table("decisions").as_string(conn)
+        if self._query("SELECT to_regclass(%(t)s) AS t", {"t": table})[0]["t"] is None:
             self.close()
-            raise StoreError(f"namespace {namespace} has no decisions in PostgreSQL at "
-                             f"{redact(dsn)}; check --namespace and --pg")
+            raise StoreError(f"namespace {store.namespace} has no decisions in PostgreSQL at "
+                             f"{redact(store.dsn)}; check --namespace and --pg")
 
-    def _error(self, exc: BaseException, what: str) -> StoreError:
-        from sinks.postgres import safe_reason
-        return StoreError(f"{what} {redact(self.dsn)}: {safe_reason(exc, self.dsn)}")
-
-    def _query(self, text: str, params: dict | None = None, **parts) -> list[dict]:
-        import psycopg
-        from psycopg import sql
-        query = sql.SQL(text).format(decisions=self.table, **parts)
-        try:
-            return self.conn.execute(query, params).fetchall()
-        except psycopg.Error as exc:
-            raise self._error(exc, f"cannot read namespace {self.namespace} from PostgreSQL at") \
-                from None
+    def _query(self, text: str, params: dict | None = None) -> list[dict]:
+        return self.store.query(text, params)
 
     def outcomes(self) -> list[dict]:
         return self._query(OUTCOMES_SQL)
@@ -236,11 +215,11 @@ class PgDecisions:
 
     def oldest_open(self, limit: int) -> tuple[list[dict], int]:
         from sinks import review
-        rows = review.open_exceptions(self.dsn, self.namespace, limit=limit)
-        return rows, sum(review.open_counts(self.dsn, self.namespace).values())
+        rows = review.open_exceptions(self.store.dsn, self.namespace, limit=limit)
+        return rows, sum(review.open_counts(self.store.dsn, self.namespace).values())
 
     def close(self) -> None:
-        self.conn.close()
+        self.store.close()
 
     def __enter__(self) -> PgDecisions:
         return self
@@ -262,28 +241,19 @@ class ParquetDecisions:
 
     notes = ("Parquet keeps no review status: every exception is counted as open",)
 
-    def __init__(self, root: Path, namespace: str):
-        self.namespace, self.root = namespace, root / "decisions"
-        self.where = f"Parquet under {root}"
-        self.files = sorted(str(p) for p in self.root.rglob("*.parquet")
-                            if not p.name.startswith("."))
+    def __init__(self, store: ParquetStore):
+        self.store, self.namespace = store, store.namespace
+        self.root = store.root / "decisions"
+        self.where = store.where
+        self.files = store.files("decisions", "**/*.parquet")
         if not self.files:
-            raise StoreError(f"namespace {namespace} has no decisions under {self.root}; "
+            raise StoreError(f"namespace {self.namespace} has no decisions under {self.root}; "
                              f"check --namespace and --data-dir")
         self.table = self._read(GROUP_COLUMNS)
         self.is_match = _as_int(_equal(self.table.column("kind"), "match"))
 
     def _read(self, columns: list[str], condition=None):
-        import pyarrow as pa
-        import pyarrow.dataset as ds
-
-        from sinks.parquet import DECISIONS_SCHEMA
-        try:
-            return ds.dataset(self.files, schema=DECISIONS_SCHEMA, format="parquet").to_table(
-                columns=columns, filter=condition)
-        except (OSError, pa.ArrowException) as exc:
-            raise StoreError(f"cannot read Parquet files under {self.root}: "
-                             f"{' '.join(str(exc).split())}") from None
+        return self.store.scan("decisions", condition, columns, files=self.files)
 
     def outcomes(self) -> list[dict]:
         grouped = self.table.group_by(["kind", "tier", "exception_kind"]).aggregate(

@@ -19,8 +19,8 @@ NEVER = -(2**62)  # "no event time yet": below any real time, still an int
 MAX_VALUE_BYTES = 1 << 20  # larger values are invalid; the archive keeps them whole
 MAX_SIGNIFICANT_DIGITS = 18  # fits a signed 64-bit integer of minor units
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_US = timedelta(microseconds=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # times are UTC microseconds from here
+ONE_US = timedelta(microseconds=1)
 _AMOUNT = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?\Z")
 _LIMITS = {"event_id": 128, "account": 64, "idempotency_key": 128, "reference": 256}
 
@@ -213,9 +213,9 @@ def parse_amount(text: str | None, currency: str, places: int) -> int:
 
 
 def _to_us(moment: datetime) -> int:
-    return (moment - _EPOCH) // _ONE_US
+    return (moment - EPOCH) // ONE_US
 
 
 def format_us(time_us: int) -> str:
     """UTC microseconds as RFC 3339, for reasons and reports."""
-    return (_EPOCH + time_us * _ONE_US).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return (EPOCH + time_us * ONE_US).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 
 from sinks import compare, parquet
-from sinks.postgres import read_decisions, read_fates
+from sinks.stores import read_decisions, read_fates
 
 DECISION_FIELDS = compare.DECISION_FIELDS
 FATE_FIELDS = compare.FATE_FIELDS

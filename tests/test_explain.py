@@ -21,8 +21,8 @@ from flows.checks import explain
 from flows.kafka import kafka_io
 from flows.dev.generate import generate_day
 from flows.logs import UserError
-from sinks.compare import _us
-from sinks.postgres import read_decisions, read_fates
+from sinks.stores import us as _us
+from sinks.stores import read_decisions, read_fates
 from state.config import MatchConfig
 from state.contract import format_us
 from tests.flow_helpers import tally, unique_topics, write_config

@@ -25,7 +25,7 @@ from flows.kafka.dayfiles import partitions, read_values
 from flows.dev.generate import generate_day
 from flows.dev.match import run_engine
 from flows.runtime.pacemaker import Pacemaker
-from sinks.postgres import read_decisions, read_fates
+from sinks.stores import read_decisions, read_fates
 from state.config import MatchConfig, from_toml
 from state.contract import Decoder, Heartbeat
 from tests.flow_helpers import (FATE_FIELDS, engine_rows, pg_rows, start_tally, tally,

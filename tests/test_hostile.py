@@ -26,7 +26,7 @@ from flows.kafka import kafka_io
 from flows.kafka.dayfiles import partitions, read_values
 from flows.dev.generate import generate_day
 from sinks import compare
-from sinks.postgres import read_decisions, read_fates
+from sinks.stores import read_decisions, read_fates
 from state.config import MatchConfig
 from state.contract import MAX_VALUE_BYTES
 from tests import hostile

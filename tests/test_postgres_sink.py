@@ -13,8 +13,8 @@ import pytest
 from flows.logs import UserError
 from sinks.parquet import DECISIONS_SCHEMA, FATES_SCHEMA
 from sinks.postgres import (DECISION_COLUMNS, FATE_COLUMNS, PgWriter, WriterFactory,
-                            connect_check, read_decisions, read_fates, validate_namespace,
-                            write_with_retry)
+                            connect_check, validate_namespace, write_with_retry)
+from sinks.stores import read_decisions, read_fates
 from state.decision import Decision, Fate
 from tests.samples import US, exception, match, namespace
 

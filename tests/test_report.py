@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sinks.postgres import read_decisions
+from sinks.stores import read_decisions
 from state.currency import exponent
 from tests.flow_helpers import publish_day, tally
 

@@ -15,7 +15,8 @@ import pytest
 from flows.checks import review as cli
 from flows.logs import UserError
 from sinks import review
-from sinks.postgres import DECISION_COLUMNS, PgWriter, read_decisions
+from sinks.postgres import DECISION_COLUMNS, PgWriter
+from sinks.stores import read_decisions
 from state.decision import Decision, decision_id
 from tests.samples import US, match, namespace
 

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from flows.dev.drill import alive, children
-from sinks.postgres import read_decisions
+from sinks.stores import read_decisions
 from tests.flow_helpers import pg_rows, publish_day, start_tally, tally, wait_until
 
 PAYMENTS = 1500

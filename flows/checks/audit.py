@@ -92,8 +92,9 @@ def audit(data_root: Path, namespace: str, stores: list[str], pg_dsn: str | None
     """`brokers`: a callable giving the broker's address (raising UserError when there is
     none), called only when the archive lacks offsets."""
     from sinks import audit as checks
+    from sinks.stores import Archive, ParquetStore, PostgresStore
 
-    archive = checks.archive_positions(data_root)
+    archive = Archive(data_root).positions()
     starts, ends, committed, notes = _ranges(data_root, archive)
     ranges = {part: (starts[part], ends[part]) for part in starts}
     skipped = _not_records(checks, archive, checks.coverage(archive, ranges), brokers, notes)
@@ -113,8 +114,11 @@ def audit(data_root: Path, namespace: str, stores: list[str], pg_dsn: str | None
     loaded = []
     for store in stores:
         logs.info("reading the store", store=store, namespace=namespace)
-        tables = (checks.from_postgres(pg_dsn, namespace) if store == "postgres"
-                  else checks.from_parquet(data_root))
+        if store == "postgres":
+            with PostgresStore(pg_dsn, namespace) as reader:
+                tables = reader.compact()
+        else:
+            tables = ParquetStore(data_root.parent, data_root.name).compact()
         loaded.append(tables)
         report.stores.append(_check_store(checks, tables, ranges, _merged(pending or {}, absent)))
     if len(loaded) == 2:

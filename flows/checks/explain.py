@@ -468,196 +468,39 @@ def _detail_json(m: Detail) -> dict:
 
 # ----------------------------------------------------------------------------- reading
 
-
-def _canonical(rows, fields) -> list[dict]:
-    from sinks.compare import canonical
-    return [dict(zip(fields, canonical(r, fields))) for r in rows]
-
-
-def _day(us: int):
-    return (EPOCH + timedelta(microseconds=us)).date()
-
-
-class PgStore:
-    """Fates and decisions of one namespace in PostgreSQL, read by key."""
-
-    def __init__(self, dsn: str, namespace: str):
-        import psycopg
-
-        from sinks.postgres import CONNECT_TIMEOUT_S, validate_namespace
-        self.dsn, self.ns = dsn, validate_namespace(namespace)
-        self.where = f"PostgreSQL at {redact(dsn)}"
-        self.conn = None
-        try:
-            self.conn = psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
-            self.conn.execute("SET TIME ZONE 'UTC'")
-            self.exists = self.conn.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s"
-                " AND table_name IN ('decisions', 'fates')", (self.ns,)).fetchone()[0] == 2
-        except psycopg.Error as exc:
-            self.close()
-            raise self._error(exc) from None
-
-    def _error(self, exc: BaseException) -> UserError:
-        from sinks.postgres import safe_reason
-        return UserError(f"cannot read namespace {self.ns} from {self.where}: "
-                         f"{safe_reason(exc, self.dsn)}")
-
-    def _rows(self, table: str, fields, where: list[tuple[str, object]]) -> list[dict]:
-        import psycopg
-        from psycopg import sql
-        from psycopg.rows import dict_row
-        if not self.exists:
-            return []
-        query = sql.SQL("SELECT {} FROM {}.{} WHERE {}").format(
-            sql.SQL(", ").join(map(sql.Identifier, fields)), sql.Identifier(self.ns),
-            sql.Identifier(table),
-            sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c, _ in where))
-        try:
-            with self.conn.cursor(row_factory=dict_row) as cur:
-                return _canonical(cur.execute(query, [v for _, v in where]).fetchall(), fields)
-        except psycopg.Error as exc:
-            raise self._error(exc) from None
-
-    def fates_at(self, topic: str, partition: int, offset: int) -> list[dict]:
-        from sinks.compare import FATE_FIELDS
-        return self._rows("fates", FATE_FIELDS,
-                          [("topic", topic), ("partition", partition), ("offset", offset)])
-
-    def fates_of(self, source: str, event_id: str) -> list[dict]:
-        from sinks.compare import FATE_FIELDS
-        return self._rows("fates", FATE_FIELDS, [("source", source), ("event_id", event_id)])
-
-    def decision(self, decision_id: str, window_end: int | None) -> dict | None:
-        from sinks.compare import DECISION_FIELDS
-        where = [("decision_id", decision_id)]
-        if window_end is not None:  # the day partition holding it, by its window_end
-            where.append(("day", _day(window_end)))
-        rows = self._rows("decisions", DECISION_FIELDS, where)
-        return rows[0] if rows else None
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-
-
-def _visible(root: Path, pattern: str) -> list[str]:
-    return sorted(str(p) for p in root.glob(pattern) if not p.name.startswith("."))
-
-
-def _scan(files: list[str], schema, condition, columns=None):
-    """Rows of the Parquet files that match `condition` (row groups skipped by statistics)."""
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-    try:
-        return ds.dataset(files, schema=schema, format="parquet").to_table(
-            columns=columns, filter=condition)
-    except (OSError, pa.ArrowException) as exc:
-        raise UserError(f"cannot read Parquet files under {Path(files[0]).parent.parent}: "
-                        f"{' '.join(str(exc).split())}") from None
-
-
-class ParquetStore:
-    """Fates and decisions of one namespace in the Parquet files under <data-dir>/<ns>."""
-
-    def __init__(self, data_dir: Path, namespace: str):
-        self.root = data_dir / namespace
-        self.where = f"Parquet under {self.root}"
-        self.exists = (self.root / "fates").is_dir()
-
-    def _fates(self, condition) -> list[dict]:
-        from sinks.compare import FATE_FIELDS
-        from sinks.parquet import FATES_SCHEMA
-        files = _visible(self.root / "fates", "date=*/*.parquet")
-        if not files:
-            return []
-        return _canonical(_scan(files, FATES_SCHEMA, condition).to_pylist(), FATE_FIELDS)
-
-    def fates_at(self, topic: str, partition: int, offset: int) -> list[dict]:
-        import pyarrow.dataset as ds
-        return self._fates((ds.field("topic") == topic) & (ds.field("partition") == partition)
-                           & (ds.field("offset") == offset))
-
-    def fates_of(self, source: str, event_id: str) -> list[dict]:
-        import pyarrow.dataset as ds
-        return self._fates((ds.field("source") == source) & (ds.field("event_id") == event_id))
-
-    def decision(self, decision_id: str, window_end: int | None) -> dict | None:
-        import pyarrow.dataset as ds
-
-        from sinks.compare import DECISION_FIELDS
-        from sinks.parquet import DECISIONS_SCHEMA
-        day = "*" if window_end is None else f"date={_day(window_end).isoformat()}"
-        files = _visible(self.root / "decisions", f"{day}/*.parquet")
-        if not files:
-            return None
-        rows = _scan(files, DECISIONS_SCHEMA, ds.field("decision_id") == decision_id).to_pylist()
-        return _canonical(rows, DECISION_FIELDS)[0] if rows else None
-
-    def close(self) -> None:
-        pass
+# The stores (sinks.stores, cheap to import: pyarrow and psycopg load where used) give
+# fates and decisions by key as canonical dicts, and the raw archive's records.
+from sinks.stores import Archive, ParquetStore  # noqa: E402
+from sinks.stores import PostgresStore as PgStore  # noqa: E402
 
 
 class ArchiveReader:
-    """The raw archive of one namespace, read with filters on topic, partition and offset."""
+    """The raw archive of one namespace, its records as `Raw`s by ref."""
 
     def __init__(self, namespace_root: Path):
-        self.root = namespace_root / "events"
-        self.files = _visible(self.root, "date=*/part*-*.parquet")
+        self.archive = Archive(namespace_root)
+        self.root = self.archive.root
 
     @property
     def exists(self) -> bool:
-        return bool(self.files)
-
-    def _table(self, condition, columns=None):
-        from sinks.parquet_sink import ARCHIVE_SCHEMA
-        return _scan(self.files, ARCHIVE_SCHEMA, condition, columns)
+        return self.archive.exists
 
     def rows(self, refs) -> dict[str, Raw]:
-        import pyarrow.dataset as ds
-        parts: dict[tuple[str, int], list[int]] = {}
-        for topic, partition, offset in sorted({ref_key(r) for r in refs}):
-            parts.setdefault((topic, partition), []).append(offset)
-        if not parts or not self.files:
-            return {}
-        condition = None
-        for (topic, partition), offsets in parts.items():
-            one = ((ds.field("topic") == topic) & (ds.field("partition") == partition)
-                   & ds.field("offset").isin(offsets))
-            condition = one if condition is None else condition | one
-        return _raws(self._table(condition).to_pylist())
+        return _raws(self.archive.at(ref_key(r) for r in refs))
 
     def with_event_id(self, topic: str, event_id: str) -> dict[str, Raw]:
         """Records of `topic` whose value contains the event id as JSON would write it."""
         import msgspec
-        import pyarrow.compute as pc
-        import pyarrow.dataset as ds
-        if not self.files:
-            return {}
-        needle = msgspec.json.encode(event_id).decode()[1:-1]
-        condition = (ds.field("topic") == topic) & pc.match_substring(ds.field("value"), needle)
-        return _raws(self._table(condition).to_pylist())
+        return _raws(self.archive.containing(topic, msgspec.json.encode(event_id).decode()[1:-1]))
 
     def span(self, topic: str, partition: int) -> tuple[int, int, int] | None:
-        """(first offset, last offset, records) archived for one partition."""
-        import pyarrow.compute as pc
-        import pyarrow.dataset as ds
-        if not self.files:
-            return None
-        offsets = self._table((ds.field("topic") == topic) & (ds.field("partition") == partition),
-                              ["offset"]).column("offset")
-        if not len(offsets):
-            return None
-        bounds = pc.min_max(offsets).as_py()
-        return bounds["min"], bounds["max"], len(offsets)
+        return self.archive.span(topic, partition)
 
 
 def _raws(rows: list[dict]) -> dict[str, Raw]:
     out: dict[str, Raw] = {}
-    for row in rows:
-        stamp = row["timestamp"]
-        raw = Raw(row["topic"], row["partition"], row["offset"], row["key"],
-                  None if stamp is None else (stamp - EPOCH) // timedelta(microseconds=1),
+    for row in rows:  # canonical: the timestamp in UTC microseconds
+        raw = Raw(row["topic"], row["partition"], row["offset"], row["key"], row["timestamp"],
                   row["value"])
         out.setdefault(raw.ref, raw)  # a correct archive holds each position once
     return out

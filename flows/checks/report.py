@@ -536,12 +536,13 @@ def write_report(namespace: str, out: Path, data_dir: Path, store: str = "postgr
                  no_audit: bool = False) -> int:
     """`tally report` once its options are resolved: the page of `namespace` written to `out`."""
     from sinks import report
+    from sinks.stores import ParquetStore, PostgresStore
     if store == "postgres":
         from sinks.postgres import connect_check
         connect_check(dsn)
-        reader = report.PgDecisions(dsn, namespace)
+        reader = report.PgDecisions(PostgresStore(dsn, namespace))
     else:
-        reader = report.ParquetDecisions(data_dir / namespace, namespace)
+        reader = report.ParquetDecisions(ParquetStore(data_dir, namespace))
     with reader:
         figures = report.figures(reader, top_accounts, limit)
     verdict = (Verdict(None, "skipped (--no-audit)") if no_audit else

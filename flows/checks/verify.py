@@ -13,26 +13,22 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 
 from flows.logs import UserError, redact
 from flows.progress import table
-from state.decision import Decision, Fate
+# sinks.stores imports pyarrow and psycopg only where used: `register` runs for every
+# `tally` command and should stay cheap. sinks.compare loads msgspec only.
+from sinks.stores import (DECISION_END, DECISION_FIELDS, FATE_END, FATE_FIELDS, PENDING_DAY,
+                          in_range, open_store)
+from state.contract import EPOCH, ONE_US
 
-# sinks.compare and sinks.parquet load pyarrow, so they are imported where used:
-# `register` runs for every `tally` command and should stay cheap.
-
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-ONE_US = timedelta(microseconds=1)
-# The column order of sinks.parquet and sinks.postgres (tests hold them equal).
-DECISION_FIELDS, FATE_FIELDS = Decision.__struct_fields__, Fate.__struct_fields__
-DECISION_END = DECISION_FIELDS.index("window_end")
-FATE_END = FATE_FIELDS.index("window_end")
 MEMBERS = DECISION_FIELDS.index("member_refs")
 KIND = DECISION_FIELDS.index("kind")
-PENDING_DAY = "pending"  # the day of a fate not decided yet (Parquet from `tally match` only)
 STORES = ("postgres", "parquet")
+
+__all__ = ["DECISION_FIELDS", "FATE_FIELDS", "in_range"]
 
 
 # ----------------------------------------------------------------------------- times and days
@@ -61,17 +57,6 @@ def iso(us: int) -> str:
 def day_of(us: int | None) -> str:
     """The UTC day of a window_end, as the stores partition by it."""
     return PENDING_DAY if us is None else moment(us).date().isoformat()
-
-
-def in_range(rows, since_us: int | None = None, until_us: int | None = None,
-             end: int = DECISION_END) -> list[tuple]:
-    """Rows whose window_end is in [since_us, until_us); a missing bound is open.
-    Pending rows have no window_end, so any bound leaves them out."""
-    if since_us is None and until_us is None:
-        return list(rows)
-    low = since_us if since_us is not None else -2**63
-    high = until_us if until_us is not None else 2**63
-    return [r for r in rows if r[end] is not None and low <= r[end] < high]
 
 
 # ----------------------------------------------------------------------------- identities, digests
@@ -175,69 +160,14 @@ class Source:
             else f"Parquet under {self.data_dir}"
 
     def read(self, ns: str) -> Namespace:
-        return _read_postgres(self, ns) if self.store == "postgres" else _read_parquet(self, ns)
-
-
-def _read_postgres(source: Source, ns: str) -> Namespace:
-    import psycopg
-    from psycopg.rows import dict_row
-
-    from sinks.postgres import CONNECT_TIMEOUT_S
-    try:
-        with psycopg.connect(source.dsn, connect_timeout=CONNECT_TIMEOUT_S) as conn:
-            found = conn.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s"
-                " AND table_name IN ('decisions', 'fates')", (ns,)).fetchone()[0]
-            if found < 2:
-                raise UserError(f"namespace {ns} does not exist in {source.where()}")
-            conn.row_factory = dict_row
-            return Namespace(ns, _pg_rows(conn, ns, "decisions", DECISION_FIELDS, source),
-                             _pg_rows(conn, ns, "fates", FATE_FIELDS, source))
-    except psycopg.Error as exc:
-        reason = redact(" ".join(str(exc).split()) or type(exc).__name__)
-        raise UserError(f"cannot read namespace {ns} from {source.where()}: {reason}") from None
-
-
-def _pg_rows(conn, ns: str, name: str, fields, source: Source) -> list[tuple]:
-    from psycopg import sql
-
-    from sinks.compare import canonical
-    # The day bounds let PostgreSQL skip whole day partitions; window_end bounds are exact.
-    conditions, params = [sql.SQL("TRUE")], {}
-    if source.since is not None:
-        conditions.append(sql.SQL("window_end >= %(since)s AND day >= %(since_day)s"))
-        params |= {"since": moment(source.since), "since_day": moment(source.since).date()}
-    if source.until is not None:
-        conditions.append(sql.SQL("window_end < %(until)s AND day <= %(until_day)s"))
-        params |= {"until": moment(source.until), "until_day": moment(source.until).date()}
-    query = sql.SQL("SELECT {} FROM {}.{} WHERE {}").format(
-        sql.SQL(", ").join(map(sql.Identifier, fields)), sql.Identifier(ns),
-        sql.Identifier(name), sql.SQL(" AND ").join(conditions))
-    return [canonical(r, fields) for r in conn.execute(query, params)]
-
-
-def _read_parquet(source: Source, ns: str) -> Namespace:
-    from sinks.parquet import DECISIONS_SCHEMA, FATES_SCHEMA
-    root = source.data_dir / ns
-    if not root.is_dir():
-        raise UserError(f"namespace {ns} does not exist in {source.where()} (no {root})")
-    decisions = _parquet_rows(root / "decisions", DECISIONS_SCHEMA, source)
-    fates = _parquet_rows(root / "fates", FATES_SCHEMA, source)
-    return Namespace(ns, in_range(decisions, source.since, source.until),
-                     in_range(fates, source.since, source.until, end=FATE_END))
-
-
-def _parquet_rows(root: Path, schema, source: Source) -> list[tuple]:
-    from sinks.compare import canonical
-    from sinks.parquet import read_dataset
-    # Only the day directories the range can touch are read.
-    low = day_of(source.since) if source.since is not None else ""
-    high = day_of(source.until) if source.until is not None else PENDING_DAY
-    rows = []
-    for day_dir in sorted(root.glob("date=*")):
-        if low <= day_dir.name.removeprefix("date=") <= high:
-            rows += read_dataset(day_dir, schema).to_pylist()
-    return [canonical(r, tuple(schema.names)) for r in rows]
+        store = open_store(self.store, ns, self.data_dir, self.dsn)
+        with store:
+            if self.store == "postgres" and not store.exists:
+                raise UserError(f"namespace {ns} does not exist in {self.where()}")
+            if self.store == "parquet" and not store.root.is_dir():
+                raise UserError(f"namespace {ns} does not exist in {self.where()} (no {store.root})")
+            return Namespace(ns, store.decisions(self.since, self.until),
+                             store.fates(self.since, self.until))
 
 
 # ----------------------------------------------------------------------------- the report
