@@ -181,7 +181,22 @@ BY_ACCOUNT_SQL = (
     " FROM {decisions} WHERE account IS NOT NULL GROUP BY account"
     " ORDER BY 2 DESC, account COLLATE \"C\" LIMIT %(top)s")
 
-class PgDecisions:
+class _OverStore:
+    """Figures over one store, closed with it."""
+
+    store: PostgresStore | ParquetStore
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class PgDecisions(_OverStore):
     """The grouped figures of one namespace's `decisions` table, from its PostgresStore."""
 
     notes: tuple[str, ...] = ()
@@ -218,15 +233,6 @@ class PgDecisions:
         rows = review.open_exceptions(self.store.dsn, self.namespace, limit=limit)
         return rows, sum(review.open_counts(self.store.dsn, self.namespace).values())
 
-    def close(self) -> None:
-        self.store.close()
-
-    def __enter__(self) -> PgDecisions:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 # ----------------------------------------------------------------------------- Parquet
 
@@ -236,7 +242,7 @@ OPEN_COLUMNS = ["decision_id", "exception_kind", "account", "currency", "amount_
                 "window_end", "reason", "member_event_ids"]
 
 
-class ParquetDecisions:
+class ParquetDecisions(_OverStore):
     """The same figures from the decision files under <data-dir>/<namespace>/decisions."""
 
     notes = ("Parquet keeps no review status: every exception is counted as open",)
@@ -305,15 +311,6 @@ class ParquetDecisions:
         rows = ranked.slice(0, limit).select(LIST_COLUMNS).to_pylist()
         return [r | {"window_end": r["window_end"].astimezone(timezone.utc)} for r in rows], \
             table.num_rows
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> ParquetDecisions:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _equal(column, value):
