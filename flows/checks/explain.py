@@ -746,57 +746,24 @@ def _span_note(archive: ArchiveReader, ref: str) -> str:
             f"({span[2]:,} records)")
 
 
-# ----------------------------------------------------------------------------- command line
+def open_store(store: str, data_dir: Path, namespace: str, dsn: str | None):
+    """The fates and decisions of `namespace`: PostgreSQL at `dsn`, or Parquet under `data_dir`."""
+    if store == "parquet":
+        return ParquetStore(data_dir, namespace)
+    return PgStore(dsn, namespace)
 
 
-def register(commands) -> None:
-    """Add `explain` to the `tally` subcommands."""
-    from flows.cli.options import valid_namespace, store_options
-    cmd = commands.add_parser(
-        "explain", help="show what happened to one record",
-        description="Explain one record (TOPIC:PARTITION:OFFSET) or every record of one event "
-                    "(SOURCE:EVENT_ID): its raw value from the namespace's archive, its fate, its "
-                    "decision with every member and candidate, the rule that decided it and the "
-                    "watermark condition it waited for. Exit 0 if found, 1 if the record is "
-                    "unknown, 2 on errors.")
-    cmd.add_argument("record", metavar="TOPIC:PARTITION:OFFSET|SOURCE:EVENT_ID",
-                     help="a log position, or a source and event id")
-    cmd.add_argument("--namespace", type=valid_namespace, default="live",
-                     help="PostgreSQL schema and Parquet directory (default live)")
-    cmd.add_argument("--store", choices=STORES, default="postgres",
-                     help="read fates and decisions from PostgreSQL (default) or the Parquet "
-                          "files under --data-dir; the raw archive is always Parquet")
-    store_options(cmd)
-    cmd.add_argument("--config", default=None,
-                     help="the namespace's TOML config (default: $TALLY_CONFIG or built-in)")
-    cmd.add_argument("--json", action="store_true",
-                     help="print JSON, with the raw values whole (base64)")
-    cmd.set_defaults(handler=run_explain)
-
-
-def open_store(args):
-    if args.store == "parquet":
-        return ParquetStore(args.data_dir, args.namespace)
-    from flows.cli.options import resolve_pg
-    return PgStore(resolve_pg(args), args.namespace)
-
-
-def run_explain(args) -> int:
-    from flows.runtime.settings import load_config
-    config = load_config(args.config)
-    query = parse_query(args.record, config)
-    root = args.data_dir / args.namespace
-    store = open_store(args)
+def explain_query(query: Query, namespace: str, data_dir: Path, store: str, dsn: str | None,
+                  config: MatchConfig) -> tuple[str, list[Explanation]]:
+    """`tally explain` once its options are resolved: where it read, and what it found."""
+    root = data_dir / namespace
+    opened = open_store(store, data_dir, namespace, dsn)
     try:
         archive = ArchiveReader(root)
-        if not store.exists and not archive.exists:
-            raise UserError(f"namespace {args.namespace} does not exist: nothing in "
-                            f"{store.where}, and no raw archive under {archive.root}")
-        found = lookup(query, Sources(store, archive, config, (root / "replay.json").exists()))
+        if not opened.exists and not archive.exists:
+            raise UserError(f"namespace {namespace} does not exist: nothing in "
+                            f"{opened.where}, and no raw archive under {archive.root}")
+        found = lookup(query, Sources(opened, archive, config, (root / "replay.json").exists()))
     finally:
-        store.close()
-    if args.json:
-        print(json.dumps(to_json(query, args.namespace, found), indent=1))
-    else:
-        print(format_text(query, args.namespace, store.where, found))
-    return 0 if any(x.status != UNKNOWN for x in found) else 1
+        opened.close()
+    return opened.where, found
