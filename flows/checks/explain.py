@@ -25,61 +25,18 @@ from pathlib import Path
 from flows.logs import UserError, printable, redact
 from state.config import MatchConfig
 from state.contract import Event, format_us
-from state.decision import (AMBIGUOUS, CLOCK_SKEW, DUPLICATE, HEARTBEAT, INVALID_KIND, LATE, MISMATCH,
-                            MISSING, PENDING, REDELIVERY, REVIEW)
+from state.decision import (CLOCK_SKEW, DUPLICATE, HEARTBEAT, INVALID_KIND, LATE, MISMATCH, PENDING,
+                            REDELIVERY)
+from state.rules import KIND_RULES, OUTCOME_RULES, TIER_RULES
 
-# pyarrow, psycopg and the sinks are imported where used: `register` runs for every
-# `tally` command and should stay cheap.
+# pyarrow, psycopg and the sinks are imported where used: the CLI imports this module for
+# every `tally` command, which should stay cheap.
 
 STORES = ("postgres", "parquet")
 PREVIEW_CHARS = 300  # of a raw value in the text output; --json gives it whole
 DECIDED, UNKNOWN = "decided", "unknown"  # statuses besides PENDING
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _REF = re.compile(r"^([A-Za-z0-9._-]{1,249}):([0-9]{1,10}):([0-9]{1,19})$")
-
-# What state/matching.py does, tier by tier and kind by kind (keep in step with it;
-# docs/determinism.md states the duplicate and exact-evidence rules in full).
-TIER_RULES = {
-    1: "tier 1: every member carries the same idempotency key, one event per expected source, "
-       "and the amounts agree (confidence 1.0)",
-    2: "tier 2: one event per expected source with the anchor's exact amount and currency inside "
-       "the match window, no contradicting idempotency key, the only possible set, and no outside "
-       "event could take a member's place (confidence: mean pair score of amount, time and "
-       "reference against the anchor)",
-}
-KIND_RULES = {
-    MISSING: "missing counterpart: no event of the missing source(s) with the anchor's exact "
-             "amount, nor within the amount tolerance ({tolerance}), inside the match window, "
-             "that is not already spoken for by exact evidence of its own",
-    MISMATCH: "amount mismatch: events linked by one idempotency key carry different amounts",
-    AMBIGUOUS: "ambiguous: more than one equally good candidate set (or same-amount events of "
-               "the anchor's source with no key to tell them apart); Tally does not guess",
-    REVIEW: "review: no exact counterpart, but event(s) of the missing source(s) within the "
-            "amount tolerance ({tolerance}) that have no exact counterparts of their own (read up "
-            "to one match window past the window); scored candidates for a human, a clear best "
-            "one joined",
-    DUPLICATE: "duplicate: another event_id from the same source with the same idempotency key, "
-               "at most the redelivery horizon ({horizon}) after the original: the first of "
-               "them in event-time order, which this decision names",
-    LATE: "late: its event_time was more than allowed_lateness ({lateness}) behind its "
-          "partition's progress when it arrived; decided alone, at once",
-    CLOCK_SKEW: "clock skew: its event_time was more than max_clock_skew ({skew}) ahead of its "
-                "partition's progress, and the partition's next record did not follow it; it "
-                "moved nothing and was decided alone",
-    INVALID_KIND: "invalid: the record breaks the event contract; its raw bytes are kept with "
-                  "the reason",
-}
-OUTCOME_RULES = {
-    REDELIVERY: "redelivery: its source:event_id was delivered earlier in the same partition, "
-                "within the redelivery horizon ({horizon}) of the partition's progress; it makes "
-                "no decision of its own, its fate points at the first delivery's decision",
-    HEARTBEAT: "heartbeat: a statement, by the producer or by a live Tally run while the "
-               "partition was quiet, that its partition's event time reached {time}; it raises "
-               "the partition's progress and needs no decision",
-    PENDING: "pending: consumed (in the raw archive) but not decided yet; it waits for its "
-             "window, and has no fate row until then",
-}
-
 
 # ----------------------------------------------------------------------------- data
 
