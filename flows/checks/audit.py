@@ -34,6 +34,7 @@ from pathlib import Path
 from flows import logs
 from flows.logs import UserError, printable
 from flows.progress import table
+from state.contract import Part
 
 STORES = ("postgres", "parquet")
 
@@ -215,7 +216,7 @@ def _gaps(covered) -> list:
     return [[f"{c.part[0]}:{c.part[1]}", c.missing, c.first_missing] for c in covered if c.missing]
 
 
-def _part(text: str) -> tuple[str, int]:
+def _part(text: str) -> Part:
     topic, partition = text.rsplit(":", 1)
     return topic, int(partition)
 

@@ -16,11 +16,9 @@ from decimal import Decimal
 
 from flows.logs import printable
 from state import decision
+from state.decision import RESOLUTIONS  # noqa: F401 (the choices, beside the kinds)
 from state.currency import exponent
 
-# sinks.review.RESOLUTIONS, repeated because importing sinks.review loads psycopg,
-# and `register` runs for every `tally` command (a test holds the two equal).
-RESOLUTIONS = ("matched", "written-off", "duplicate", "refunded", "false-positive", "escalated")
 KINDS = (decision.MISSING, decision.MISMATCH, decision.AMBIGUOUS, decision.REVIEW,
          decision.DUPLICATE, decision.LATE, decision.CLOCK_SKEW, decision.INVALID_KIND)
 ID_SHOWN = 16  # hex characters of an id in tables: unique in practice, and a valid prefix

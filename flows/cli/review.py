@@ -6,10 +6,11 @@ import getpass
 import json
 import os
 
-from flows.checks.review import (ID_SHOWN, KINDS, REASON_SHOWN, RESOLUTIONS, age, aligned, amount,
-                                 described, iso, one_line, summary)
+from flows.checks.review import (ID_SHOWN, KINDS, REASON_SHOWN, age, aligned, amount, described,
+                                 iso, one_line, summary)
 from flows.cli.options import resolve_pg, store_options, valid_namespace
 from flows.logs import UserError, printable
+from state.decision import RESOLUTIONS
 
 
 def add_review(commands) -> None:
