@@ -29,8 +29,8 @@ from sinks.dsn import redact
 from sinks.errors import StoreError
 from sinks.postgres import RACES, CONNECT_TIMEOUT_S, safe_reason, validate_namespace
 from state.currency import EXPONENTS
+from state.decision import RESOLUTIONS
 
-RESOLUTIONS = ("matched", "written-off", "duplicate", "refunded", "false-positive", "escalated")
 ID_PREFIX = re.compile(r"^[0-9a-f]{8,32}$")  # a full decision id is 32 hex characters
 
 LOG_TABLE = """CREATE TABLE IF NOT EXISTS {}.review_log (

@@ -16,6 +16,7 @@ from state.config import MatchConfig
 from state.currency import exponent
 
 NEVER = -(2**62)  # "no event time yet": below any real time, still an int
+Part = tuple[str, int]  # a source partition: (topic, partition)
 MAX_VALUE_BYTES = 1 << 20  # larger values are invalid; the archive keeps them whole
 MAX_SIGNIFICANT_DIGITS = 18  # fits a signed 64-bit integer of minor units
 

@@ -19,6 +19,9 @@ MISSING, MISMATCH, AMBIGUOUS, REVIEW, DUPLICATE, LATE, INVALID_KIND = (
     "missing_counterpart", "amount_mismatch", "ambiguous", "review", "duplicate", "late", "invalid")
 CLOCK_SKEW = "clock_skew"
 
+# what a person may resolve an open exception as (`tally review resolve --as`)
+RESOLUTIONS = ("matched", "written-off", "duplicate", "refunded", "false-positive", "escalated")
+
 
 class Candidate(msgspec.Struct, frozen=True):
     """An event a human should look at for this decision, with the engine's confidence."""

@@ -20,7 +20,7 @@ import msgspec
 
 from state.book import Book, Seen
 from state.config import MatchConfig
-from state.contract import NEVER, Event, Heartbeat, Invalid, format_us
+from state.contract import NEVER, Event, Heartbeat, Invalid, Part, format_us
 from state.decision import (CLOCK_SKEW, DUPLICATE, EXCEPTION, HEARTBEAT, INVALID, INVALID_KIND,
                             LATE, PENDING, REDELIVERY, Decision, Fate, decision_id)
 from state.matching import decide, decides_alone
@@ -136,9 +136,9 @@ class ShardSnapshot(msgspec.Struct, array_like=True):
 
 
 class Shard:
-    def __init__(self, config: MatchConfig, partitions: Iterable[tuple[str, int]]):
+    def __init__(self, config: MatchConfig, partitions: Iterable[Part]):
         self.config = config
-        self.clocks: dict[tuple[str, int], Clock] = {p: Clock() for p in sorted(partitions)}
+        self.clocks: dict[Part, Clock] = {p: Clock() for p in sorted(partitions)}
         self.accounts: dict[str, Book] = {}
         # (deadline, account): the end of what the account's anchor decision reads
         self.deadlines: list[tuple[int, str]] = []
@@ -147,7 +147,7 @@ class Shard:
     # ------------------------------------------------------------------ watermark
 
     @property
-    def progress(self) -> dict[tuple[str, int], int]:
+    def progress(self) -> dict[Part, int]:
         return {part: clock.high for part, clock in self.clocks.items()}
 
     def watermark(self) -> int:

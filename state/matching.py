@@ -9,7 +9,8 @@ the order of anchors. The engine decides an anchor once the watermark has passed
 the evidence's end (or the window's end, when the anchor's own key group
 decides alone), so both are complete and final: `decide` is a pure function of
 them and of the account's claims. tests/reference.py states the same rules as
-plain scans, and tests/test_differential.py holds the two equal.
+plain scans, and tests/test_differential.py holds the two equal; rules.py states
+them in words, as `tally explain` shows them: a change of a rule changes its text there.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import pytest
 from flows.kafka import dayfiles
 
 from flows.checks import explain
+from flows.cli.explain import add_explain
 
 from flows.kafka import kafka_io
 from flows.dev.generate import generate_day
@@ -108,7 +109,7 @@ def stored(flushed, pg_dsn) -> tuple[dict, dict]:
 def run_explain(capsys, day: Day, pg_dsn: str, record: str, *options: str,
                 namespace: str = NS) -> tuple[int, str]:
     parser = argparse.ArgumentParser()
-    explain.register(parser.add_subparsers())
+    add_explain(parser.add_subparsers())
     args = parser.parse_args(["explain", record, "--namespace", namespace, "--data-dir",
                               str(day.work / "data"), "--pg", pg_dsn, "--config", str(day.config),
                               *options])

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from flows.checks import review as cli
+from flows.cli.review import add_review
 from flows.logs import UserError
 from sinks import review
 from sinks.postgres import DECISION_COLUMNS, PgWriter
@@ -232,7 +233,7 @@ def test_second_reviewer_waits_then_is_refused(pg_dsn, ns):
 
 def run(capsys, *argv: str) -> tuple[int, str]:
     parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers())
+    add_review(parser.add_subparsers())
     args = parser.parse_args(["review", *argv])
     code = args.handler(args)
     return code, capsys.readouterr().out

@@ -19,67 +19,24 @@ import base64
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from flows.logs import UserError, printable, redact
+from sinks.stores import Archive, ParquetStore
+from sinks.stores import PostgresStore as PgStore
 from state.config import MatchConfig
 from state.contract import Event, format_us
-from state.decision import (AMBIGUOUS, CLOCK_SKEW, DUPLICATE, HEARTBEAT, INVALID_KIND, LATE, MISMATCH,
-                            MISSING, PENDING, REDELIVERY, REVIEW)
+from state.decision import (CLOCK_SKEW, DUPLICATE, HEARTBEAT, INVALID_KIND, LATE, MISMATCH, PENDING,
+                            REDELIVERY)
+from state.rules import KIND_RULES, OUTCOME_RULES, TIER_RULES
 
-# pyarrow, psycopg and the sinks are imported where used: `register` runs for every
-# `tally` command and should stay cheap.
+# pyarrow and psycopg are imported where used (sinks.stores loads neither at import): the
+# CLI imports this module for every `tally` command, which should stay cheap.
 
 STORES = ("postgres", "parquet")
 PREVIEW_CHARS = 300  # of a raw value in the text output; --json gives it whole
 DECIDED, UNKNOWN = "decided", "unknown"  # statuses besides PENDING
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _REF = re.compile(r"^([A-Za-z0-9._-]{1,249}):([0-9]{1,10}):([0-9]{1,19})$")
-
-# What state/matching.py does, tier by tier and kind by kind (keep in step with it;
-# docs/determinism.md states the duplicate and exact-evidence rules in full).
-TIER_RULES = {
-    1: "tier 1: every member carries the same idempotency key, one event per expected source, "
-       "and the amounts agree (confidence 1.0)",
-    2: "tier 2: one event per expected source with the anchor's exact amount and currency inside "
-       "the match window, no contradicting idempotency key, the only possible set, and no outside "
-       "event could take a member's place (confidence: mean pair score of amount, time and "
-       "reference against the anchor)",
-}
-KIND_RULES = {
-    MISSING: "missing counterpart: no event of the missing source(s) with the anchor's exact "
-             "amount, nor within the amount tolerance ({tolerance}), inside the match window, "
-             "that is not already spoken for by exact evidence of its own",
-    MISMATCH: "amount mismatch: events linked by one idempotency key carry different amounts",
-    AMBIGUOUS: "ambiguous: more than one equally good candidate set (or same-amount events of "
-               "the anchor's source with no key to tell them apart); Tally does not guess",
-    REVIEW: "review: no exact counterpart, but event(s) of the missing source(s) within the "
-            "amount tolerance ({tolerance}) that have no exact counterparts of their own (read up "
-            "to one match window past the window); scored candidates for a human, a clear best "
-            "one joined",
-    DUPLICATE: "duplicate: another event_id from the same source with the same idempotency key, "
-               "at most the redelivery horizon ({horizon}) after the original: the first of "
-               "them in event-time order, which this decision names",
-    LATE: "late: its event_time was more than allowed_lateness ({lateness}) behind its "
-          "partition's progress when it arrived; decided alone, at once",
-    CLOCK_SKEW: "clock skew: its event_time was more than max_clock_skew ({skew}) ahead of its "
-                "partition's progress, and the partition's next record did not follow it; it "
-                "moved nothing and was decided alone",
-    INVALID_KIND: "invalid: the record breaks the event contract; its raw bytes are kept with "
-                  "the reason",
-}
-OUTCOME_RULES = {
-    REDELIVERY: "redelivery: its source:event_id was delivered earlier in the same partition, "
-                "within the redelivery horizon ({horizon}) of the partition's progress; it makes "
-                "no decision of its own, its fate points at the first delivery's decision",
-    HEARTBEAT: "heartbeat: a statement, by the producer or by a live Tally run while the "
-               "partition was quiet, that its partition's event time reached {time}; it raises "
-               "the partition's progress and needs no decision",
-    PENDING: "pending: consumed (in the raw archive) but not decided yet; it waits for its "
-             "window, and has no fate row until then",
-}
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -470,8 +427,6 @@ def _detail_json(m: Detail) -> dict:
 
 # The stores (sinks.stores, cheap to import: pyarrow and psycopg load where used) give
 # fates and decisions by key as canonical dicts, and the raw archive's records.
-from sinks.stores import Archive, ParquetStore  # noqa: E402
-from sinks.stores import PostgresStore as PgStore  # noqa: E402
 
 
 class ArchiveReader:
@@ -589,57 +544,24 @@ def _span_note(archive: ArchiveReader, ref: str) -> str:
             f"({span[2]:,} records)")
 
 
-# ----------------------------------------------------------------------------- command line
+def open_store(store: str, data_dir: Path, namespace: str, dsn: str | None):
+    """The fates and decisions of `namespace`: PostgreSQL at `dsn`, or Parquet under `data_dir`."""
+    if store == "parquet":
+        return ParquetStore(data_dir, namespace)
+    return PgStore(dsn, namespace)
 
 
-def register(commands) -> None:
-    """Add `explain` to the `tally` subcommands."""
-    from flows.cli.options import valid_namespace, store_options
-    cmd = commands.add_parser(
-        "explain", help="show what happened to one record",
-        description="Explain one record (TOPIC:PARTITION:OFFSET) or every record of one event "
-                    "(SOURCE:EVENT_ID): its raw value from the namespace's archive, its fate, its "
-                    "decision with every member and candidate, the rule that decided it and the "
-                    "watermark condition it waited for. Exit 0 if found, 1 if the record is "
-                    "unknown, 2 on errors.")
-    cmd.add_argument("record", metavar="TOPIC:PARTITION:OFFSET|SOURCE:EVENT_ID",
-                     help="a log position, or a source and event id")
-    cmd.add_argument("--namespace", type=valid_namespace, default="live",
-                     help="PostgreSQL schema and Parquet directory (default live)")
-    cmd.add_argument("--store", choices=STORES, default="postgres",
-                     help="read fates and decisions from PostgreSQL (default) or the Parquet "
-                          "files under --data-dir; the raw archive is always Parquet")
-    store_options(cmd)
-    cmd.add_argument("--config", default=None,
-                     help="the namespace's TOML config (default: $TALLY_CONFIG or built-in)")
-    cmd.add_argument("--json", action="store_true",
-                     help="print JSON, with the raw values whole (base64)")
-    cmd.set_defaults(handler=run_explain)
-
-
-def open_store(args):
-    if args.store == "parquet":
-        return ParquetStore(args.data_dir, args.namespace)
-    from flows.cli.options import resolve_pg
-    return PgStore(resolve_pg(args), args.namespace)
-
-
-def run_explain(args) -> int:
-    from flows.runtime.settings import load_config
-    config = load_config(args.config)
-    query = parse_query(args.record, config)
-    root = args.data_dir / args.namespace
-    store = open_store(args)
+def explain_query(query: Query, namespace: str, data_dir: Path, store: str, dsn: str | None,
+                  config: MatchConfig) -> tuple[str, list[Explanation]]:
+    """`tally explain` once its options are resolved: where it read, and what it found."""
+    root = data_dir / namespace
+    opened = open_store(store, data_dir, namespace, dsn)
     try:
         archive = ArchiveReader(root)
-        if not store.exists and not archive.exists:
-            raise UserError(f"namespace {args.namespace} does not exist: nothing in "
-                            f"{store.where}, and no raw archive under {archive.root}")
-        found = lookup(query, Sources(store, archive, config, (root / "replay.json").exists()))
+        if not opened.exists and not archive.exists:
+            raise UserError(f"namespace {namespace} does not exist: nothing in "
+                            f"{opened.where}, and no raw archive under {archive.root}")
+        found = lookup(query, Sources(opened, archive, config, (root / "replay.json").exists()))
     finally:
-        store.close()
-    if args.json:
-        print(json.dumps(to_json(query, args.namespace, found), indent=1))
-    else:
-        print(format_text(query, args.namespace, store.where, found))
-    return 0 if any(x.status != UNKNOWN for x in found) else 1
+        opened.close()
+    return opened.where, found

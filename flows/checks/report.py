@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
-from flows.logs import UserError
 
 STORES = ("postgres", "parquet")
 TOP_ACCOUNTS = 20
@@ -482,53 +481,12 @@ def write_page(page: str, out: Path) -> int:
     return len(data)
 
 
-# ----------------------------------------------------------------------------- command line
-
-
-def register(commands) -> None:
-    from flows.cli.options import valid_namespace, store_options
-    cmd = commands.add_parser(
-        "report", help="write a self-contained HTML page about a namespace",
-        description="Write one HTML page that works offline: the audit verdict, summary numbers, "
-                    "decisions over time by match tier and exception kind, the match rate per "
-                    "source combination and per account, and the oldest open exceptions. The "
-                    "same namespace content gives the same bytes. Exit 0 when the page is "
-                    "written (whatever the verdict), 2 on usage or connection errors.")
-    cmd.add_argument("--namespace", type=valid_namespace, default="live",
-                     help="the namespace to report on (default live)")
-    cmd.add_argument("--out", type=Path, required=True, metavar="FILE",
-                     help="the HTML file to write")
-    cmd.add_argument("--store", choices=STORES, default="postgres",
-                     help="read decisions from PostgreSQL (default) or the Parquet files under "
-                          "--data-dir; the audit covers the store read, and Parquet too when "
-                          "a PostgreSQL namespace has it on disk")
-    store_options(cmd)
-    cmd.add_argument("--top-accounts", type=int, default=TOP_ACCOUNTS, metavar="N",
-                     help=f"accounts shown, the busiest first (default {TOP_ACCOUNTS})")
-    cmd.add_argument("--limit", type=int, default=OPEN_SHOWN, metavar="N",
-                     help=f"oldest open exceptions shown (default {OPEN_SHOWN})")
-    cmd.add_argument("--no-audit", action="store_true",
-                     help="skip the audit (it reads every fate: a few GB for tens of millions)")
-    cmd.set_defaults(handler=run_report)
-
-
 def audited_stores(store: str, data_dir: Path, namespace: str) -> list[str]:
     """The store read, and Parquet too when it is on disk next to a PostgreSQL namespace."""
     if store == "parquet":
         return ["parquet"]
     beside = (data_dir / namespace / "decisions").is_dir()
     return ["postgres", "parquet"] if beside else ["postgres"]
-
-
-def run_report(args) -> int:
-    if args.top_accounts < 1 or args.limit < 0:
-        raise UserError("--top-accounts must be at least 1 and --limit at least 0")
-    dsn = None
-    if args.store == "postgres":
-        from flows.cli.options import resolve_pg
-        dsn = resolve_pg(args)
-    return write_report(args.namespace, args.out, args.data_dir, args.store, dsn, args.top_accounts,
-                        args.limit, args.no_audit)
 
 
 def write_report(namespace: str, out: Path, data_dir: Path, store: str = "postgres",

@@ -13,7 +13,11 @@ from flows import logs
 from flows.logs import UserError
 
 from flows.cli.options import env
-from flows.cli.checks import add_audit, add_explain, add_report, add_review, add_verify
+from flows.cli.audit import add_audit
+from flows.cli.explain import add_explain
+from flows.cli.report import add_report
+from flows.cli.review import add_review
+from flows.cli.verify import add_verify
 from flows.cli.dev import add_demo, add_dev, add_drill, add_generate, add_match
 from flows.cli.kafka import add_produce, add_topics
 from flows.cli.run import add_replay, add_run

@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from state.contract import Part
+
 
 class DayError(ValueError):
     """A directory that is not a day on disk."""
 
 
-def partitions(day_dir: Path, topics: list[str]) -> dict[tuple[str, int], Path]:
+def partitions(day_dir: Path, topics: list[str]) -> dict[Part, Path]:
     """Every partition file of the configured topics, keyed by (topic, partition)."""
     if not day_dir.is_dir():
         raise DayError(f"{day_dir} is not a directory; expected DIR/<topic>/<partition>.jsonl")
@@ -37,7 +39,7 @@ def read_values(path: Path) -> list[bytes]:
     return lines[:-1] if data.endswith(b"\n") else lines
 
 
-def interleave(values: dict[tuple[str, int], list[bytes]], chunk: int
+def interleave(values: dict[Part, list[bytes]], chunk: int
                ) -> Iterator[tuple[str, int, int, list[bytes]]]:
     """Chunks of each partition in round-robin order: (topic, partition, first offset, values).
 

@@ -40,6 +40,7 @@ from flows.kafka.dayfiles import DayError, partitions as day_partitions, read_va
 from flows.logs import UserError
 from flows.kafka.outage import OUTAGE
 from flows.progress import Progress
+from state.contract import Part
 
 _KAFKA_LOG = logging.getLogger("tally.kafka")
 _ENV_PREFIX = "TALLY_KAFKA_"
@@ -51,7 +52,6 @@ _HOPELESS = {KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE, KafkaError._AUTH
              KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED}
 _START_HINT = "start one with 'tally dev up' or pass --brokers"
 
-Part = tuple[str, int]
 MAX_MESSAGE_BYTES = 16 << 20  # what we let a producer send; the broker has its own limit
 _FILE_SETTINGS: dict = {}  # the config file's [kafka] table (`use_file_settings`)
 

@@ -26,8 +26,8 @@ from flows.logs import UserError
 from flows.runtime.source import Counters, RawBatch
 from sinks.audit import offset_bounds
 from sinks.parquet_sink import ARCHIVE_SCHEMA
+from state.contract import Part
 
-Part = tuple[str, int]
 _FILE = re.compile(r"^(part\d+)-(\d{9})\.parquet$")
 
 
@@ -36,7 +36,7 @@ class Archive:
 
     def __init__(self, namespace_root: Path):
         self.root = namespace_root / "events"
-        groups: dict[tuple[str, int], list[Path]] = defaultdict(list)
+        groups: dict[Part, list[Path]] = defaultdict(list)
         for path in self.root.glob("date=*/part*-*.parquet"):
             match = _FILE.match(path.name)
             if match:

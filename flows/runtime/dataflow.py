@@ -26,7 +26,7 @@ from flows.runtime.placement import shard_key, shard_of_key
 from flows.runtime.source import Counters, RawBatch, TallySource
 from sinks.parquet_sink import ArchiveSink, DecisionSink
 from state.config import MatchConfig
-from state.contract import NEVER, Decoder
+from state.contract import NEVER, Decoder, Part
 from state.decision import Decision
 from state.engine import Output, Shard, decode_snapshot, encode_snapshot
 from state.routing import split
@@ -36,8 +36,8 @@ from state.routing import split
 class FlowSettings:
     config: MatchConfig
     kafka: dict  # librdkafka settings (bootstrap.servers, security)
-    starts: dict[tuple[str, int], int]  # first offset per partition
-    ends: dict[tuple[str, int], int] | None  # stop here (exclusive); None: run forever
+    starts: dict[Part, int]  # first offset per partition
+    ends: dict[Part, int] | None  # stop here (exclusive); None: run forever
     data_root: Path  # <data-dir>/<namespace>
     pg_dsn: str | None
     namespace: str

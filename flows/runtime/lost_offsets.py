@@ -27,8 +27,8 @@ from flows import logs
 from flows.kafka import kafka_io
 from flows.logs import UserError
 from flows.runtime.recovery_store import COMPLETE, read_committed, store_state
+from state.contract import Part
 
-Part = tuple[str, int]
 FILE = "lost-offsets.json"
 OPTION = "--skip-lost-offsets"
 

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from flows import logs
 from flows.logs import UserError
-from state.contract import NEVER
+from state.contract import NEVER, Part
 
 METRIC_NAMES = (
     "tally_records_consumed_total",
@@ -75,7 +75,7 @@ class FlowCollector:
         yield from self._engine()
         yield from self._decisions()
 
-    def _labels(self, part: tuple[str, int]) -> list[str]:
+    def _labels(self, part: Part) -> list[str]:
         topic, partition = part
         return [PROCESS, self.source_of.get(topic, topic), topic, str(partition)]
 
@@ -100,8 +100,8 @@ class FlowCollector:
             progress.add_metric(self._labels(part), _seconds(high))
         yield from (consumed, lag, progress)
 
-    def _progress(self) -> dict[tuple[str, int], int]:
-        highest: dict[tuple[str, int], int] = {}
+    def _progress(self) -> dict[Part, int]:
+        highest: dict[Part, int] = {}
         for shard in list(self.stats.shards):
             for part, high in list(shard.progress.items()):
                 if high != NEVER:

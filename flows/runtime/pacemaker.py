@@ -31,9 +31,8 @@ from confluent_kafka import KafkaError, Producer
 from flows import logs
 from flows.kafka.outage import OUTAGE, UNREACHABLE
 from state.config import MatchConfig
-from state.contract import NEVER, format_us
+from state.contract import NEVER, Part, format_us
 
-Part = tuple[str, int]
 _ENCODER = msgspec.json.Encoder()
 # Authorization and unknown-topic errors will not heal by retrying: stop writing there.
 _REFUSALS = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,

@@ -27,6 +27,7 @@ from flows import logs
 from flows.logs import UserError
 from state.decision import Fate
 from state.engine import decode_snapshot
+from state.contract import Part
 
 SOURCE_STEP = "tally.kafka"
 ENGINE_STEP = "tally.engine"
@@ -37,7 +38,7 @@ class Committed:
     """The state a resume would start from."""
 
     epoch: int
-    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    next_offsets: dict[Part, int] = field(default_factory=dict)
     shards: dict[str, bytes] = field(default_factory=dict)  # shard key -> engine snapshot
 
     def pending(self) -> list[Fate]:

@@ -23,8 +23,8 @@ from flows.kafka import kafka_io
 from flows.logs import UserError
 from flows.runtime.run import Stretch
 from state.config import MatchConfig, parse_duration, ConfigError
+from state.contract import Part
 
-Part = tuple[str, int]
 US_PER_MS = 1000
 
 

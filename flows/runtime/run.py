@@ -30,6 +30,7 @@ from flows.logs import FlowError, UserError
 from flows.runtime.dataflow import FlowSettings, FlowStats, build_flow
 from flows.runtime.pacemaker import Pacemaker, silent_partitions
 from flows.progress import Progress, table
+from state.contract import Part
 
 
 # The engine allocates much and frees little: collect the old generations rarely.
@@ -65,8 +66,8 @@ class Stretch:
     may decide a warm-up stretch without writing it.
     """
 
-    starts: dict[tuple[str, int], int]
-    ends: dict[tuple[str, int], int] | None  # exclusive; None: follow the log forever
+    starts: dict[Part, int]
+    ends: dict[Part, int] | None  # exclusive; None: follow the log forever
     origin: str  # "run", or the replay's arguments: a namespace never mixes two
     emit_from_us: int | None = None
     archive: object | None = None  # flows.runtime.archive.Archive

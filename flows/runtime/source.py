@@ -27,6 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from flows import logs
 from flows.logs import UserError
 from flows.kafka.outage import OUTAGE, UNREACHABLE
+from state.contract import Part
 
 IDLE_WAIT = timedelta(milliseconds=10)  # after an empty poll, before the next one
 LAG_EVERY_S = 1.0
@@ -57,10 +58,10 @@ class Counters:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.consumed: dict[tuple[str, int], int] = {}
-        self.lag: dict[tuple[str, int], int] = {}
+        self.consumed: dict[Part, int] = {}
+        self.lag: dict[Part, int] = {}
 
-    def add(self, part: tuple[str, int], count: int) -> None:
+    def add(self, part: Part, count: int) -> None:
         with self.lock:
             self.consumed[part] = self.consumed.get(part, 0) + count
 
@@ -218,8 +219,8 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
 class TallySource(FixedPartitionedSource[RawBatch, int]):
     """All partitions of the source topics, from `starts` (or their resume offsets) to `ends`."""
 
-    def __init__(self, config: dict, starts: dict[tuple[str, int], int],
-                 ends: dict[tuple[str, int], int] | None, batch_size: int = 5000,
+    def __init__(self, config: dict, starts: dict[Part, int],
+                 ends: dict[Part, int] | None, batch_size: int = 5000,
                  counters: Counters | None = None, max_rate: float = 0.0, pacemaker=None,
                  skip_lost: bool = False):
         self.config, self.starts, self.ends = config, starts, ends

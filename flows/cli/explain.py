@@ -1,0 +1,45 @@
+"""`tally explain`: its options and handler; the explanation is flows.checks.explain."""
+
+from __future__ import annotations
+
+import json
+
+from flows.checks.explain import STORES, UNKNOWN, explain_query, format_text, parse_query, to_json
+from flows.cli.options import resolve_pg, store_options, valid_namespace
+
+
+def add_explain(commands) -> None:
+    """Add `explain` to the `tally` subcommands."""
+    cmd = commands.add_parser(
+        "explain", help="show what happened to one record",
+        description="Explain one record (TOPIC:PARTITION:OFFSET) or every record of one event "
+                    "(SOURCE:EVENT_ID): its raw value from the namespace's archive, its fate, its "
+                    "decision with every member and candidate, the rule that decided it and the "
+                    "watermark condition it waited for. Exit 0 if found, 1 if the record is "
+                    "unknown, 2 on errors.")
+    cmd.add_argument("record", metavar="TOPIC:PARTITION:OFFSET|SOURCE:EVENT_ID",
+                     help="a log position, or a source and event id")
+    cmd.add_argument("--namespace", type=valid_namespace, default="live",
+                     help="PostgreSQL schema and Parquet directory (default live)")
+    cmd.add_argument("--store", choices=STORES, default="postgres",
+                     help="read fates and decisions from PostgreSQL (default) or the Parquet "
+                          "files under --data-dir; the raw archive is always Parquet")
+    store_options(cmd)
+    cmd.add_argument("--config", default=None,
+                     help="the namespace's TOML config (default: $TALLY_CONFIG or built-in)")
+    cmd.add_argument("--json", action="store_true",
+                     help="print JSON, with the raw values whole (base64)")
+    cmd.set_defaults(handler=run_explain)
+
+
+def run_explain(args) -> int:
+    from flows.runtime.settings import load_config
+    config = load_config(args.config)
+    query = parse_query(args.record, config)
+    dsn = resolve_pg(args) if args.store == "postgres" else None
+    where, found = explain_query(query, args.namespace, args.data_dir, args.store, dsn, config)
+    if args.json:
+        print(json.dumps(to_json(query, args.namespace, found), indent=1))
+    else:
+        print(format_text(query, args.namespace, where, found))
+    return 0 if any(x.status != UNKNOWN for x in found) else 1

@@ -1,0 +1,47 @@
+"""`tally report`: its options and handler; the page itself is flows.checks.report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flows.checks.report import OPEN_SHOWN, STORES, TOP_ACCOUNTS, write_report
+from flows.cli.options import resolve_pg, store_options, valid_namespace
+from flows.logs import UserError
+
+
+def add_report(commands) -> None:
+    cmd = commands.add_parser(
+        "report", help="write a self-contained HTML page about a namespace",
+        description="Write one HTML page that works offline: the audit verdict, summary numbers, "
+                    "decisions over time by match tier and exception kind, the match rate per "
+                    "source combination and per account, and the oldest open exceptions. The "
+                    "same namespace content gives the same bytes. Exit 0 when the page is "
+                    "written (whatever the verdict), 2 on usage or connection errors.")
+    cmd.add_argument("--namespace", type=valid_namespace, default="live",
+                     help="the namespace to report on (default live)")
+    cmd.add_argument("--out", type=Path, required=True, metavar="FILE",
+                     help="the HTML file to write")
+    cmd.add_argument("--store", choices=STORES, default="postgres",
+                     help="read decisions from PostgreSQL (default) or the Parquet files under "
+                          "--data-dir; the audit covers the store read, and Parquet too when "
+                          "a PostgreSQL namespace has it on disk")
+    store_options(cmd)
+    cmd.add_argument("--top-accounts", type=int, default=TOP_ACCOUNTS, metavar="N",
+                     help=f"accounts shown, the busiest first (default {TOP_ACCOUNTS})")
+    cmd.add_argument("--limit", type=int, default=OPEN_SHOWN, metavar="N",
+                     help=f"oldest open exceptions shown (default {OPEN_SHOWN})")
+    cmd.add_argument("--no-audit", action="store_true",
+                     help="skip the audit (it reads every fate: a few GB for tens of millions)")
+    cmd.set_defaults(handler=run_report)
+
+
+def run_report(args) -> int:
+    if args.top_accounts < 1 or args.limit < 0:
+        raise UserError("--top-accounts must be at least 1 and --limit at least 0")
+    dsn = None
+    if args.store == "postgres":
+        dsn = resolve_pg(args)
+    return write_report(args.namespace, args.out, args.data_dir, args.store, dsn, args.top_accounts,
+                        args.limit, args.no_audit)
+
+
