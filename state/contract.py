@@ -95,7 +95,7 @@ class _Wire(msgspec.Struct):
 _DECODER = msgspec.json.Decoder(_Wire)
 
 
-class _Reject(Exception):
+class Reject(Exception):
     """Internal: a contract violation, with its reason."""
 
 
@@ -111,7 +111,7 @@ class Decoder:
         source = self.source_of_topic.get(topic)
         try:
             return self._decode(value, source, topic, partition, offset)
-        except _Reject as reject:
+        except Reject as reject:
             raw = None if value is None else bytes(value[:MAX_VALUE_BYTES])
             return Invalid(source, str(reject), raw, topic, partition, offset)
 
@@ -121,7 +121,7 @@ class Decoder:
             self._check_source(wire.source, source, topic)
             return Heartbeat(wire.source, self._time(wire.event_time), topic, partition, offset)
         if wire.type != "transaction":
-            raise _Reject(f"type {wire.type!r} is neither 'transaction' nor 'heartbeat'")
+            raise Reject(f"type {wire.type!r} is neither 'transaction' nor 'heartbeat'")
         self._check_source(wire.source, source, topic)
         for field, limit in _LIMITS.items():
             _check_text(field, getattr(wire, field), limit, required=field in ("event_id", "account"))
@@ -134,81 +134,81 @@ class Decoder:
 
     def _check_source(self, claimed: str | None, expected: str | None, topic: str) -> None:
         if expected is None:
-            raise _Reject(f"topic {topic!r} is not configured for any source")
+            raise Reject(f"topic {topic!r} is not configured for any source")
         if claimed is None:
-            raise _Reject("source is missing or null")
+            raise Reject("source is missing or null")
         if claimed != expected:
-            raise _Reject(f"source {claimed[:64]!r} does not match topic {topic!r}, which carries {expected!r}")
+            raise Reject(f"source {claimed[:64]!r} does not match topic {topic!r}, which carries {expected!r}")
 
     def _time(self, moment: datetime | None) -> int:
         if moment is None:
-            raise _Reject("event_time is missing or null")
+            raise Reject("event_time is missing or null")
         if moment.tzinfo is None:
-            raise _Reject("event_time has no UTC offset; write e.g. '2026-11-21T10:15:30Z'")
+            raise Reject("event_time has no UTC offset; write e.g. '2026-11-21T10:15:30Z'")
         time_us = _to_us(moment)
         if not self.min_us <= time_us < self.max_us:
-            raise _Reject(f"event_time {moment.isoformat()} is outside the accepted years")
+            raise Reject(f"event_time {moment.isoformat()} is outside the accepted years")
         return time_us
 
 
 def _parse(value: bytes | None) -> _Wire:
     if value is None:
-        raise _Reject("value is null (a tombstone); a source record must carry an event")
+        raise Reject("value is null (a tombstone); a source record must carry an event")
     if len(value) == 0:
-        raise _Reject("value is empty")
+        raise Reject("value is empty")
     if len(value) > MAX_VALUE_BYTES:
-        raise _Reject(f"value is {len(value)} bytes, above the {MAX_VALUE_BYTES}-byte limit "
+        raise Reject(f"value is {len(value)} bytes, above the {MAX_VALUE_BYTES}-byte limit "
                       f"(raw bytes kept up to the limit)")
     try:
         return _DECODER.decode(value)
     except UnicodeDecodeError as err:
-        raise _Reject(f"value is not UTF-8: {err.reason} at byte {err.start}") from None
+        raise Reject(f"value is not UTF-8: {err.reason} at byte {err.start}") from None
     except msgspec.ValidationError as err:
-        raise _Reject(f"wrong JSON shape: {err}") from None
+        raise Reject(f"wrong JSON shape: {err}") from None
     except msgspec.DecodeError as err:
         _check_utf8(value)  # a more useful reason than "malformed" when the bytes are the problem
-        raise _Reject(f"not valid JSON: {err}") from None
+        raise Reject(f"not valid JSON: {err}") from None
 
 
 def _check_utf8(value: bytes) -> None:
     try:
         value.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise _Reject(f"value is not UTF-8: {err.reason} at byte {err.start}") from None
+        raise Reject(f"value is not UTF-8: {err.reason} at byte {err.start}") from None
 
 
 def _check_text(field: str, text: str | None, limit: int, required: bool) -> None:
     if text is None:
         if required:
-            raise _Reject(f"{field} is missing or null")
+            raise Reject(f"{field} is missing or null")
         return
     if not 1 <= len(text) <= limit:
-        raise _Reject(f"{field} must be 1 to {limit} characters, got {len(text)}")
+        raise Reject(f"{field} must be 1 to {limit} characters, got {len(text)}")
 
 
 def _currency(code: str | None) -> tuple[str, int]:
     if code is None:
-        raise _Reject("currency is missing or null")
+        raise Reject("currency is missing or null")
     places = exponent(code)
     if places is None:
         hint = f" (codes are upper case: {code.upper()!r})" if exponent(code.upper()) is not None else ""
-        raise _Reject(f"currency {code[:16]!r} is not an ISO 4217 code with minor units{hint}")
+        raise Reject(f"currency {code[:16]!r} is not an ISO 4217 code with minor units{hint}")
     return code, places
 
 
 def parse_amount(text: str | None, currency: str, places: int) -> int:
     """A decimal string as integer minor units of `currency`, exactly."""
     if text is None:
-        raise _Reject("amount is missing or null")
+        raise Reject("amount is missing or null")
     match = _AMOUNT.match(text)
     if match is None:
-        raise _Reject(f"amount {text[:40]!r} is not a decimal number such as '125.50' or '-10.00'")
+        raise Reject(f"amount {text[:40]!r} is not a decimal number such as '125.50' or '-10.00'")
     sign, whole, fraction = match.group(1), match.group(2), match.group(3) or ""
     if len(fraction) > places:
-        raise _Reject(f"amount {text!r} has {len(fraction)} decimals; {currency} allows {places}")
+        raise Reject(f"amount {text!r} has {len(fraction)} decimals; {currency} allows {places}")
     digits = (whole + fraction).lstrip("0")
     if len(digits) > MAX_SIGNIFICANT_DIGITS:
-        raise _Reject(f"amount {text[:40]!r} has more than {MAX_SIGNIFICANT_DIGITS} significant digits")
+        raise Reject(f"amount {text[:40]!r} has more than {MAX_SIGNIFICANT_DIGITS} significant digits")
     minor = int(whole + fraction.ljust(places, "0"))
     return -minor if sign else minor
 

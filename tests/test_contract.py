@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from state.config import MatchConfig
 from tests import hostile
-from state.contract import MAX_VALUE_BYTES, Decoder, Event, Heartbeat, Invalid, parse_amount, _Reject
+from state.contract import MAX_VALUE_BYTES, Decoder, Event, Heartbeat, Invalid, parse_amount, Reject
 
 DECODER = Decoder(MatchConfig())
 GOOD = {"type": "transaction", "source": "bank", "event_id": "b-1", "account": "ACC1",
@@ -126,7 +126,7 @@ def test_unknown_topic_is_invalid():
 
 
 def test_parse_amount_rejects_rather_than_rounds():
-    with pytest.raises(_Reject):
+    with pytest.raises(Reject):
         parse_amount("0.001", "EUR", 2)
     assert parse_amount("000.10", "EUR", 2) == 10
 

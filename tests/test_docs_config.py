@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 from flows.kafka import kafka_io
 from flows.cli import build_parser
 from flows.logs import UserError
-from flows.runtime.run import RunOptions, Stretch, _check_shape
+from flows.runtime.run import RunOptions, Stretch, check_shape
 from flows.runtime.settings import load_config
 from state.config import MatchConfig, from_toml, to_toml
 
@@ -201,10 +201,10 @@ def test_the_quoted_refusals_are_the_codes(tmp_path):
              for p in range(3)}
     options = RunOptions(brokers="", pg_dsn=None, data_dir=tmp_path, namespace="live",
                          until_end=False, shards=4)
-    _check_shape(tmp_path / "shape.json", options, Stretch(parts, None, "run"))
+    check_shape(tmp_path / "shape.json", options, Stretch(parts, None, "run"))
     options.shards = 8
     with pytest.raises(UserError) as refused:
-        _check_shape(tmp_path / "shape.json", options, Stretch(parts, None, "run"))
+        check_shape(tmp_path / "shape.json", options, Stretch(parts, None, "run"))
     docs = [DOC] + ([SCALING.read_text()] if SCALING.exists() else [])
     for text in docs:
         assert f"tally: {refused.value}" in text

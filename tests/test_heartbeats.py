@@ -201,18 +201,18 @@ def test_a_live_run_killed_midway_with_its_heartbeats_replays_identically(broker
 
 def test_a_live_run_names_the_partitions_it_may_not_write_to(caplog):
     from flows.runtime.dataflow import FlowSettings
-    from flows.runtime.run import _pacemaker
+    from flows.runtime.run import pacemaker_for
     config = from_toml({"heartbeats": {"sources": {"bank": {"write": False}}}})
     parts = {(topic, p): 0 for topic in config.topics.values() for p in range(2)}
     settings = FlowSettings(config=config, kafka={}, starts=parts, ends=None, data_root=Path("."),
                             pg_dsn=None, namespace="x")
     with caplog.at_level("WARNING", logger="tally"):
-        assert _pacemaker(settings) is not None
+        assert pacemaker_for(settings) is not None
     (line,) = [r.getMessage() for r in caplog.records]
     assert "recon.bank:0, recon.bank:1" in line and "can stall" in line
-    assert _pacemaker(FlowSettings(**{**settings.__dict__, "ends": parts})) is None  # bounded
+    assert pacemaker_for(FlowSettings(**{**settings.__dict__, "ends": parts})) is None  # bounded
     everything = from_toml({"heartbeats": {"write": False}})
-    assert _pacemaker(FlowSettings(**{**settings.__dict__, "config": everything})) is None
+    assert pacemaker_for(FlowSettings(**{**settings.__dict__, "config": everything})) is None
 
 
 class Recorded(Pacemaker):

@@ -6,19 +6,12 @@ import json
 from dataclasses import asdict
 
 from flows.checks.audit import STORES, audit, render
-from flows.cli.options import env, resolve_brokers, resolve_pg, store_options, valid_namespace
+from flows.cli.options import (command, env, resolve_brokers, resolve_pg, store_options,
+                               valid_namespace)
 
 
 def add_audit(commands) -> None:
-    cmd = commands.add_parser(
-        "audit", help="prove every consumed record has exactly one fate, in both stores",
-        description="Check a namespace's conservation: per source partition, the consumed "
-                    "offsets are contiguous (but for offsets the broker proves hold no committed "
-                    "record: transaction markers, aborted or compacted records), each has exactly "
-                    "one fate (or is pending in the snapshot), every fate's decision exists and "
-                    "every decision's members point back to it; and PostgreSQL and Parquet agree. "
-                    "Exit 0 when conserved, 1 on any gap, duplicate or disagreement, 2 on usage or "
-                    "connection errors.")
+    cmd = command(commands, "audit")
     cmd.add_argument("--namespace", type=valid_namespace, default="live",
                      help="the namespace to audit (default live)")
     cmd.add_argument("--store", choices=("both",) + STORES, default="both",

@@ -12,13 +12,11 @@ from pathlib import Path
 from flows import logs
 from flows.logs import UserError
 
-from flows.cli.options import data_dir_option, resolve_brokers, resolve_pg, service_options
+from flows.cli.options import command, data_dir_option, resolve_brokers, resolve_pg, service_options
 
 
 def add_dev(commands) -> None:
-    cmd = commands.add_parser("dev", help="start/stop the embedded broker and PostgreSQL",
-                              description="Embedded Tansu broker (memory only) and PostgreSQL under "
-                                          "<data-dir>/dev, running in the background.")
+    cmd = command(commands, "dev")
     sub = cmd.add_subparsers(title="actions", metavar="ACTION")
     for name, handler, text in [("up", run_dev_up, "start both (idempotent)"),
                                 ("down", run_dev_down, "stop both"),
@@ -61,14 +59,7 @@ def run_dev_status(args) -> int:
 
 
 def add_drill(commands) -> None:
-    cmd = commands.add_parser(
-        "drill", help="kill the flow K times and prove nothing was lost or doubled",
-        description="Run the same log into two namespaces, drill_reference undisturbed and "
-                    "drill_crashed with K SIGKILLs (random, right after a snapshot, inside a "
-                    "PostgreSQL write, inside a Parquet write) and a restart after each, then "
-                    "compare them decision by decision and fate by fate. Exit 0 only if identical. "
-                    "Without --brokers/--pg (and no 'tally dev up'), it starts its own embedded "
-                    "broker and PostgreSQL under <data-dir>/drill.")
+    cmd = command(commands, "drill")
     service_options(cmd, pg=True)
     cmd.add_argument("--kills", type=int, default=5, help="SIGKILLs to inflict (default 5)")
     cmd.add_argument("--transactions", type=int, default=20_000,
@@ -119,9 +110,7 @@ def _services_or_embedded(args, root: Path):
 
 
 def add_demo(commands) -> None:
-    cmd = commands.add_parser("demo", help="the whole story on the embedded broker and PostgreSQL",
-                              description="Start the embedded services, generate a day, publish it, run "
-                                          "the flow until caught up, and print a report.")
+    cmd = command(commands, "demo")
     data_dir_option(cmd)
     cmd.add_argument("--transactions", type=int, default=20_000, help="payments to generate (default 20000)")
     cmd.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
@@ -136,9 +125,7 @@ def run_demo(args) -> int:
 
 def add_generate(commands) -> None:
     from flows.dev.generate import P_DUPLICATE  # stdlib and msgspec only: cheap at start-up
-    cmd = commands.add_parser("generate", help="write a synthetic day with ground truth",
-                              description="Write a synthetic day on disk (DIR/<topic>/<partition>.jsonl) "
-                                          "plus DIR/truth.jsonl. Same seed, same bytes.")
+    cmd = command(commands, "generate")
     cmd.add_argument("--transactions", type=int, default=20_000, help="real-world payments (default 20000)")
     cmd.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     cmd.add_argument("--partitions", type=int, default=3, help="partitions per topic (default 3)")
@@ -179,9 +166,7 @@ def run_generate(args) -> int:
 
 
 def add_match(commands) -> None:
-    cmd = commands.add_parser("match", help="run the engine in-process over a day on disk",
-                              description="Run the matching engine over DIR/<topic>/<partition>.jsonl "
-                                          "and write decisions and fates as Parquet under OUT.")
+    cmd = command(commands, "match")
     cmd.add_argument("dir", type=Path, help="a day on disk")
     cmd.add_argument("--out", type=Path, required=True, help="output directory (decisions/, fates/)")
     cmd.add_argument("--config", default=None, help="TOML config file (default: $TALLY_CONFIG or built-in)")

@@ -5,18 +5,12 @@ from __future__ import annotations
 import json
 
 from flows.checks.explain import STORES, UNKNOWN, explain_query, format_text, parse_query, to_json
-from flows.cli.options import resolve_pg, store_options, valid_namespace
+from flows.cli.options import command, resolve_pg, store_options, valid_namespace
 
 
 def add_explain(commands) -> None:
     """Add `explain` to the `tally` subcommands."""
-    cmd = commands.add_parser(
-        "explain", help="show what happened to one record",
-        description="Explain one record (TOPIC:PARTITION:OFFSET) or every record of one event "
-                    "(SOURCE:EVENT_ID): its raw value from the namespace's archive, its fate, its "
-                    "decision with every member and candidate, the rule that decided it and the "
-                    "watermark condition it waited for. Exit 0 if found, 1 if the record is "
-                    "unknown, 2 on errors.")
+    cmd = command(commands, "explain")
     cmd.add_argument("record", metavar="TOPIC:PARTITION:OFFSET|SOURCE:EVENT_ID",
                      help="a log position, or a source and event id")
     cmd.add_argument("--namespace", type=valid_namespace, default="live",

@@ -12,14 +12,13 @@ from pathlib import Path
 from flows import logs
 from flows.logs import UserError
 
-from flows.cli.options import resolve_brokers, service_options
+from flows.cli.options import command, resolve_brokers, service_options
 
 
 def add_topics(commands) -> None:
-    cmd = commands.add_parser("topics", help="manage the source topics")
+    cmd = command(commands, "topics")
     sub = cmd.add_subparsers(title="actions", metavar="ACTION")
-    create = sub.add_parser("create", help="create the source topics (idempotent)",
-                            description="Create the configured source topics.")
+    create = command(sub, "create", "topics create")
     service_options(create, pg=False)
     create.add_argument("--partitions", type=int, default=3, help="partitions per topic (default 3)")
     create.add_argument("--replication", type=int, default=1, help="replication factor (default 1)")
@@ -41,9 +40,7 @@ def run_topics_create(args) -> int:
 
 
 def add_produce(commands) -> None:
-    cmd = commands.add_parser("produce", help="publish a day on disk into the source topics",
-                              description="Publish DIR/<topic>/<partition>.jsonl: each line to that "
-                                          "partition, in file order, byte for byte, keyed by account.")
+    cmd = command(commands, "produce")
     cmd.add_argument("dir", type=Path, help="a day on disk (from 'tally generate')")
     service_options(cmd, pg=False)
     cmd.set_defaults(handler=run_produce)

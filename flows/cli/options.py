@@ -6,11 +6,24 @@ import argparse
 import os
 import sys
 import time
+import tomllib
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 from flows import logs
 from flows.logs import UserError
+
+
+@cache
+def _words() -> dict:
+    return tomllib.loads(Path(__file__).with_name("commands.toml").read_text())
+
+
+def command(parent, name: str, path: str | None = None) -> argparse.ArgumentParser:
+    """The sub-command `name` of `parent`, with its help and description from commands.toml,
+    where every command's words are kept together (`path`: "review list" for `list`)."""
+    return parent.add_parser(name, **_words()[path or name])
 
 
 def env(name: str, default: str | None = None) -> str | None:

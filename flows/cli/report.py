@@ -5,18 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from flows.checks.report import OPEN_SHOWN, STORES, TOP_ACCOUNTS, write_report
-from flows.cli.options import resolve_pg, store_options, valid_namespace
+from flows.cli.options import command, resolve_pg, store_options, valid_namespace
 from flows.logs import UserError
 
 
 def add_report(commands) -> None:
-    cmd = commands.add_parser(
-        "report", help="write a self-contained HTML page about a namespace",
-        description="Write one HTML page that works offline: the audit verdict, summary numbers, "
-                    "decisions over time by match tier and exception kind, the match rate per "
-                    "source combination and per account, and the oldest open exceptions. The "
-                    "same namespace content gives the same bytes. Exit 0 when the page is "
-                    "written (whatever the verdict), 2 on usage or connection errors.")
+    cmd = command(commands, "report")
     cmd.add_argument("--namespace", type=valid_namespace, default="live",
                      help="the namespace to report on (default live)")
     cmd.add_argument("--out", type=Path, required=True, metavar="FILE",

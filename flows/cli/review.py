@@ -8,26 +8,17 @@ import os
 
 from flows.checks.review import (ID_SHOWN, KINDS, REASON_SHOWN, age, aligned, amount, described,
                                  iso, one_line, summary)
-from flows.cli.options import resolve_pg, store_options, valid_namespace
+from flows.cli.options import command, resolve_pg, store_options, valid_namespace
 from flows.logs import UserError, printable
 from state.decision import RESOLUTIONS
 
 
 def add_review(commands) -> None:
     """Add `review` and its actions to the `tally` subcommands."""
-    cmd = commands.add_parser(
-        "review", help="the human review queue: list, resolve, reopen, history",
-        description="Open exceptions wait here for a person. Resolving one records who decided "
-                    "what and why, next to the engine's decision, which it never changes; every "
-                    "resolve and reopen is also kept in the namespace's review_log.")
+    cmd = command(commands, "review")
     actions = cmd.add_subparsers(title="actions", metavar="ACTION")
 
-    listing = actions.add_parser(
-        "list", help="open exceptions, most urgent first",
-        description="Open exceptions ranked oldest UTC day of window_end first, then largest "
-                    "absolute amount (in major units of its currency), then window_end, then id. "
-                    "Ages are measured from the newest window_end in the namespace, not the "
-                    "clock, so the same data always lists the same way.")
+    listing = command(actions, "list", "review list")
     listing.add_argument("--kind", choices=KINDS, metavar="KIND",
                          help="only this exception kind: " + ", ".join(KINDS))
     listing.add_argument("--account", metavar="ACCOUNT", help="only this account")
@@ -36,10 +27,7 @@ def add_review(commands) -> None:
                          help="print one JSON document (exact amounts, full ids) instead of a table")
     listing.set_defaults(handler=run_list)
 
-    resolving = actions.add_parser(
-        "resolve", help="record a person's resolution of an open exception",
-        description="Mark an open exception resolved, with who, why and when. To change a "
-                    "resolution, reopen the exception first.")
+    resolving = command(actions, "resolve", "review resolve")
     _id_argument(resolving)
     resolving.add_argument("--as", dest="resolution", required=True, choices=RESOLUTIONS,
                            metavar="RESOLUTION",
@@ -47,16 +35,12 @@ def add_review(commands) -> None:
     _who_options(resolving, "why it is resolved this way")
     resolving.set_defaults(handler=run_resolve)
 
-    reopening = actions.add_parser(
-        "reopen", help="put a resolved exception back in the queue",
-        description="Clear an exception's resolution so it is open again; the old resolution "
-                    "stays in its history.")
+    reopening = command(actions, "reopen", "review reopen")
     _id_argument(reopening)
     _who_options(reopening, "why it is reopened")
     reopening.set_defaults(handler=run_reopen)
 
-    past = actions.add_parser("history", help="every resolve and reopen of a decision",
-                              description="The review_log of one decision, oldest first.")
+    past = command(actions, "history", "review history")
     _id_argument(past)
     past.set_defaults(handler=run_history)
 

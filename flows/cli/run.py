@@ -12,14 +12,12 @@ from pathlib import Path
 from flows import logs
 from flows.logs import UserError
 
-from flows.cli.options import deadline_seconds, env, metrics_address, positive_seconds, resolve_brokers, resolve_pg, service_options, valid_namespace
+from flows.cli.options import (command, deadline_seconds, env, metrics_address, positive_seconds,
+                               resolve_brokers, resolve_pg, service_options, valid_namespace)
 
 
 def add_run(commands) -> None:
-    cmd = commands.add_parser("run", help="the long-running reconciliation flow",
-                              description="Read the source topics, match, and write decisions and "
-                                          "fates to PostgreSQL and Parquet. Resumes from its recovery "
-                                          "snapshot.")
+    cmd = command(commands, "run")
     service_options(cmd, pg=True)
     cmd.add_argument("--namespace", type=valid_namespace, default="live",
                      help="PostgreSQL schema and Parquet directory (default live)")
@@ -161,12 +159,7 @@ def run_run(args) -> int:
 
 
 def add_replay(commands) -> None:
-    cmd = commands.add_parser(
-        "replay", help="re-run a stretch of the log through the same flow, into a new namespace",
-        description="Run the same flow as 'tally run' over a stretch of the log (from the broker, "
-                    "or from a namespace's raw Parquet archive) into its own namespace. From a time "
-                    "T it warms up from T - WARMUP and writes only decisions whose window ends at "
-                    "or after T. An interrupted replay resumes from its snapshot.")
+    cmd = command(commands, "replay")
     service_options(cmd, pg=True)
     cmd.add_argument("--namespace", type=valid_namespace, required=True, help="the replay's namespace")
     cmd.add_argument("--from", dest="start", required=True,

@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 from flows.checks.verify import STORES, Source, digest_lines, iso, timestamp, verify
-from flows.cli.options import resolve_pg, store_options, valid_namespace
+from flows.cli.options import command, resolve_pg, store_options, valid_namespace
 from flows.logs import UserError
 
 
 def add_verify(commands) -> None:
     """Add `verify` and `digest` to the `tally` subcommands."""
-    verify_cmd = commands.add_parser(
-        "verify", help="compare what two namespaces decided; exit 0 only if identical",
-        description="Compare the decisions and fates of namespaces A and B whose window_end is "
-                    "in [--from, --to): counts, a digest per UTC day, and the diverging "
-                    "decisions, paired by their members (only in A, only in B, same members "
-                    "but a different outcome). Exit 0 if identical, 1 if not, 2 on errors.")
+    verify_cmd = command(commands, "verify")
     for side in ("a", "b"):
         verify_cmd.add_argument(f"--{side}", type=valid_namespace, required=True, metavar="NS",
                                 help=f"namespace {side.upper()}")
     verify_cmd.add_argument("--limit", type=int, default=20,
                             help="diverging decisions listed per group (default 20)")
     verify_cmd.set_defaults(handler=run_verify)
-    digest_cmd = commands.add_parser(
-        "digest", help="the canonical digest of a namespace's decisions and fates",
-        description="SHA-256 over the canonical decision and fate rows, overall and per UTC day "
-                    "of window_end. Equal digests mean equal content, whichever store.")
+    digest_cmd = command(commands, "digest")
     digest_cmd.add_argument("--namespace", type=valid_namespace, required=True, metavar="NS",
                             help="PostgreSQL schema and Parquet directory")
     digest_cmd.set_defaults(handler=run_digest)

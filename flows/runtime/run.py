@@ -121,7 +121,7 @@ def recovery_dir(options: RunOptions, stretch: Stretch) -> tuple[Path, dict]:
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         recovery_store.make_store(path, len(options.addresses or [None]))
-    return path, _check_shape(path / "shape.json", options, stretch)
+    return path, check_shape(path / "shape.json", options, stretch)
 
 
 def _wait_for(ready, path: Path, seconds: float = 60) -> None:
@@ -133,7 +133,7 @@ def _wait_for(ready, path: Path, seconds: float = 60) -> None:
         time.sleep(0.2)
 
 
-def _check_shape(manifest: Path, options: RunOptions, stretch: Stretch) -> dict:
+def check_shape(manifest: Path, options: RunOptions, stretch: Stretch) -> dict:
     """Refuse to resume a snapshot taken with other shards, other source partitions,
     or by another kind of run; return the namespace's layout (sink parts, shard keys).
 
@@ -205,7 +205,7 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
         archive=stretch.archive, emit_from_us=stretch.emit_from_us, max_rate=options.max_rate,
         skip_lost=options.skip_lost_offsets)
     stats = FlowStats()
-    pacemaker = _pacemaker(settings)
+    pacemaker = pacemaker_for(settings)
     flow = build_flow(settings, stats, pacemaker)
     total = sum(ends[p] - starts[p] for p in starts) if ends else None
     logs.info("flow starting", namespace=options.namespace, partitions=len(starts),
@@ -244,7 +244,7 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
                       _member(options.process_id, options.addresses))
 
 
-def _pacemaker(settings: FlowSettings) -> Pacemaker | None:
+def pacemaker_for(settings: FlowSettings) -> Pacemaker | None:
     """A live run keeps quiet partitions moving with heartbeats of its own; a bounded one
     reads history and writes nothing. Says, in one line, which partitions may stall."""
     if settings.ends is not None or settings.archive is not None:
