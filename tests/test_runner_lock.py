@@ -43,6 +43,15 @@ def decided(pg_dsn: str, namespace: str) -> int:
         return 0
 
 
+def lock_sessions(pg_dsn: str, namespace: str) -> set[int]:
+    """The backends of `namespace`'s runner that hold an advisory lock."""
+    with psycopg.connect(pg_dsn) as conn:
+        return {pid for (pid,) in conn.execute(
+            "SELECT pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = %s",
+            (f"tally runner {namespace}",))}
+
+
 def two_members(launcher) -> list[int]:
     """The launcher's two members, once both have started."""
     def started():
