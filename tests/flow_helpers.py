@@ -88,6 +88,23 @@ def publish_day(broker: str, work: Path, payments: int, seed: int) -> tuple[dict
     return topics, write_config(work / "tally.toml", topics)
 
 
+def flow_env(broker: str, pg_dsn: str, config: Path, work: Path) -> dict:
+    """The environment a `tally` command of a test runs in: the session's services, the
+    test's config, and its data under work/data."""
+    return {"TALLY_BROKERS": broker, "TALLY_PG_DSN": pg_dsn, "TALLY_CONFIG": str(config),
+            "TALLY_DATA_DIR": str(work / "data")}
+
+
+def published(broker: str, pg_dsn: str, prefix: str, payments: int,
+              seed: int) -> tuple[Path, dict[str, str], dict]:
+    """A fresh work directory with a generated day published to fresh topics: the
+    directory, the topics and the environment to run `tally` in."""
+    import tempfile
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    topics, config = publish_day(broker, work, payments, seed)
+    return work, topics, flow_env(broker, pg_dsn, config, work)
+
+
 def wait_until(check, seconds: float, what: str, every: float = 0.3):
     """check()'s first true result within `seconds`; fails naming `what` otherwise."""
     import time

@@ -24,7 +24,7 @@ import pytest
 from flows.kafka import kafka_io
 from flows.dev.generate import generate_day
 from flows.dev.services import start_broker, stop_broker
-from tests.flow_helpers import start_tally, unique_topics, wait_until, write_config
+from tests.flow_helpers import flow_env, start_tally, unique_topics, wait_until, write_config
 
 PAYMENTS = 300
 GONE_S = 25
@@ -68,11 +68,6 @@ def _stop(state) -> float:
     return time.monotonic()
 
 
-def _env(pg_dsn, broker, config, work) -> dict:
-    return {"TALLY_BROKERS": broker, "TALLY_PG_DSN": pg_dsn, "TALLY_CONFIG": str(config),
-            "TALLY_DATA_DIR": str(work / "data")}
-
-
 def _show(stderr: Stderr, start: float) -> None:
     print("\n".join(f"  +{t - start:5.1f}s {line}" for t, line in stderr.since(0)))
 
@@ -83,7 +78,7 @@ def test_a_broker_gone_under_a_live_run_is_reported_once_then_at_a_slowing_rate(
     generate_day(work / "day", PAYMENTS, seed=5, topics=topics)
     _publish(broker, topics, work / "day")
     config = write_config(work / "tally.toml", topics)  # heartbeats on: the producer talks too
-    flow = start_tally("run", "--namespace", "gone", env=_env(pg_dsn, broker, config, work))
+    flow = start_tally("run", "--namespace", "gone", env=flow_env(broker, pg_dsn, config, work))
     stderr = Stderr(flow)
     try:
         wait_until(lambda: any("flow starting" in line for _, line in stderr.lines), 60, "the run")
@@ -122,7 +117,7 @@ def test_a_broker_back_on_its_port_is_said_once_and_the_run_goes_on(own_broker, 
     # given back whole to the broker started again
     config = write_config(work / "tally.toml", topics)
     config.write_text(config.read_text() + "\n[heartbeats]\nwrite = false\n")
-    flow = start_tally("run", "--namespace", "back", env=_env(pg_dsn, broker, config, work))
+    flow = start_tally("run", "--namespace", "back", env=flow_env(broker, pg_dsn, config, work))
     stderr = Stderr(flow)
     try:
         wait_until(lambda: any("flow starting" in line for _, line in stderr.lines), 60, "the run")

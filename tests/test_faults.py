@@ -21,17 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.flow_helpers import publish_day, tally, wait_until
+from tests.flow_helpers import published, tally, wait_until
 
 PAYMENTS = 1500
 
 
 @pytest.fixture(scope="module")
 def day(broker, pg_dsn):
-    work = Path(tempfile.mkdtemp(prefix="tally-faults-"))
-    topics, config = publish_day(broker, work, PAYMENTS, seed=41)
-    env = {"TALLY_BROKERS": broker, "TALLY_PG_DSN": pg_dsn, "TALLY_CONFIG": str(config),
-           "TALLY_DATA_DIR": str(work / "data")}
+    work, _, env = published(broker, pg_dsn, "tally-faults-", PAYMENTS, seed=41)
     return work, env
 
 

@@ -9,14 +9,12 @@ exit 0, and audit said CONSERVED. Now the run refuses in one line; with
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
 
 from flows.kafka import kafka_io
-from tests.flow_helpers import publish_day, tally, wait_until
+from tests.flow_helpers import published, tally, wait_until
 
 PAYMENTS = 400
 
@@ -41,10 +39,7 @@ def publish(broker: str, topics: list[str], per_partition: int, tag: str) -> Non
 
 @pytest.fixture(scope="module")
 def lost(broker, pg_dsn):
-    work = Path(tempfile.mkdtemp(prefix="tally-lost-"))
-    topics, config = publish_day(broker, work, PAYMENTS, seed=17)
-    env = {"TALLY_BROKERS": broker, "TALLY_PG_DSN": pg_dsn, "TALLY_CONFIG": str(config),
-           "TALLY_DATA_DIR": str(work / "data")}
+    work, topics, env = published(broker, pg_dsn, "tally-lost-", PAYMENTS, seed=17)
     tally("run", "--until-end", "--namespace", "recreated", env=env)
     read_to = kafka_io.end_offsets(broker, list(topics.values()))
     recreate(broker, list(topics.values()))

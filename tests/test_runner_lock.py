@@ -13,26 +13,21 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import tempfile
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from flows.dev.drill import alive, children
 from sinks.stores import read_decisions
-from tests.flow_helpers import pg_rows, publish_day, start_tally, tally, wait_until
+from tests.flow_helpers import pg_rows, published, start_tally, tally, wait_until
 
 PAYMENTS = 1500
 
 
 @pytest.fixture(scope="module")
 def day(broker, pg_dsn):
-    work = Path(tempfile.mkdtemp(prefix="tally-lock-"))
-    topics, config = publish_day(broker, work, PAYMENTS, seed=43)
-    env = {"TALLY_BROKERS": broker, "TALLY_PG_DSN": pg_dsn, "TALLY_CONFIG": str(config),
-           "TALLY_DATA_DIR": str(work / "data")}
+    work, _, env = published(broker, pg_dsn, "tally-lock-", PAYMENTS, seed=43)
     return work, env
 
 
