@@ -9,12 +9,15 @@ exit 0, and audit said CONSERVED. Now the run refuses in one line; with
 from __future__ import annotations
 
 import json
+import signal
+import time
 
+import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient
 
 from flows.kafka import kafka_io
-from tests.flow_helpers import published, tally, wait_until
+from tests.flow_helpers import published, start_tally, tally, wait_until
 
 PAYMENTS = 400
 
@@ -83,3 +86,40 @@ def test_skipping_lost_offsets_is_recorded_and_audit_reports_them(lost):
 
 def broker_of(env: dict) -> str:
     return env["TALLY_BROKERS"]
+
+
+def test_a_live_run_waits_for_a_shorter_log_to_grow_past_its_offsets(broker, pg_dsn):
+    """--skip-lost-offsets on a live run: a log that ends below the namespace's offsets is
+    not read from its end (those offsets would name two records) but waited on, and read
+    from exactly the namespace's own offset once it has grown past it."""
+    work, topics, env = published(broker, pg_dsn, "tally-parked-", 300, seed=19)
+    tally("run", "--until-end", "--namespace", "parked", env=env)
+    read_to = kafka_io.end_offsets(broker, list(topics.values()))
+    recreate(broker, list(topics.values()))
+    publish(broker, list(topics.values()), 5, "after the loss")
+    flow = start_tally("run", "--namespace", "parked", "--skip-lost-offsets", env=env)
+    try:
+        time.sleep(5)  # parked: nothing of the shorter logs is read, and nothing is written
+        assert flow.poll() is None, flow.communicate()
+        grown = max(read_to.values()) + 3
+        publish(broker, list(topics.values()), grown - 5, "grown")
+        wanted = sum(grown - offset for offset in read_to.values())
+        wait_until(lambda: flow.poll() is None and new_fates(pg_dsn, read_to) == wanted, 60,
+                   "the grown logs to be read")
+        time.sleep(2)
+        assert new_fates(pg_dsn, read_to) == wanted
+    finally:
+        flow.send_signal(signal.SIGTERM)
+        assert flow.wait(60) == 130
+    report = json.loads(tally("audit", "--namespace", "parked", "--json", env=env, expect=1).stdout)
+    assert report["archive_duplicates"][0] == 0 and not report["archive_gaps"]
+    assert sorted((e["partition"], e["lost_from"], e["lost_to"]) for e in report["lost"]) == \
+        sorted((f"{t}:{p}", 5, offset) for (t, p), offset in read_to.items())
+
+
+def new_fates(pg_dsn: str, read_to: dict) -> int:
+    """Fates of the namespace at offsets past what it read before the loss."""
+    with psycopg.connect(pg_dsn) as conn:
+        return sum(conn.execute('SELECT count(*) FROM parked.fates WHERE topic = %s AND partition = %s'
+                                ' AND "offset" >= %s', (t, p, offset)).fetchone()[0]
+                   for (t, p), offset in read_to.items())

@@ -40,7 +40,7 @@ PACED_BATCH_S = 0.2
 SOURCE_DEFAULTS = {"fetch.wait.max.ms": 10}
 # Whatever the config says: records of open or aborted transactions are not the log.
 READ_COMMITTED = {"isolation.level": "read_committed"}
-PARKED_WAIT = timedelta(seconds=1)  # between looks at a log that must grow past our offset
+PARKED_WAIT = timedelta(seconds=1)  # between asks for an offset beyond the log's end
 
 
 @dataclass(frozen=True)
@@ -97,40 +97,25 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
                                   "error_cb": OUTAGE.error_cb(config.get("bootstrap.servers", "")),
                                   "logger": OUTAGE,
                                   "log.connection.close": False})
-        self.parked = self._resumable(start) if skip_lost and start >= 0 else None
-        if self.parked is None:
-            self._assign()
+        self.skip_lost = skip_lost  # --skip-lost-offsets (flows/runtime/lost_offsets.py)
+        self.out_of_range = False  # the log ends below our offset: wait for it to grow
+        if skip_lost and start >= 0:
+            low, _high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                             timeout=10)
+            self.next_offset = max(start, low)  # what retention removed is given up
+        self._assign()
 
     def _assign(self) -> None:
         start = self.next_offset
         self.consumer.assign([TopicPartition(self.topic, self.partition,
                                              start if start >= 0 else OFFSET_BEGINNING)])
 
-    def _resumable(self, start: int) -> int | None:
-        """--skip-lost-offsets: start at the broker's first offset if it is above ours; if
-        the broker's log ends below ours, wait (parked) until it has grown past it."""
-        low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, self.partition),
-                                                        timeout=10)
-        if start < low:
-            self.next_offset = low
-        return start if start > high else None
-
-    def _unpark(self) -> bool:
-        """True once the broker's log has grown up to the offset this partition waits at."""
-        _low, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, self.partition),
-                                                         timeout=10)
-        if high < self.parked:
-            return False
-        self.parked = None
-        self._assign()
-        return True
-
     def next_batch(self) -> list[RawBatch]:
         if self.end is not None and self.next_offset >= self.end:
             raise StopIteration()
-        if self.parked is not None and not self._unpark():
-            self.awake = datetime.now(timezone.utc) + PARKED_WAIT
-            return []
+        if self.out_of_range:  # a while has passed: ask for our offset again
+            self.out_of_range = False
+            self._assign()
         # Never block: Bytewax polls the partitions one after the other on one thread,
         # so a blocking poll on one delays every other (next_awake paces idle ones).
         messages = self.consumer.consume(self.batch_size, 0)
@@ -159,7 +144,7 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
         self._advance(offsets)
         if not offsets:
             self._note_lag()
-            self.awake = datetime.now(timezone.utc) + IDLE_WAIT
+            self.awake = datetime.now(timezone.utc) + (PARKED_WAIT if self.out_of_range else IDLE_WAIT)
             return []
         self.awake = None
         if self.seconds_per_record:
@@ -194,6 +179,9 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
                 self.counters.lag[(self.topic, self.partition)] = max(high - self.next_offset, 0)
 
     def _on_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._AUTO_OFFSET_RESET and self.skip_lost:
+            self.out_of_range = True  # Kafka: a fetch beyond the log's end; asked again later
+            return
         if error.code() == KafkaError._AUTO_OFFSET_RESET:
             raise UserError(f"{self.topic}:{self.partition}: offset {self.next_offset:,} is no "
                             f"longer in the broker's log (the topic was deleted, truncated, or "
