@@ -78,7 +78,7 @@ def test_the_drill_verdict_sees_a_lost_row_and_a_doubled_file(broker, pg_dsn):
 
     options = drill.DrillOptions(brokers=broker, pg_dsn=pg_dsn, root=root, kills=1,
                                  transactions=2000, seed=1, config=MatchConfig())
-    verdict = drill._verdict(options, [])
+    verdict = drill.compare_runs(options, [])
     assert not verdict.identical
     pg_fates = [d for store, d in verdict.differences if store == "PostgreSQL" and d.table == "fates"]
     assert [tuple(k) for k in pg_fates[0].only_a] == [tuple(lost)] and not pg_fates[0].only_b

@@ -139,7 +139,7 @@ def drill(options: DrillOptions) -> Verdict:
     if kafka_io.end_offsets(options.brokers, topics) != ends_before:
         raise UserError("the topics received records during the drill, so the two runs read "
                         "different logs; stop the producers or drill on generated topics")
-    return _verdict(options, kills)
+    return compare_runs(options, kills)
 
 
 def _drill_topics(options: DrillOptions) -> MatchConfig:
@@ -395,7 +395,7 @@ def _subdirs(path: Path) -> list[str]:
 
 # ----------------------------------------------------------------------------- comparison
 
-def _verdict(options: DrillOptions, kills: list[Kill]) -> Verdict:
+def compare_runs(options: DrillOptions, kills: list[Kill]) -> Verdict:
     stores = {
         "PostgreSQL": (compare.from_postgres(options.pg_dsn, REFERENCE),
                        compare.from_postgres(options.pg_dsn, CRASHED)),
