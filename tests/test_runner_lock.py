@@ -163,18 +163,26 @@ def test_a_member_killed_ends_the_run_in_one_line_naming_it(day, pg_dsn):
     same_as_clean(env, pg_dsn, "member_lost")
 
 
+def taken_pair() -> tuple[int, socket.socket]:
+    """A free port whose next port this test holds: a listening socket bound to PORT+1."""
+    from flows.dev.services import free_port
+    for _ in range(50):
+        port = free_port()
+        taken = socket.socket()
+        try:
+            taken.bind(("127.0.0.1", port + 1))
+            return port, taken
+        except OSError:
+            taken.close()  # someone else's: try another pair
+    raise AssertionError("no free pair of ports in 50 tries")
+
+
 def test_a_member_that_fails_is_named_with_its_status_and_its_own_error(day):
     """A member that exits on an error of its own (its metrics port is taken): the run ends
     with that member's status and its one line, and the lock is free again."""
     work, env = day
-    from flows.dev.services import free_port
-    port = free_port()
-    with socket.socket() as taken:  # member 1 serves on PORT+1
-        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            taken.bind(("127.0.0.1", port + 1))
-        except OSError:
-            pytest.skip(f"port {port + 1} is in use")
+    port, taken = taken_pair()  # member 1 serves on PORT+1, which another socket holds
+    with taken:
         taken.listen()
         result = tally("run", "--until-end", "--namespace", "member_fails", "--processes", "2",
                        "--metrics-port", f"127.0.0.1:{port}", env=env, expect=2)
