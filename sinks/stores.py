@@ -340,28 +340,6 @@ def _copy_csv(conn, query, schema):
                                             quoted_strings_can_be_null=False, null_values=[""]))
 
 
-def read_decisions(dsn: str, ns: str) -> list[dict]:
-    """All decision rows of a namespace (every column, review columns too), by decision_id."""
-    with PostgresStore(dsn, ns) as store:
-        _made(store)
-        return store.decision_rows()
-
-
-def read_fates(dsn: str, ns: str) -> list[dict]:
-    """All fate rows of a namespace, by topic, partition, offset."""
-    with PostgresStore(dsn, ns) as store:
-        _made(store)
-        return store.fate_rows()
-
-
-def _made(store: "PostgresStore") -> None:
-    """A namespace a run has not made yet is psycopg's UndefinedTable, as a plain SELECT says:
-    callers that wait for a run's first rows tell it from a real failure."""
-    if not store.exists:
-        from psycopg import errors
-        raise errors.UndefinedTable(f'relation "{store.namespace}.decisions" does not exist')
-
-
 # ----------------------------------------------------------------------------- Parquet
 
 

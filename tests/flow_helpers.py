@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 
 from sinks import compare, parquet
-from sinks.stores import read_decisions, read_fates
+from sinks.stores import PostgresStore
 
 DECISION_FIELDS = compare.DECISION_FIELDS
 FATE_FIELDS = compare.FATE_FIELDS
@@ -60,6 +60,24 @@ def engine_rows(decisions, fates) -> tuple[list[tuple], list[tuple]]:
          for x in decisions]
     f = [dict(zip(FATE_FIELDS, msgspec.structs.astuple(x))) for x in fates if x.outcome != "pending"]
     return canonical_decisions(d), canonical_fates(f)
+
+
+def read_decisions(dsn: str, namespace: str) -> list[dict]:
+    """Every decision row as stored (review columns too), by decision_id."""
+    with PostgresStore(dsn, namespace) as store:
+        return store.decision_rows()
+
+
+def read_fates(dsn: str, namespace: str) -> list[dict]:
+    """Every fate row as stored, by topic, partition, offset."""
+    with PostgresStore(dsn, namespace) as store:
+        return store.fate_rows()
+
+
+def decisions_written(dsn: str, namespace: str) -> int:
+    """Decisions a run has written so far: 0 before it has made its tables."""
+    with PostgresStore(dsn, namespace) as store:
+        return len(store.decision_rows()) if store.exists else 0
 
 
 def pg_rows(dsn: str, namespace: str) -> tuple[list[tuple], list[tuple]]:

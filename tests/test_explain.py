@@ -23,10 +23,9 @@ from flows.kafka import kafka_io
 from flows.dev.generate import generate_day
 from flows.logs import UserError
 from sinks.stores import us as _us
-from sinks.stores import read_decisions, read_fates
 from state.config import MatchConfig
 from state.contract import format_us
-from tests.flow_helpers import tally, unique_topics, write_config
+from tests.flow_helpers import read_decisions, read_fates, tally, unique_topics, write_config
 
 PAYMENTS = 3000
 NS, NS_OPEN = "explain_t", "explain_open"  # run with --flush, and without

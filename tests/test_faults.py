@@ -108,8 +108,7 @@ def test_one_clock_skewed_record_is_an_exception_of_its_own(broker, pg_dsn):
 
     from flows.kafka import kafka_io
     from flows.dev.generate import generate_day
-    from sinks.stores import read_decisions
-    from tests.flow_helpers import unique_topics, write_config
+    from tests.flow_helpers import read_decisions, unique_topics, write_config
     from tests.test_clock_skew import a_transaction, shifted
 
     work = Path(tempfile.mkdtemp(prefix="tally-skew-"))

@@ -17,8 +17,8 @@ from flows.kafka import kafka_io
 from flows.dev.generate import generate_day
 from flows.dev.match import run_engine
 from state.config import MatchConfig
-from tests.flow_helpers import (digest, engine_rows, parquet_rows, pg_rows, start_tally, tally,
-                                unique_topics, wait_until, write_config)
+from tests.flow_helpers import (decisions_written, digest, engine_rows, parquet_rows, pg_rows,
+                                start_tally, tally, unique_topics, wait_until, write_config)
 
 PAYMENTS = 20_000
 
@@ -150,14 +150,8 @@ def test_a_namespace_rescales_from_one_process_to_two_mid_run(published, broker,
 
 
 def _wait_for_decisions(dsn: str, namespace: str, flow) -> None:
-    import psycopg
-
     def written() -> bool:
         assert flow.poll() is None, flow.stderr.read()
-        try:
-            with psycopg.connect(dsn) as conn:
-                return conn.execute(f"select count(*) from {namespace}.decisions").fetchone()[0] > 0
-        except psycopg.errors.UndefinedTable:  # the run has not made its tables yet
-            return False
+        return decisions_written(dsn, namespace) > 0
 
     wait_until(written, 120, "a first decision", every=0.2)

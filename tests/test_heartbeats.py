@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import msgspec
-import psycopg
 import pytest
 
 from flows.kafka import kafka_io
@@ -25,11 +24,10 @@ from flows.kafka.dayfiles import partitions, read_values
 from flows.dev.generate import generate_day
 from flows.dev.match import run_engine
 from flows.runtime.pacemaker import Pacemaker
-from sinks.stores import read_decisions, read_fates
 from state.config import MatchConfig, from_toml
 from state.contract import Decoder, Heartbeat
-from tests.flow_helpers import (FATE_FIELDS, engine_rows, pg_rows, start_tally, tally,
-                                unique_topics, wait_until)
+from tests.flow_helpers import (FATE_FIELDS, decisions_written, engine_rows, pg_rows, read_decisions,
+                                read_fates, start_tally, tally, unique_topics, wait_until)
 
 PAYMENTS = 3000
 QUIET_FROM = "2026-11-21T06:00"
@@ -105,10 +103,7 @@ def replay_verifies(env: dict, pg_dsn: str, live: str, topics: dict[str, str]) -
 def decided(pg_dsn: str, namespace: str, flow) -> int:
     """Decisions written so far (0 before the run has made its tables)."""
     assert flow.poll() is None, f"the live run stopped: {flow.communicate()}"
-    try:
-        return len(read_decisions(pg_dsn, namespace))
-    except psycopg.errors.UndefinedTable:
-        return 0
+    return decisions_written(pg_dsn, namespace)
 
 
 def in_process(values: dict, topics: dict[str, str]):

@@ -26,11 +26,10 @@ from flows.kafka import kafka_io
 from flows.kafka.dayfiles import partitions, read_values
 from flows.dev.generate import generate_day
 from sinks import compare
-from sinks.stores import read_decisions, read_fates
 from state.config import MatchConfig
 from state.contract import MAX_VALUE_BYTES
 from tests import hostile
-from tests.flow_helpers import tally, unique_topics, write_config
+from tests.flow_helpers import read_decisions, read_fates, tally, unique_topics, write_config
 
 PAYMENTS = 3000
 TEN_MB = 10 * 1024 * 1024

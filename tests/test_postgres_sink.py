@@ -14,8 +14,8 @@ from flows.logs import UserError
 from sinks.parquet import DECISIONS_SCHEMA, FATES_SCHEMA
 from sinks.postgres import (DECISION_COLUMNS, FATE_COLUMNS, PgWriter, WriterFactory,
                             connect_check, validate_namespace, write_with_retry)
-from sinks.stores import read_decisions, read_fates
 from state.decision import Decision, Fate
+from tests.flow_helpers import read_decisions, read_fates
 from tests.samples import US, exception, match, namespace
 
 DAY1 = int(datetime(2026, 11, 21, 10, tzinfo=timezone.utc).timestamp()) * US

@@ -24,9 +24,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sinks.stores import read_decisions
 from state.currency import exponent
-from tests.flow_helpers import publish_day, tally
+from tests.flow_helpers import publish_day, read_decisions, tally
 
 PAYMENTS = 1500
 NAMESPACE = "report_day"

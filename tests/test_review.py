@@ -17,8 +17,8 @@ from flows.cli.review import add_review
 from flows.logs import UserError
 from sinks import review
 from sinks.postgres import DECISION_COLUMNS, PgWriter
-from sinks.stores import read_decisions
 from state.decision import Decision, decision_id
+from tests.flow_helpers import read_decisions
 from tests.samples import US, match, namespace
 
 DAY1 = int(datetime(2026, 11, 21, 9, tzinfo=timezone.utc).timestamp()) * US

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 
 from flows.dev.drill import alive, children
-from sinks.stores import read_decisions
-from tests.flow_helpers import pg_rows, published, start_tally, tally, wait_until
+from tests.flow_helpers import (decisions_written, pg_rows, published, start_tally,
+                                tally, wait_until)
 
 PAYMENTS = 1500
 
@@ -29,13 +29,6 @@ PAYMENTS = 1500
 def day(broker, pg_dsn):
     work, _, env = published(broker, pg_dsn, "tally-lock-", PAYMENTS, seed=43)
     return work, env
-
-
-def decided(pg_dsn: str, namespace: str) -> int:
-    try:
-        return len(read_decisions(pg_dsn, namespace))
-    except psycopg.errors.UndefinedTable:
-        return 0
 
 
 def lock_sessions(pg_dsn: str, namespace: str) -> set[int]:
@@ -72,7 +65,7 @@ def test_a_second_runner_is_refused_in_one_line_naming_the_first(day, pg_dsn):
     work, env = day
     first = start_tally("run", "--namespace", "twice", env=env)
     try:
-        wait_until(lambda: decided(pg_dsn, "twice"), 120, "the first run's decisions")
+        wait_until(lambda: decisions_written(pg_dsn, "twice"), 120, "the first run's decisions")
         holder = (f"host {socket.gethostname()}, process id {first.pid}, since "
                   f"{time.strftime('%Y-%m-%d', time.gmtime())}T")
         # on the same host: the file lock beside the recovery store
@@ -106,7 +99,7 @@ def test_the_postgresql_lock_is_taken_again_when_its_session_is_lost(day, pg_dsn
     work, env = day
     first = start_tally("run", "--namespace", "relock", env=env)
     try:
-        wait_until(lambda: decided(pg_dsn, "relock"), 120, "the first run's decisions")
+        wait_until(lambda: decisions_written(pg_dsn, "relock"), 120, "the first run's decisions")
         (session,) = lock_sessions(pg_dsn, "relock")
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute("SELECT pg_terminate_backend(%s)", (session,))
@@ -128,7 +121,7 @@ def test_a_launcher_killed_takes_its_members_with_it_and_frees_the_namespace(day
     pids = []
     try:
         pids = two_members(launcher)
-        wait_until(lambda: decided(pg_dsn, "orphans"), 120, "the cluster's first decisions")
+        wait_until(lambda: decisions_written(pg_dsn, "orphans"), 120, "the cluster's first decisions")
         launcher.kill()
         launcher.wait(10)
         started = time.monotonic()
@@ -149,7 +142,7 @@ def test_a_member_killed_ends_the_run_in_one_line_naming_it(day, pg_dsn):
             "--snapshot-interval", "0.3", "--batch-size", "200")
     launcher = start_tally(*args, "--max-rate", "1000", env=env)
     pids = two_members(launcher)
-    wait_until(lambda: decided(pg_dsn, "member_lost"), 120, "the cluster's first decisions")
+    wait_until(lambda: decisions_written(pg_dsn, "member_lost"), 120, "the cluster's first decisions")
     # member 1 is the second started: the higher process id of the two
     os.kill(pids[1], signal.SIGKILL)
     _, stderr = launcher.communicate(timeout=90)

@@ -363,23 +363,22 @@ def stop_postgres(pid: int) -> bool:
 
 
 @contextmanager
-def running_broker(tmpdir: Path | str, timeout: float = READY_TIMEOUT) -> Iterator[str]:
+def _running(start, stop, tmpdir: Path | str, timeout: float) -> Iterator[str]:
+    pid, address = start(Path(tmpdir), timeout=timeout)
+    try:
+        yield address
+    finally:
+        stop(pid)
+
+
+def running_broker(tmpdir: Path | str, timeout: float = READY_TIMEOUT):
     """A Tansu broker for the duration of the block; yields its bootstrap address."""
-    pid, brokers = start_broker(Path(tmpdir), timeout=timeout)
-    try:
-        yield brokers
-    finally:
-        stop_broker(pid)
+    return _running(start_broker, stop_broker, tmpdir, timeout)
 
 
-@contextmanager
-def running_postgres(tmpdir: Path | str, timeout: float = READY_TIMEOUT) -> Iterator[str]:
+def running_postgres(tmpdir: Path | str, timeout: float = READY_TIMEOUT):
     """A PostgreSQL for the duration of the block; yields its DSN."""
-    pid, dsn = start_postgres(Path(tmpdir), timeout=timeout)
-    try:
-        yield dsn
-    finally:
-        stop_postgres(pid)
+    return _running(start_postgres, stop_postgres, tmpdir, timeout)
 
 
 # --------------------------------------------------------------------------

@@ -155,10 +155,12 @@ class _Partition(StatefulSourcePartition[RawBatch, int]):
         return [RawBatch(self.topic, self.partition, offsets, keys, values, stamps)]
 
     def _advance(self, offsets: list[int]) -> None:
-        """The next offset: past the records taken and past any markers the consumer
-        skipped after them, but never past `end` (records beyond it were dropped)."""
+        """The next offset: past the records taken or, after a poll that took none, past
+        any transaction markers the consumer skipped, but never past `end` (records
+        beyond it were dropped). Markers after a batch are passed at the next empty poll."""
         if offsets:
             self.next_offset = offsets[-1] + 1
+            return
         tp = self.consumer.position([TopicPartition(self.topic, self.partition)])[0]
         position = tp.offset if tp.error is None else -1  # -1001 until anything was read
         if self.end is not None:
