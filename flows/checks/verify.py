@@ -21,7 +21,7 @@ from flows.progress import table
 # sinks.stores imports pyarrow and psycopg only where used: `register` runs for every
 # `tally` command and should stay cheap. sinks.compare loads msgspec only.
 from sinks.stores import (DECISION_END, DECISION_FIELDS, FATE_END, FATE_FIELDS, PENDING_DAY,
-                          in_range, open_store)
+                          in_range, moment, open_store)
 from state.contract import EPOCH, ONE_US
 
 MEMBERS = DECISION_FIELDS.index("member_refs")
@@ -37,17 +37,13 @@ def timestamp(text: str) -> int:
     """UTC microseconds of an RFC 3339 timestamp. The offset is required so that no
     local clock setting decides which decisions are compared."""
     try:
-        moment = datetime.fromisoformat(text)
+        when = datetime.fromisoformat(text)
     except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
+        when = None
+    if when is None or when.tzinfo is None:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an RFC 3339 timestamp with an offset, e.g. 2026-03-02T12:00:00Z")
-    return (moment - EPOCH) // ONE_US
-
-
-def moment(us: int) -> datetime:
-    return EPOCH + us * ONE_US
+    return (when - EPOCH) // ONE_US
 
 
 def iso(us: int) -> str:
