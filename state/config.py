@@ -7,21 +7,19 @@ already-parsed dict so the same rules apply to files, tests and defaults.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 import msgspec
 
-US_PER_SECOND = 1_000_000
+from state import relations as rel
+from state.relations import Relation
+from state.units import PPM, US_PER_SECOND, ConfigError, parse_duration, parse_fraction_ppm
+
+__all__ = ["ConfigError", "MatchConfig", "US_PER_SECOND", "from_toml", "parse_duration",
+           "parse_fraction_ppm", "to_toml", "validate"]
+
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
-_DURATION = re.compile(r"^\s*(\d+)\s*(us|ms|s|m|h|d)?\s*$")
-_UNIT_US = {"us": 1, "ms": 1_000, "s": US_PER_SECOND, "m": 60 * US_PER_SECOND,
-            "h": 3600 * US_PER_SECOND, "d": 86400 * US_PER_SECOND}
-PPM = 1_000_000
 DEFAULT_TOPICS = {"bank": "recon.bank", "processor": "recon.processor", "ledger": "recon.ledger"}
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot be used."""
 
 
 class MatchConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,6 +44,9 @@ class MatchConfig(msgspec.Struct, frozen=True, kw_only=True):
     source_delays_us: dict[str, int] = msgspec.field(default_factory=dict)  # per source
     heartbeats_write: bool = True
     silent_sources: tuple[str, ...] = ()  # sources Tally must not write heartbeats into
+    # [relations.NAME] in the file's order (state/relations.py); empty: one implicit
+    # relation made of expected_sources and match_window, deciding as before relations
+    relations: tuple[Relation, ...] = ()
 
     def source_of_topic(self) -> dict[str, str]:
         return {topic: source for source, topic in self.topics.items()}
@@ -56,34 +57,20 @@ class MatchConfig(msgspec.Struct, frozen=True, kw_only=True):
     def writes_heartbeats(self, source: str) -> bool:
         return self.heartbeats_write and source not in self.silent_sources
 
-
-def parse_duration(value: object, name: str) -> int:
-    """'30m', '2m', '90s', '1h' or a number of seconds, as microseconds."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise ConfigError(f"{name}: {value!r} must not be negative")
-        return value * US_PER_SECOND
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ConfigError(f"{name}: {value!r} is not a duration such as '30m', '90s' or '2h'")
-    return int(match.group(1)) * _UNIT_US[match.group(2) or "s"]
-
-
-def parse_fraction_ppm(value: object, name: str) -> int:
-    """A fraction such as '0.02' (or 0.02, or '2%') as parts per million, exactly."""
-    text = str(value).strip()
-    try:
-        fraction = Decimal(text[:-1]) / 100 if text.endswith("%") else Decimal(text)
-    except InvalidOperation:
-        raise ConfigError(f"{name}: {value!r} is not a fraction such as '0.02' or '2%'") from None
-    if not 0 <= fraction < 1:
-        raise ConfigError(f"{name}: {value!r} must be at least 0 and below 1")
-    return int(fraction * PPM)
+    def relation_list(self) -> tuple[Relation, ...]:
+        """The relations that decide, the tolerance of each filled in."""
+        if not self.relations:
+            return (Relation(name=None, rule=rel.MATCH, sources=tuple(self.topics),
+                             expected=self.expected_sources, window_us=self.match_window_us,
+                             tolerance_ppm=self.amount_tolerance_ppm),)
+        return tuple(r if r.tolerance_ppm is not None
+                     else msgspec.structs.replace(r, tolerance_ppm=self.amount_tolerance_ppm)
+                     for r in self.relations)
 
 
 def from_toml(data: dict) -> MatchConfig:
     """Build a MatchConfig from parsed TOML ([sources] and [matching] tables)."""
-    unknown = set(data) - {"sources", "matching", "contract", "heartbeats"}
+    unknown = set(data) - {"sources", "matching", "contract", "heartbeats", "relations"}
     if unknown:
         raise ConfigError(f"unknown config table(s): {', '.join(sorted(unknown))}")
     kwargs: dict = {}
@@ -103,6 +90,14 @@ def from_toml(data: dict) -> MatchConfig:
         kwargs["expected_sources"] = tuple(matching.pop("expected_sources"))
     if matching:
         raise ConfigError(f"unknown matching key(s): {', '.join(sorted(matching))}")
+    if "relations" in data:
+        given = [k for k in ("expected_sources", "match_window") if k in data.get("matching", {})]
+        if given:
+            raise ConfigError(f"matching.{given[0]} is for a config without relations; "
+                              f"with [relations], each relation names its own sources and window")
+        kwargs["relations"] = rel.parse(dict(data["relations"]))
+        if not kwargs["relations"]:
+            raise ConfigError("[relations] is empty: declare at least one relation, or leave it out")
     contract = dict(data.get("contract", {}))
     for key in ("min_year", "max_year"):
         if key in contract:
@@ -149,11 +144,8 @@ def _boolean(value: object, name: str) -> bool:
 
 
 def validate(config: MatchConfig) -> MatchConfig:
-    if not config.expected_sources:
-        raise ConfigError("matching.expected_sources must name at least one source")
-    missing = [s for s in config.expected_sources if s not in config.topics]
-    if missing:
-        raise ConfigError(f"expected source(s) without a topic in [sources]: {', '.join(missing)}")
+    if not config.relations:
+        _check_expected(config)
     if len(set(config.topics.values())) != len(config.topics):
         raise ConfigError("[sources]: two sources share one topic")
     for source, topic in config.topics.items():
@@ -171,7 +163,17 @@ def validate(config: MatchConfig) -> MatchConfig:
     strangers = sorted((set(config.source_delays_us) | set(config.silent_sources)) - set(config.topics))
     if strangers:
         raise ConfigError(f"[heartbeats.sources] names source(s) not in [sources]: {', '.join(strangers)}")
+    if config.relations:
+        rel.validate(config.relations, config.topics)
     return config
+
+
+def _check_expected(config: MatchConfig) -> None:
+    if not config.expected_sources:
+        raise ConfigError("matching.expected_sources must name at least one source")
+    missing = [s for s in config.expected_sources if s not in config.topics]
+    if missing:
+        raise ConfigError(f"expected source(s) without a topic in [sources]: {', '.join(missing)}")
 
 
 def to_toml(config: MatchConfig) -> str:
@@ -182,10 +184,11 @@ def to_toml(config: MatchConfig) -> str:
     tolerance = Decimal(config.amount_tolerance_ppm) / PPM
     lines = ["[sources]"]
     lines += [f"{quote(source)} = {quote(topic)}" for source, topic in config.topics.items()]
-    lines += ["", "[matching]",
-              f"expected_sources = [{', '.join(quote(s) for s in config.expected_sources)}]",
-              f'match_window = "{config.match_window_us}us"',
-              f'allowed_lateness = "{config.allowed_lateness_us}us"',
+    lines += ["", "[matching]"]
+    if not config.relations:
+        lines += [f"expected_sources = [{', '.join(quote(s) for s in config.expected_sources)}]",
+                  f'match_window = "{config.match_window_us}us"']
+    lines += [f'allowed_lateness = "{config.allowed_lateness_us}us"',
               f'redelivery_horizon = "{config.redelivery_horizon_us}us"',
               f'max_clock_skew = "{config.max_clock_skew_us}us"',
               f'amount_tolerance = "{tolerance}"',
@@ -201,4 +204,6 @@ def to_toml(config: MatchConfig) -> str:
             overrides.append("write = false")
         if overrides:
             lines += ["", f"[heartbeats.sources.{quote(source)}]", *overrides]
+    for relation in config.relations:
+        lines += ["", f"[relations.{relation.name}]", *rel.to_toml(relation, quote)]
     return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import msgspec
 
+from state import relations as rel
 from state.config import MatchConfig
 from state.currency import exponent
 
@@ -23,7 +24,8 @@ MAX_SIGNIFICANT_DIGITS = 18  # fits a signed 64-bit integer of minor units
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # times are UTC microseconds from here
 ONE_US = timedelta(microseconds=1)
 _AMOUNT = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?\Z")
-_LIMITS = {"event_id": 128, "account": 64, "idempotency_key": 128, "reference": 256}
+_LIMITS = {"event_id": 128, "account": 64, "idempotency_key": 128, "reference": 256,
+           "batch_id": 128}
 
 
 class Event(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -40,10 +42,18 @@ class Event(msgspec.Struct, frozen=True, array_like=True, gc=False):
     topic: str
     partition: int
     offset: int
+    # settlement (docs/settlement.md); last and defaulted, so older snapshots still read
+    fee_minor: int | None = None  # what the processor withheld: net = amount - fee
+    batch_id: str | None = None  # the settlement batch (or the payout's batch)
+    payout: bool = False  # a payout of a batch rather than a transaction
 
     @property
     def label(self) -> str:
         return f"{self.source}:{self.event_id}"
+
+    @property
+    def net_minor(self) -> int:
+        return self.amount_minor - (self.fee_minor or 0)
 
     @property
     def ref(self) -> str:
@@ -90,6 +100,8 @@ class _Wire(msgspec.Struct):
     event_time: datetime | None = None
     idempotency_key: str | None = None
     reference: str | None = None
+    fee: str | None = None
+    batch_id: str | None = None
 
 
 _DECODER = msgspec.json.Decoder(_Wire)
@@ -104,6 +116,8 @@ class Decoder:
 
     def __init__(self, config: MatchConfig):
         self.source_of_topic = config.source_of_topic()
+        self.relations = config.relation_list()
+        self.routed: dict[tuple, bool] = {}  # (source, kind, batched) -> any relation takes it
         self.min_us = _to_us(datetime(config.min_year, 1, 1, tzinfo=timezone.utc))
         self.max_us = _to_us(datetime(config.max_year, 1, 1, tzinfo=timezone.utc))
 
@@ -120,17 +134,40 @@ class Decoder:
         if wire.type == "heartbeat":
             self._check_source(wire.source, source, topic)
             return Heartbeat(wire.source, self._time(wire.event_time), topic, partition, offset)
-        if wire.type != "transaction":
-            raise Reject(f"type {wire.type!r} is neither 'transaction' nor 'heartbeat'")
+        if wire.type not in ("transaction", "payout"):
+            raise Reject(f"type {wire.type!r} is not 'transaction', 'payout' or 'heartbeat'")
         self._check_source(wire.source, source, topic)
+        payout = wire.type == "payout"
+        if payout:
+            _check_payout(wire)
         for field, limit in _LIMITS.items():
-            _check_text(field, getattr(wire, field), limit, required=field in ("event_id", "account"))
+            _check_text(field, getattr(wire, field), limit,
+                        required=field in ("event_id", "account") or (payout and field == "batch_id"))
         currency, places = _currency(wire.currency)
+        amount = parse_amount(wire.amount, currency, places)
+        fee = None if wire.fee is None else parse_amount(wire.fee, currency, places, "fee")
+        self._check_relation(wire, payout, amount, fee)
         return Event(
             source=wire.source, event_id=wire.event_id, account=wire.account,
-            currency=currency, amount_minor=parse_amount(wire.amount, currency, places),
-            time_us=self._time(wire.event_time), idempotency_key=wire.idempotency_key,
-            reference=wire.reference, topic=topic, partition=partition, offset=offset)
+            currency=currency, amount_minor=amount, time_us=self._time(wire.event_time),
+            idempotency_key=wire.idempotency_key, reference=wire.reference, topic=topic,
+            partition=partition, offset=offset, fee_minor=fee, batch_id=wire.batch_id,
+            payout=payout)
+
+    def _check_relation(self, wire: _Wire, payout: bool, amount: int, fee: int | None) -> None:
+        """Every record must take part in some relation, or nothing could ever decide it."""
+        kind = rel.record_kind(payout, amount, fee)
+        shape = (wire.source, kind, wire.batch_id is not None)
+        routed = self.routed.get(shape)
+        if routed is None:
+            routed = self.routed[shape] = bool(rel.route(self.relations, *shape))
+        if routed:
+            return
+        if kind == rel.FEE_LINE and wire.batch_id is None:
+            raise Reject("a fee line (amount 0 with a fee) needs a batch_id")
+        raise Reject(f"no relation of the config takes a {kind} of source {wire.source!r}"
+                     + (" with a batch_id" if wire.batch_id is not None and kind != rel.PAYOUT_RECORD
+                        else ""))
 
     def _check_source(self, claimed: str | None, expected: str | None, topic: str) -> None:
         if expected is None:
@@ -149,6 +186,12 @@ class Decoder:
         if not self.min_us <= time_us < self.max_us:
             raise Reject(f"event_time {moment.isoformat()} is outside the accepted years")
         return time_us
+
+
+def _check_payout(wire: _Wire) -> None:
+    for field in ("fee", "idempotency_key"):
+        if getattr(wire, field) is not None:
+            raise Reject(f"{field} is not a field of a payout (a payout pays a batch's net total)")
 
 
 def _parse(value: bytes | None) -> _Wire:
@@ -196,19 +239,19 @@ def _currency(code: str | None) -> tuple[str, int]:
     return code, places
 
 
-def parse_amount(text: str | None, currency: str, places: int) -> int:
+def parse_amount(text: str | None, currency: str, places: int, field: str = "amount") -> int:
     """A decimal string as integer minor units of `currency`, exactly."""
     if text is None:
-        raise Reject("amount is missing or null")
+        raise Reject(f"{field} is missing or null")
     match = _AMOUNT.match(text)
     if match is None:
-        raise Reject(f"amount {text[:40]!r} is not a decimal number such as '125.50' or '-10.00'")
+        raise Reject(f"{field} {text[:40]!r} is not a decimal number such as '125.50' or '-10.00'")
     sign, whole, fraction = match.group(1), match.group(2), match.group(3) or ""
     if len(fraction) > places:
-        raise Reject(f"amount {text!r} has {len(fraction)} decimals; {currency} allows {places}")
+        raise Reject(f"{field} {text!r} has {len(fraction)} decimals; {currency} allows {places}")
     digits = (whole + fraction).lstrip("0")
     if len(digits) > MAX_SIGNIFICANT_DIGITS:
-        raise Reject(f"amount {text[:40]!r} has more than {MAX_SIGNIFICANT_DIGITS} significant digits")
+        raise Reject(f"{field} {text[:40]!r} has more than {MAX_SIGNIFICANT_DIGITS} significant digits")
     minor = int(whole + fraction.ljust(places, "0"))
     return -minor if sign else minor
 

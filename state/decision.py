@@ -18,6 +18,7 @@ MATCHED, EXCEPTION, INVALID, REDELIVERY, HEARTBEAT, PENDING = (
 MISSING, MISMATCH, AMBIGUOUS, REVIEW, DUPLICATE, LATE, INVALID_KIND = (
     "missing_counterpart", "amount_mismatch", "ambiguous", "review", "duplicate", "late", "invalid")
 CLOCK_SKEW = "clock_skew"
+SETTLEMENT_MISMATCH = "settlement_mismatch"  # a payout and its batch's items disagree on the sum
 
 # what a person may resolve an open exception as (`tally review resolve --as`)
 RESOLUTIONS = ("matched", "written-off", "duplicate", "refunded", "false-positive", "escalated")
@@ -48,6 +49,10 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     candidates: list[Candidate] = []
     reason: str | None = None
     raw_base64: str | None = None
+    # the relation of the config that decided it (state/relations.py); None for a config
+    # without relations, whose decisions are exactly as they were before relations existed
+    relation: str | None = None
+    fee_minor: int | None = None  # what the processor withheld from the members, when any said
 
 
 class Fate(msgspec.Struct, frozen=True, array_like=True):
@@ -61,11 +66,14 @@ class Fate(msgspec.Struct, frozen=True, array_like=True):
     window_end: int | None  # the day a fate belongs to; None only while pending
 
 
-def decision_id(kind: str, members: list[str], refs: list[str]) -> str:
-    """Stable id: the kind, the members' "source:event_id" and their log positions, hashed.
+def decision_id(kind: str, members: list[str], refs: list[str], relation: str | None = None) -> str:
+    """Stable id: the relation and kind, the members' "source:event_id" and their log
+    positions, hashed.
 
-    The positions keep two distinct events that reuse one event id apart.
+    The positions keep two distinct events that reuse one event id apart; the relation
+    keeps apart two relations' decisions over the same members.
     """
+    kind = kind if relation is None else f"{relation}/{kind}"
     text = "\x1f".join([kind, "\x1e".join(sorted(members)), "\x1e".join(sorted(refs))])
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 

@@ -96,7 +96,7 @@ BAD = [
     (with_(event_id=""), "event_id must be 1 to 128 characters, got 0"),
     (with_(account="A" * 65), "account must be 1 to 64 characters"),
     (with_(reference="r" * 257), "reference must be 1 to 256 characters"),
-    (with_(type="refund"), "type 'refund' is neither"),
+    (with_(type="refund"), "type 'refund' is not 'transaction', 'payout' or 'heartbeat'"),
     (b"", "value is empty"),
     (None, "value is null (a tombstone)"),
     (b'{"type":"heartbeat","source":"bank"}', "event_time is missing or null"),
