@@ -118,7 +118,7 @@ def tombstone(good: dict, rng: random.Random):
 
 
 def unknown_type(good: dict, rng: random.Random):
-    return _encode({**good, "type": rng.choice(["refund", "TRANSACTION", ""])}), "is neither"
+    return _encode({**good, "type": rng.choice(["refund", "TRANSACTION", ""])}), "is not 'transaction', 'payout' or 'heartbeat'"
 
 
 FAMILIES = [non_utf8, invalid_json, not_an_object, missing_or_null, wrong_type, bad_currency,
