@@ -109,7 +109,7 @@ def build(day: Path, topics: dict[str, str], target: int, snapshot_file: Path) -
     snapshot = encode_snapshot(shard)
     encode_s = time.perf_counter() - started
     snapshot_file.write_bytes(snapshot)
-    return {"open_events": shard.open_count(), "accounts": len(shard.accounts),
+    return {"open_events": shard.open_count(), "accounts": len(shard.desks[0].accounts),
             "ingest_s": ingest_s, "encode_s": encode_s, "snapshot_bytes": len(snapshot),
             "rss_base_mb": base, "rss_with_state_mb": with_state, "peak_rss_mb": status_mb("VmHWM")}
 

@@ -13,38 +13,27 @@ Determinism comes from four rules (docs/determinism.md):
 from __future__ import annotations
 
 import base64
-import heapq
 from collections.abc import Iterable
+from functools import partial
 
 import msgspec
 
-from state.book import Book, Seen
+from state import relations as rel
+from state.batches import BatchDesk
 from state.config import MatchConfig
 from state.contract import NEVER, Event, Heartbeat, Invalid, Part, format_us
-from state.decision import (CLOCK_SKEW, DUPLICATE, EXCEPTION, HEARTBEAT, INVALID, INVALID_KIND,
-                            LATE, PENDING, REDELIVERY, Decision, Fate, decision_id)
-from state.matching import decide, decides_alone
+from state.decision import (CLOCK_SKEW, EXCEPTION, HEARTBEAT, INVALID, INVALID_KIND, LATE, PENDING,
+                            Decision, Fate, decision_id)
+from state.desks import Account, Desk, MatchDesk, Output, fate_of, seen_key
+from state.payouts import PayoutDesk
+from state.relations import Relation
 from state.routing import Slice
 from state.stream_time import TAKE, Clock, settle, walk
-from state.verdicts import Claim, Verdict
+
+__all__ = ["END_OF_TIME", "Output", "Shard", "ShardSnapshot", "decode_snapshot",
+           "encode_snapshot", "fate_of", "seen_key"]
 
 END_OF_TIME = 2**62
-
-
-def fate_of(event: Event, outcome: str, decision: str | None, window_end: int | None,
-            ref: str | None = None) -> Fate:
-    """The fate of `event`, or of its redelivery at `ref` ("topic:partition:offset")."""
-    if ref is None:
-        return Fate(event.topic, event.partition, event.offset, event.source, event.event_id,
-                    outcome, decision, window_end)
-    topic, partition, offset = ref.rsplit(":", 2)
-    return Fate(topic, int(partition), int(offset), event.source, event.event_id, outcome,
-                decision, window_end)
-
-
-def seen_key(event: Event) -> str:
-    # per partition: whether a record is a redelivery depends on its own partition only
-    return f"{event.label}@{event.topic}:{event.partition}"
 
 
 def invalid_decision(record: Invalid, high_before: int) -> tuple[Decision, Fate]:
@@ -59,7 +48,7 @@ def invalid_decision(record: Invalid, high_before: int) -> tuple[Decision, Fate]
                           INVALID, decision.decision_id, when)
 
 
-def late_decision(event: Event, high_before: int, config: MatchConfig) -> tuple[Decision, Fate]:
+def late_decision(event: Event, *, high_before: int, config: MatchConfig) -> tuple[Decision, Fate]:
     behind = (high_before - event.time_us) // 1_000_000
     decision = Decision(
         decision_id=decision_id(LATE, [event.label], [event.ref]), kind="exception", tier=None,
@@ -72,7 +61,7 @@ def late_decision(event: Event, high_before: int, config: MatchConfig) -> tuple[
     return decision, fate_of(event, EXCEPTION, decision.decision_id, event.time_us)
 
 
-def skew_decision(event: Event, high_before: int, next_us: int,
+def skew_decision(event: Event, *, high_before: int, next_us: int,
                   config: MatchConfig) -> tuple[Decision, Fate]:
     """A record its partition did not follow: it lands on the day the stream was at."""
     when = max(high_before, next_us, 0)
@@ -104,26 +93,6 @@ def take_unowned(record, high_before: int, out: "Output") -> bool:
     return True
 
 
-class Output(msgspec.Struct):
-    decisions: list[Decision] = []
-    fates: list[Fate] = []
-
-    def extend(self, other: "Output") -> None:
-        self.decisions.extend(other.decisions)
-        self.fates.extend(other.fates)
-
-
-class Account(msgspec.Struct, gc=False):
-    """An account's state as plain data: its book without the indexes.
-
-    gc=False: the state holds no reference cycles (see state/book.py)."""
-
-    open: list[tuple[tuple, Event]] = []  # (event_order, event), sorted
-    seen: dict[str, Seen] = {}  # "source:event_id@topic:partition" -> delivery
-    redelivered: dict[str, list[str]] = {}  # ref of an open event -> refs of its redeliveries
-    claims: dict[str, Claim] = {}  # "source\x1fkey" -> the decided original of that key
-
-
 class ShardSnapshot(msgspec.Struct, array_like=True):
     """The whole engine state as plain data."""
 
@@ -133,16 +102,35 @@ class ShardSnapshot(msgspec.Struct, array_like=True):
     flushed: bool
     # (topic, partition, event time, the record if this shard owns it): held too far ahead
     ahead: list[tuple[str, int, int, Event | None]] = []
+    desks: list[list[tuple[str, Account]]] = []  # the accounts of every desk after the first
 
 
 class Shard:
+    """Every partition's progress, and one desk per relation of the config."""
+
     def __init__(self, config: MatchConfig, partitions: Iterable[Part]):
         self.config = config
         self.clocks: dict[Part, Clock] = {p: Clock() for p in sorted(partitions)}
-        self.accounts: dict[str, Book] = {}
-        # (deadline, account): the end of what the account's anchor decision reads
-        self.deadlines: list[tuple[int, str]] = []
+        self.relations = config.relation_list()
+        self.desks: list[Desk] = [_desk(r, config, self._is_primary(i))
+                                  for i, r in enumerate(self.relations)]
+        # the partitions each desk's watermark follows: those of the sources it reads
+        source_of = config.source_of_topic()
+        self.reads = [[p for p in self.clocks if source_of.get(p[0]) in r.reads()]
+                      for r in self.relations]
+        self.routes: dict[tuple, list[int]] = {}  # (source, kind, batched) -> desk indexes
         self.flushed = False
+
+    def _route(self, event: Event) -> list[int]:
+        shape = (event.source, rel.record_kind(event.payout, event.amount_minor, event.fee_minor),
+                 event.batch_id is not None)
+        route = self.routes.get(shape)
+        if route is None:
+            route = self.routes[shape] = rel.route(self.relations, *shape)
+        return route
+
+    def _is_primary(self, index: int):
+        return lambda event: self._route(event)[0] == index
 
     # ------------------------------------------------------------------ watermark
 
@@ -150,18 +138,21 @@ class Shard:
     def progress(self) -> dict[Part, int]:
         return {part: clock.high for part, clock in self.clocks.items()}
 
-    def watermark(self) -> int:
+    def watermark(self, desk: int | None = None) -> int:
+        """The lowest progress over the partitions a desk reads (over all, if None), less
+        the allowed lateness: no record at or below it can still arrive on time."""
         if self.flushed:
             return END_OF_TIME
-        if not self.clocks:
+        parts = self.clocks if desk is None else self.reads[desk]
+        if not parts:
             return NEVER
-        lowest = min(clock.high for clock in self.clocks.values())
+        lowest = min(self.clocks[p].high for p in parts)
         return NEVER if lowest == NEVER else lowest - self.config.allowed_lateness_us
 
     # ------------------------------------------------------------------ ingest
 
     def ingest(self, piece: Slice) -> Output:
-        """Take one slice; decide whatever the watermark now allows."""
+        """Take one slice; decide whatever the watermarks now allow."""
         clock = self.clocks.get((piece.topic, piece.partition))
         if clock is None:
             raise ValueError(f"partition {piece.topic}:{piece.partition} was not declared")
@@ -171,129 +162,29 @@ class Shard:
         return out
 
     def _walk(self, steps, out: Output) -> None:
+        config = self.config
         for step, record, high_before, next_us in steps:
             if step is TAKE:
-                if not take_unowned(record, high_before, out):
-                    self._event(record, high_before, out)
+                if take_unowned(record, high_before, out):
+                    continue
+                desks = self._route(record)
+                late = partial(late_decision, high_before=high_before, config=config)
+                if self.desks[desks[0]].take(record, high_before, late, out):
+                    for i in desks[1:]:
+                        self.desks[i].join(record)
             else:
-                self._skewed(record, high_before, next_us, out)
-
-    def _event(self, event: Event, high_before: int, out: Output) -> None:
-        book, key = self._book(event), seen_key(event)
-        if self._redelivered(book, key, event, high_before, out):
-            return
-        if event.time_us < high_before - self.config.allowed_lateness_us:
-            self._alone(book, key, event, late_decision(event, high_before, self.config), out)
-            return
-        book.seen[key] = Seen(event.ref, event.time_us)
-        was_first = book.open[0][1] if book.open else None
-        book.add(event)
-        if book.open[0][1] is not was_first:
-            self._schedule(event.account, book)
-
-    def _skewed(self, event: Event, high_before: int, next_us: int, out: Output) -> None:
-        book, key = self._book(event), seen_key(event)
-        if not self._redelivered(book, key, event, high_before, out):
-            self._alone(book, key, event, skew_decision(event, high_before, next_us, self.config),
-                        out)
-
-    def _book(self, event: Event) -> Book:
-        book = self.accounts.get(event.account)
-        if book is None:
-            book = self.accounts[event.account] = Book(self.config.redelivery_horizon_us)
-        return book
-
-    def _redelivered(self, book: Book, key: str, event: Event, high_before: int,
-                     out: Output) -> bool:
-        """A redelivery whatever its time: its fate follows the first delivery's."""
-        first = book.seen.get(key)
-        if first is None or first.time_us < high_before - self.config.redelivery_horizon_us:
-            return False
-        if first.decision_id is None:
-            book.redelivered.setdefault(first.ref, []).append(event.ref)
-        else:
-            out.fates.append(fate_of(event, REDELIVERY, first.decision_id, first.window_end))
-        return True
-
-    def _alone(self, book: Book, key: str, event: Event, verdict: tuple[Decision, Fate],
-               out: Output) -> None:
-        """A record decided on its own (late, or clock-skewed): its redeliveries follow it.
-        Remembered at the decision's window end: a skewed record's own time means nothing."""
-        decision, fate = verdict
-        seen = book.seen[key] = Seen(event.ref, min(event.time_us, decision.window_end),
-                                     decision.decision_id, decision.window_end)
-        book.decided(key, seen)
-        out.decisions.append(decision)
-        out.fates.append(fate)
-
-    def _schedule(self, name: str, book: Book) -> None:
-        anchor = book.anchor()
-        heapq.heappush(self.deadlines, (anchor.time_us + self.config.match_window_us, name))
+                skewed = partial(skew_decision, high_before=high_before, next_us=next_us,
+                                 config=config)
+                self.desks[self._route(record)[0]].skewed(record, high_before, skewed, out)
 
     # ------------------------------------------------------------------ deciding
 
     def advance(self) -> Output:
-        """Decide every anchor whose window (and evidence) the watermark has passed, in
-        canonical order."""
+        """Decide, desk by desk, whatever each desk's watermark has made final."""
         out = Output([], [])
-        watermark = self.watermark()
-        window = self.config.match_window_us
-        while self.deadlines and self.deadlines[0][0] < watermark:
-            deadline, name = heapq.heappop(self.deadlines)
-            book = self.accounts.get(name)
-            if book is None:
-                continue
-            if not book.open:
-                self._forget(name, book, watermark)  # a quiet account's memories expire
-                continue
-            anchor = book.anchor()
-            end = anchor.time_us + window
-            if deadline != end and deadline != end + window:
-                continue  # stale entry: this account's anchor changed since
-            if watermark <= end + window and not decides_alone(book, anchor, self.config):
-                heapq.heappush(self.deadlines, (end + window, name))  # wait for the evidence
-                continue
-            for verdict in decide(book, anchor, self.config):
-                self._apply(book, verdict, out)
-            if book.open:
-                self._schedule(name, book)
-            self._forget(name, book, watermark)
+        for i, desk in enumerate(self.desks):
+            out.extend(desk.advance(self.watermark(i)))
         return out
-
-    def _apply(self, book: Book, verdict: Verdict, out: Output) -> None:
-        decision = verdict.decision
-        out.decisions.append(decision)
-        for event in verdict.members:
-            book.remove(event)
-        original = decision.exception_kind != DUPLICATE
-        for event in verdict.members:
-            key = seen_key(event)
-            first = book.seen.get(key)
-            if first is not None and first.ref == event.ref:
-                first.decision_id, first.window_end = decision.decision_id, decision.window_end
-                book.decided(key, first)
-            out.fates.append(fate_of(event, verdict.outcome, decision.decision_id, decision.window_end))
-            for ref in book.redelivered.pop(event.ref, []):
-                out.fates.append(fate_of(event, REDELIVERY, decision.decision_id,
-                                         decision.window_end, ref))
-            if original and event.idempotency_key is not None:
-                book.claim(event)
-
-    def _forget(self, name: str, book: Book, watermark: int) -> None:
-        """Drop memories no future record or anchor can use (their validity checks are explicit).
-
-        Future records of a partition arrive with progress >= watermark + lateness, and
-        future anchors are either open now or arrive at or above the watermark.
-        """
-        horizon = self.config.redelivery_horizon_us
-        floor = min(book.anchor().time_us, watermark) if book.open else watermark
-        book.forget(watermark - horizon, floor - horizon)
-        if book.empty():
-            del self.accounts[name]
-        elif not book.open:
-            # come back once the watermark has passed every memory's horizon, strictly
-            # after the watermark that kept them, so this never loops in `advance`
-            heapq.heappush(self.deadlines, (book.newest_memory + horizon + 1, name))
 
     def flush(self) -> Output:
         """Treat the end of input as the end of time: decide everything still open. A record
@@ -307,31 +198,25 @@ class Shard:
         return out
 
     def pending(self) -> list[Fate]:
-        """Fates of records still waiting for their window (and their redeliveries)."""
-        fates = []
-        for book in self.accounts.values():
-            for _, event in book.open:
-                fates.append(fate_of(event, PENDING, None, None))
-                fates += [fate_of(event, PENDING, None, None, ref)
-                          for ref in book.redelivered.get(event.ref, [])]
+        """Fates of records still waiting for their decision (and their redeliveries)."""
+        fates = [fate for desk in self.desks for fate in desk.pending()]
         fates += [fate_of(clock.held, PENDING, None, None)
                   for clock in self.clocks.values() if clock.held is not None]
         return fates
 
     def open_count(self) -> int:
         held = sum(clock.held is not None for clock in self.clocks.values())
-        return sum(len(b.open) for b in self.accounts.values()) + held
+        return sum(desk.open_count() for desk in self.desks) + held
 
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> ShardSnapshot:
-        accounts = [(name, Account(book.open, book.seen, book.redelivered, book.claims))
-                    for name, book in sorted(self.accounts.items())]
         return ShardSnapshot(config=self.config,
                              progress=[(t, p, c.high) for (t, p), c in self.clocks.items()],
-                             accounts=accounts, flushed=self.flushed,
+                             accounts=self.desks[0].accounts_state(), flushed=self.flushed,
                              ahead=[(t, p, c.ahead, c.held) for (t, p), c in self.clocks.items()
-                                    if c.ahead is not None])
+                                    if c.ahead is not None],
+                             desks=[desk.accounts_state() for desk in self.desks[1:]])
 
     @classmethod
     def restore(cls, snap: ShardSnapshot) -> "Shard":
@@ -340,17 +225,22 @@ class Shard:
         for t, p, ahead, held in snap.ahead:
             shard.clocks[(t, p)].ahead, shard.clocks[(t, p)].held = ahead, held
         shard.flushed = snap.flushed
-        horizon = snap.config.redelivery_horizon_us
-        for name, account in snap.accounts:
-            book = shard.accounts[name] = Book(horizon)
-            book.seen, book.redelivered, book.claims = account.seen, account.redelivered, account.claims
-            book.open = [(tuple(order), event) for order, event in account.open]
-            book.rebuild()
-            if book.open:
-                shard._schedule(name, book)
-            elif book.seen or book.claims:
-                heapq.heappush(shard.deadlines, (book.newest_memory + horizon + 1, name))
+        for desk, accounts in zip(shard.desks, [snap.accounts, *snap.desks]):
+            desk.restore(accounts)
         return shard
+
+
+def _desk(relation: Relation, config: MatchConfig, primary) -> Desk:
+    """A relation's desk, with the config as its rule reads it."""
+    if relation.rule == rel.MATCH:
+        expected, window, kind = relation.expected, relation.window_us, MatchDesk
+    elif relation.rule == rel.BATCH:
+        expected, window, kind = (relation.payouts, *relation.items), relation.window_us, BatchDesk
+    else:
+        expected, window, kind = (relation.payouts, relation.credits), relation.lag_max_us, PayoutDesk
+    own = msgspec.structs.replace(config, expected_sources=tuple(dict.fromkeys(expected)),
+                                  match_window_us=window, amount_tolerance_ppm=relation.tolerance_ppm)
+    return kind(relation, own, primary)
 
 
 SNAPSHOT_ENCODER = msgspec.msgpack.Encoder()

@@ -67,14 +67,14 @@ def match(anchor: Event, group: list[Event], config: MatchConfig) -> Verdict:
     confidence = 1.0 if tier == 1 else group_confidence(anchor, others, config.match_window_us)
     reason = ("linked by idempotency key; amounts agree" if tier == 1 else
               "exact amount and currency inside the match window; the only candidate set")
-    return _verdict(anchor, group, config, MATCHED, tier=tier, confidence=confidence, reason=reason)
+    return verdict(anchor, group, config, MATCHED, tier=tier, confidence=confidence, reason=reason)
 
 
 def mismatch(anchor: Event, group: list[Event], config: MatchConfig) -> Verdict:
     larger = max(group, key=lambda e: abs(e.amount_minor))
     closeness = min(amount_closeness(e.amount_minor, larger.amount_minor) for e in group)
     amounts = ", ".join(f"{e.source} {format_minor(e.amount_minor, e.currency)}" for e in _ordered(group))
-    return _verdict(anchor, group, config, EXCEPTION, kind=MISMATCH,
+    return verdict(anchor, group, config, EXCEPTION, kind=MISMATCH,
                     confidence=round(0.9 + 0.1 * closeness, 4),
                     missing=missing_sources(group, config),
                     reason=f"idempotency key {group_key(group)!r} links different amounts: {amounts}")
@@ -84,7 +84,7 @@ def ambiguous(anchor: Event, group: list[Event], options: list[Event], rivals: l
               count: int, config: MatchConfig) -> Verdict:
     members = unique(group + options + rivals)
     candidates = _candidates(anchor, [e for e in members if e is not anchor], config)
-    return _verdict(anchor, members, config, EXCEPTION, kind=AMBIGUOUS, candidates=candidates,
+    return verdict(anchor, members, config, EXCEPTION, kind=AMBIGUOUS, candidates=candidates,
                     confidence=round(1 / max(count, 2), 4), missing=[],
                     reason=f"{max(count, 2)} equally good candidate sets; Tally does not guess")
 
@@ -97,38 +97,56 @@ def review(anchor: Event, group: list[Event], near: list[Event], config: MatchCo
         best = [c for c in ranked if c.event.startswith(source + ":")]
         if len(best) == 1 or (len(best) > 1 and best[0].confidence > best[1].confidence):
             chosen.append(next(e for e in near if e.label == best[0].event))
-    return _verdict(anchor, chosen, config, EXCEPTION, kind=REVIEW, candidates=ranked,
+    return verdict(anchor, chosen, config, EXCEPTION, kind=REVIEW, candidates=ranked,
                     confidence=ranked[0].confidence, missing=missing_sources(chosen, config),
                     reason=f"no exact counterpart; {len(ranked)} candidate(s) within the amount tolerance")
 
 
 def missing_counterpart(anchor: Event, group: list[Event], missing: list[str],
                         config: MatchConfig) -> Verdict:
-    return _verdict(anchor, group, config, EXCEPTION, kind=MISSING, missing=missing,
+    return verdict(anchor, group, config, EXCEPTION, kind=MISSING, missing=missing,
                     reason=f"no counterpart from {', '.join(missing)} inside the match window")
 
 
 def duplicate(event: Event, original: Claim, config: MatchConfig) -> Verdict:
     candidates = [Candidate(original.label, original.ref, 1.0)]
-    return _verdict(event, [event], config, EXCEPTION, kind=DUPLICATE, candidates=candidates,
+    return verdict(event, [event], config, EXCEPTION, kind=DUPLICATE, candidates=candidates,
                     confidence=1.0, reason=f"idempotency key {event.idempotency_key!r} "
                                            f"already used by {original.label}")
 
 
-def _verdict(anchor: Event, members: list[Event], config: MatchConfig, outcome: str, *,
-             kind: str | None = None, tier: int | None = None, confidence: float | None = None,
-             missing: list[str] = (), candidates: list[Candidate] = (), reason: str) -> Verdict:
+def verdict(anchor: Event, members: list[Event], config: MatchConfig, outcome: str, *,
+            kind: str | None = None, tier: int | None = None, confidence: float | None = None,
+            missing: list[str] = (), candidates: list[Candidate] = (), reason: str,
+            amount: int | None = None) -> Verdict:
+    """The decision on `members`, in the anchor's account and currency, over the anchor's
+    window; its amount is the anchor's unless `amount` says otherwise."""
     members = _ordered(members)
     labels = [e.label for e in members]
     refs = [e.ref for e in members]
     decision = Decision(
         decision_id=decision_id(kind or "match", labels, refs),
         kind="match" if kind is None else "exception", tier=tier, exception_kind=kind,
-        account=anchor.account, currency=anchor.currency, amount_minor=anchor.amount_minor,
+        account=anchor.account, currency=anchor.currency,
+        amount_minor=anchor.amount_minor if amount is None else amount,
         confidence=confidence, member_event_ids=labels, member_refs=refs,
         window_start=anchor.time_us, window_end=anchor.time_us + config.match_window_us,
         missing_sources=list(missing), candidates=list(candidates), reason=reason)
     return Verdict(decision, members, outcome)
+
+
+def tagged(verdict_: Verdict, relation: str | None) -> Verdict:
+    """The verdict as its relation's: the relation named, its id keyed by it, the fees
+    the members carry summed. A config without relations (None) keeps ids as they were."""
+    fees = [e.fee_minor for e in verdict_.members if e.fee_minor is not None]
+    if relation is None and not fees:
+        return verdict_
+    d = verdict_.decision
+    kind = d.exception_kind or "match"
+    decision = msgspec.structs.replace(
+        d, relation=relation, fee_minor=sum(fees) if fees else None,
+        decision_id=decision_id(kind, d.member_event_ids, d.member_refs, relation))
+    return Verdict(decision, verdict_.members, verdict_.outcome)
 
 
 def _candidates(anchor: Event, events: list[Event], config: MatchConfig) -> list[Candidate]:

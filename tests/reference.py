@@ -17,8 +17,9 @@ from state import verdicts as v
 from state.config import MatchConfig
 from state.contract import NEVER, Event
 from state.decision import DUPLICATE, Fate, REDELIVERY
-from state.engine import (END_OF_TIME, Output, Seen, fate_of, late_decision, seen_key,
-                          skew_decision, take_unowned)
+from state.book import Seen
+from state.engine import (END_OF_TIME, Output, fate_of, late_decision, seen_key, skew_decision,
+                          take_unowned)
 from state.routing import Slice
 from state.scoring import within_tolerance
 from state.verdicts import Claim, claim_key, claim_of, event_order
@@ -251,7 +252,7 @@ class ScanShard:
             if first is not None and first.time_us >= high - self.config.redelivery_horizon_us:
                 self._event(record, high, out)  # a redelivery, whatever its time
             else:
-                self._alone(record, skew_decision(record, high, next_us, self.config), out)
+                self._alone(record, skew_decision(record, high_before=high, next_us=next_us, config=self.config), out)
 
     def _take(self, record, high_before: int, out: Output) -> None:
         if not take_unowned(record, high_before, out):  # heartbeats and invalid records
@@ -267,7 +268,7 @@ class ScanShard:
             else:
                 out.fates.append(fate_of(event, REDELIVERY, first.decision_id, first.window_end))
         elif event.time_us < high_before - config.allowed_lateness_us:
-            self._alone(event, late_decision(event, high_before, config), out)
+            self._alone(event, late_decision(event, high_before=high_before, config=config), out)
         else:
             account.seen[seen_key(event)] = Seen(event.ref, event.time_us, None)
             was_first = account.open[0][1] if account.open else None

@@ -198,11 +198,11 @@ def test_a_quiet_account_forgets_its_memories_once_past_the_horizon():
            for s in ("bank", "processor", "ledger")}
     decisions, _, shard = run(day, close=False)
     assert only(decisions, account="QUIET").kind == "match"
-    assert "QUIET" in shard.accounts  # within the horizon, its memories still guard redeliveries
+    assert "QUIET" in shard.desks[0].accounts  # within the horizon, its memories still guard redeliveries
 
     config, decoder = shard.config, Decoder(shard.config)
     for source, topic in config.topics.items():  # hours later, and not a word from QUIET
         (piece,) = split(topic, 0, [decoder.decode(heartbeat(source), topic, 0, 2)], 1,
                          config.max_clock_skew_us)
         shard.ingest(piece)
-    assert "QUIET" not in shard.accounts and "BUSY" not in shard.accounts
+    assert "QUIET" not in shard.desks[0].accounts and "BUSY" not in shard.desks[0].accounts
