@@ -86,8 +86,9 @@ def deposit(book: Book, payout: Event, relation: Relation, config: MatchConfig) 
         return ambiguous(payout, [payout], named, [], len(named), config)
     free = [c for c in exact
             if not any(names(c, p) for p in look.payouts_for(c, payout.amount_minor) if p is not payout)]
-    if len(free) > 1:
-        return ambiguous(payout, [payout], free, [], len(free), config)
+    if len(free) > 1:  # every payout that could take one of them is as good a guess
+        rivals = [p for c in free for p in look.payouts_for(c, payout.amount_minor) if p is not payout]
+        return ambiguous(payout, [payout], free, rivals, len(free), config)
     if len(free) == 1:
         rivals = [p for p in look.payouts_for(free[0], payout.amount_minor) if p is not payout]
         if rivals:
