@@ -14,6 +14,9 @@ The shape of a day:
 - the bank books each payout 1 to 3 days later from 06:00:00, one second apart, its
   reference naming the batch in ~70% of credits.
 
+Every payout is at least 2% from every other payout of its account (but for the equal
+pairs), so no credit fits two payouts by accident.
+
 Hard cases, a few of each a day on distinct batches (HARD_CASES): an item the processor
 never reports though its payout counts it, a credit short by a bank charge, two equal
 payouts whose credits name no batch, a payout never credited, a credit no payout explains.
@@ -46,6 +49,8 @@ BOOK_AT = 6 * HOUR  # the bank's daily statement starts at 06:00:00
 BANK_LAG = (1, 3)  # days from a payout to its credit
 P_REFUND, P_FEE_LINE, P_NAMED = 0.03, 0.3, 0.7
 HARD_RATE, MIN_HARD = 0.002, 2  # instances of each hard case per payment; at least this a day
+HARD_SHARE = 10  # ... but at most one batch (or account) in this many per case, and at least 1
+MAX_REDRAWS = 1_000  # of a batch whose payout comes too close to another (distinct)
 UNHELPFUL = ("ACQUIRER SETTLEMENT", "STRIPE", "CARD PAYMENTS", "MERCHANT SERVICES CREDIT")
 
 
@@ -108,6 +113,11 @@ class _Batch:
     close: int
     payments: list[_Payment]
     hard: str | None = None
+    fee: int = 0  # the fee line's fee; 0: no fee line
+
+    @property
+    def payout(self) -> int:
+        return sum(p.gross - p.fee for p in self.payments) - self.fee
 
 
 class _Builder:
@@ -148,18 +158,20 @@ class _Builder:
         B repeating A's amounts and fees with payments of its own: equal payouts. Returns
         the payments used, at most half the day's."""
         rng, used = self.rng, 0
-        for i in rng.sample(range(len(self.accounts)), min(want, len(self.accounts))):
+        pairs = min(want, max(1, len(self.accounts) // HARD_SHARE))
+        for i in rng.sample(range(len(self.accounts)), pairs):
             size = rng.randint(1, 2)
             if used + 2 * size > n // 2:
                 break
             account, currency = self.accounts[i]
-            first = [self.payment(d, currency) for _ in range(size)]
-            second = [self.payment(d, currency, p.gross, p.fee) for p in first]
-            close = self.close_time(d)
             base = f"B-{account}-{self.dates[d].replace('-', '')}"
-            self.close(_Batch(f"{base}-A", account, currency, d, close, first, "equal_payouts"))
-            later = close + rng.randint(60, 240) * SEC
-            self.close(_Batch(f"{base}-B", account, currency, d, later, second, "equal_payouts"))
+            first = self.distinct(lambda: _Batch(f"{base}-A", account, currency, d, self.close_time(d),
+                                                 [self.payment(d, currency) for _ in range(size)],
+                                                 "equal_payouts"))
+            self.close(first)
+            twins = [self.payment(d, currency, p.gross, p.fee) for p in first.payments]
+            later = first.close + rng.randint(60, 240) * SEC
+            self.close(_Batch(f"{base}-B", account, currency, d, later, twins, "equal_payouts"))
             self.summary.hard["equal_payouts"] += 1
             used += 2 * size
         return used
@@ -170,7 +182,24 @@ class _Builder:
         counts = [0] * len(self.accounts)
         for _ in range(n):
             counts[rng.randrange(len(self.accounts))] += 1
-        return [self.regular_batch(d, i, count) for i, count in enumerate(counts) if count]
+        return [self.distinct(lambda: self.regular_batch(d, i, count))
+                for i, count in enumerate(counts) if count]
+
+    def distinct(self, make) -> _Batch:
+        """A batch from `make`, drawn again while its payout is within 2% of another payout of
+        its account: then no credit (nor one short by a bank charge) fits two payouts by
+        accident, and only the deliberate equal pairs are ambiguous."""
+        num = self.num
+        batch = make()
+        # bounded: an account with hundreds of tiny batches may run out of room; then it keeps
+        # the last draw rather than loop for ever
+        for _ in range(MAX_REDRAWS):
+            if not any(abs(batch.payout - p) * 50 < max(batch.payout, p)
+                       for p in self.payouts.get(batch.account, ())):
+                break
+            self.num = num  # the new draw takes the same payment ids
+            batch = make()
+        return batch
 
     def regular_batch(self, d: int, i: int, count: int) -> _Batch:
         account, currency = self.accounts[i]
@@ -183,7 +212,9 @@ class _Builder:
             else:
                 payments.append(self.payment(d, currency))
         bid = f"B-{account}-{self.dates[d].replace('-', '')}"
-        return _Batch(bid, account, currency, d, self.close_time(d), payments)
+        batch = _Batch(bid, account, currency, d, self.close_time(d), payments)
+        batch.fee = self.batch_fee(batch)
+        return batch
 
     def payment(self, d: int, currency: str, gross: int | None = None, fee: int | None = None) -> _Payment:
         rng = self.rng
@@ -197,7 +228,6 @@ class _Builder:
         rng = self.rng
         end = d * DAY + LEDGER_HOURS * HOUR
         time = of.time + rng.randrange(end - of.time)
-        self.summary.refunds += 1
         return _Payment(self.new_pid(), time, -rng.randint(1, of.gross // 2), 0, self.key())
 
     def new_pid(self) -> str:
@@ -213,7 +243,9 @@ class _Builder:
     # --- hard cases on ordinary batches ----------------------------------------------
 
     def assign_hard(self, batches: list[_Batch], want: int) -> None:
-        """Up to `want` batches for each batch-level case, distinct, in a seeded order."""
+        """Up to `want` batches for each batch-level case, distinct, in a seeded order, and
+        never more than a share of the day's batches: most stay clean."""
+        want = min(want, max(1, len(batches) // HARD_SHARE))
         order = self.rng.sample(range(len(batches)), len(batches))
         eligible = {"unreported_item": _can_unreport, "bank_charge": _can_charge,
                     "payout_never_arrives": lambda b: True}
@@ -236,13 +268,14 @@ class _Builder:
             self.ledger_record(b, part, p)
             if p.reported:
                 self.item(b, part, p, hard, clean)
-        payout = sum(p.gross - p.fee for p in b.payments)
-        payout -= self.fee_line(b, part, payout, hard, clean)
-        self.payout(b, part, payout, hard, clean)
-        self.deposit(b, part, payout, hard, clean)
-        self.payouts.setdefault(b.account, []).append(payout)
+        if b.fee:
+            self.fee_line(b, part, hard, clean)
+        self.payout(b, part, b.payout, hard, clean)
+        self.deposit(b, part, b.payout, hard, clean)
+        self.payouts.setdefault(b.account, []).append(b.payout)
         self.summary.batches += 1
         self.summary.clean_batches += clean
+        self.summary.refunds += sum(1 for p in b.payments if p.gross < 0)
 
     def ledger_record(self, b: _Batch, part: int, p: _Payment) -> None:
         kind = "refund" if p.gross < 0 else "payment"
@@ -261,20 +294,21 @@ class _Builder:
                "fee": self.money(p.fee, b.currency), "batch_id": b.bid}
         self.emit("processor", part, at, obj, ("item", p.pid, b.bid, hard, clean))
 
-    def fee_line(self, b: _Batch, part: int, net: int, hard: list, clean: bool) -> int:
-        """Sometimes a batch fee of 0.50 .. 5.00 (major units); returns the fee, or 0."""
-        if b.hard == "equal_payouts" or self.rng.random() >= P_FEE_LINE:
+    def batch_fee(self, b: _Batch) -> int:
+        """Sometimes a batch fee of 0.50 .. 5.00 (major units), else 0."""
+        if self.rng.random() >= P_FEE_LINE:
             return 0
         fee = max(1, self.rng.randint(50, 500) * 10 ** CURRENCIES[b.currency][0] // 100)
-        if 4 * fee > net:  # the acquirer waives it on a tiny batch: payouts stay positive
-            return 0
+        # the acquirer waives it on a tiny batch: payouts stay positive
+        return 0 if 4 * fee > b.payout else fee
+
+    def fee_line(self, b: _Batch, part: int, hard: list, clean: bool) -> None:
         at = b.close - self.rng.randint(1, ITEM_LEAD) * SEC
         obj = {"type": "transaction", "source": "processor", "event_id": f"fee-{b.bid}",
                "account": b.account, "amount": self.money(0, b.currency), "currency": b.currency,
-               "event_time": self.ts(at), "fee": self.money(fee, b.currency), "batch_id": b.bid}
+               "event_time": self.ts(at), "fee": self.money(b.fee, b.currency), "batch_id": b.bid}
         self.emit("processor", part, at, obj, ("fee_line", None, b.bid, hard, clean))
         self.summary.fee_lines += 1
-        return fee
 
     def payout(self, b: _Batch, part: int, amount: int, hard: list, clean: bool) -> None:
         obj = {"type": "payout", "source": "processor", "event_id": f"payout-{b.bid}",
