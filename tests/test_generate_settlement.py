@@ -92,6 +92,31 @@ def test_partitions_are_in_event_time_order_and_follow_the_account(day):
     assert max(finals) > max(events)
 
 
+def test_heartbeats_fill_every_quiet_hour_and_close_each_partition(day):
+    _, _, records, _ = day
+    logs = defaultdict(list)
+    for (topic, p, _), record in sorted(records.items()):
+        logs[topic, p].append(record)
+    last_event = max(r.time_us for r in records.values() if isinstance(r, Event))
+    for log in logs.values():
+        gaps = [b.time_us - a.time_us for a, b in zip(log, log[1:])]
+        assert max(gaps) <= 3_600_000_000
+        assert isinstance(log[-1], Heartbeat) and log[-1].time_us > last_event
+
+
+def test_no_two_payouts_of_an_account_are_near_but_the_equal_pairs(day):
+    payouts = defaultdict(list)
+    for t, event in _by_label(day).values():
+        if t.kind == "payout":
+            payouts[event.account].append((t.batch, event.amount_minor))
+    for account, amounts in payouts.items():
+        for i, (a, x) in enumerate(amounts):
+            for b, y in amounts[i + 1:]:
+                one_pair = a[:-2] == b[:-2] and {a[-2:], b[-2:]} == {"-A", "-B"}
+                if not one_pair:
+                    assert abs(x - y) * 50 >= max(x, y), (a, b)
+
+
 def test_truth_covers_exactly_every_non_heartbeat_line(day):
     _, summary, records, truth = day
     assert {(t.topic, t.partition, t.offset) for t in truth} == {
