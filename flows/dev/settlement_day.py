@@ -63,8 +63,15 @@ class SettlementTruth(msgspec.Struct):
     event_id: str
     kind: str  # one of KINDS
     payment: str | None  # ledger records and items
-    batch: str | None  # the batch that settles the record; None for an unexplained credit
-    hard: list[str]  # the hard cases touching this record
+    # the batch that settles the record: a ledger record's too (the one place that names the
+    # batch of an unreported item), a credit's is its payout's; None for an unexplained credit
+    batch: str | None
+    # the hard cases touching this record: a ledger record only its own payment's
+    # (unreported_item), every processor record and credit its batch's
+    hard: list[str]
+    # a ledger record: its payment is reported on both sides; a fee line, payout or credit:
+    # its batch is clean (no hard case: all items reported, payout and credit exact and
+    # unique); an item: both
     clean: bool
 
 
