@@ -126,6 +126,10 @@ def run_demo(args) -> int:
 def add_generate(commands) -> None:
     from flows.dev.generate import P_DUPLICATE  # stdlib and msgspec only: cheap at start-up
     cmd = command(commands, "generate")
+    cmd.add_argument("--scenario", choices=("payments", "settlement"), default="payments",
+                     help="payments: one day of bank, processor and ledger records of each payment "
+                          "(default); settlement: days of ledger payments, acquirer batches and "
+                          "payouts, and the bank credits paying them (docs/examples/settlement.toml)")
     cmd.add_argument("--transactions", type=int, default=20_000, help="real-world payments (default 20000)")
     cmd.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     cmd.add_argument("--partitions", type=int, default=3, help="partitions per topic (default 3)")
@@ -143,26 +147,56 @@ def add_generate(commands) -> None:
     cmd.add_argument("--no-heartbeats", dest="heartbeats", action="store_false",
                      help="write transactions only, as real producers do (a live run writes its "
                           "own heartbeats; a bounded one needs --flush to close the day)")
+    settlement = cmd.add_argument_group("settlement", "--scenario settlement only (--hot-share, "
+                                        "--reported-twice and --no-heartbeats are for payments only)")
+    settlement.add_argument("--days", type=int, default=None, metavar="N",
+                            help="days of payments (default 2; the bank books the last payouts up "
+                                 "to 3 days later)")
     cmd.set_defaults(handler=run_generate)
 
 
 def run_generate(args) -> int:
-    from flows.dev.generate import generate_day
     if args.transactions < 1 or args.partitions < 1:
         raise UserError("--transactions and --partitions must be at least 1")
     if args.accounts is not None and args.accounts < 1:
         raise UserError("--accounts must be at least 1")
+    started = time.monotonic()
+    if args.scenario == "settlement":
+        summary = _generate_settlement(args)
+    else:
+        summary = _generate_payments(args)
+    print(summary)
+    print(f"wrote {args.out} in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def _generate_payments(args):
+    from flows.dev.generate import generate_day
+    if args.days is not None:
+        raise UserError("--days is for --scenario settlement only")
     if not 0 <= args.hot_share < 1:
         raise UserError("--hot-share must be from 0 to below 1")
     if not 0 <= args.reported_twice <= 1:
         raise UserError("--reported-twice must be from 0 to 1")
-    started = time.monotonic()
-    summary = generate_day(args.out, args.transactions, args.seed, partitions=args.partitions,
-                           accounts=args.accounts, hot_share=args.hot_share,
-                           reported_twice=args.reported_twice, heartbeats=args.heartbeats)
-    print(summary)
-    print(f"wrote {args.out} in {time.monotonic() - started:.1f}s")
-    return 0
+    return generate_day(args.out, args.transactions, args.seed, partitions=args.partitions,
+                        accounts=args.accounts, hot_share=args.hot_share,
+                        reported_twice=args.reported_twice, heartbeats=args.heartbeats)
+
+
+def _generate_settlement(args):
+    from flows.dev.generate import P_DUPLICATE
+    from flows.dev.settlement_day import generate_settlement
+    # the payments scenario's options that have no meaning here: refuse rather than ignore them
+    for given, option in ((args.hot_share != 0.0, "--hot-share"),
+                          (args.reported_twice != P_DUPLICATE, "--reported-twice"),
+                          (not args.heartbeats, "--no-heartbeats")):
+        if given:
+            raise UserError(f"{option} is for --scenario payments only")
+    days = 2 if args.days is None else args.days
+    if days < 1:
+        raise UserError("--days must be at least 1")
+    return generate_settlement(args.out, args.transactions, args.seed, partitions=args.partitions,
+                               days=days, accounts=args.accounts)
 
 
 def add_match(commands) -> None:
