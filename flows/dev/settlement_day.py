@@ -408,11 +408,16 @@ def _can_charge(batch: _Batch) -> bool:
 
 def generate_settlement(out: Path, payments: int, seed: int, partitions: int = 3,
                         day: str = "2026-11-21", days: int = 2,
-                        accounts: int | None = None) -> SettlementSummary:
+                        accounts: int | None = None,
+                        topics: dict[str, str] | None = None) -> SettlementSummary:
     """Write `days` settlement days starting at `day` plus truth.jsonl under `out`.
 
-    accounts: how many accounts carry the payments (default `default_accounts(payments)`).
+    accounts: how many accounts carry the payments (default `default_accounts(payments)`);
+    topics: source -> topic (default docs/examples/settlement.toml's).
     """
+    topics = dict(TOPICS if topics is None else topics)
+    if sorted(topics) != sorted(SOURCES):
+        raise ValueError(f"topics must map exactly the sources {SOURCES}")
     accounts = default_accounts(payments) if accounts is None else accounts
     for name, value in (("payments", payments), ("partitions", partitions), ("days", days),
                         ("accounts", accounts)):
@@ -420,10 +425,11 @@ def generate_settlement(out: Path, payments: int, seed: int, partitions: int = 3
             raise ValueError(f"{name} must be at least 1, not {value}")
     builder = _Builder(_Rng(seed), payments, partitions, day, days, accounts)
     with _no_gc():
-        return _generate(builder, Path(out), payments, days)
+        return _generate(builder, Path(out), payments, days, topics)
 
 
-def _generate(builder: _Builder, out: Path, payments: int, days: int) -> SettlementSummary:
+def _generate(builder: _Builder, out: Path, payments: int, days: int,
+              topics: dict[str, str]) -> SettlementSummary:
     per_day = [payments // days + (d < payments % days) for d in range(days)]
     for d, n in enumerate(per_day):
         builder.day(d, n)
@@ -434,7 +440,7 @@ def _generate(builder: _Builder, out: Path, payments: int, days: int) -> Settlem
     final = (days - 1 + BANK_LAG[1] + 1) * DAY + BOOK_AT  # a day past the last statement
     truth: list[SettlementTruth] = []
     for source in SOURCES:
-        topic = TOPICS[source]
+        topic = topics[source]
         (out / topic).mkdir(parents=True, exist_ok=True)
         before = len(truth)
         for p in range(builder.partitions):
