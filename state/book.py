@@ -5,10 +5,12 @@ it finds, never by scanning the account's open events, so the cost of a
 decision does not grow with how many payments the account carries:
 - `open`: every open event in canonical order (the anchor is the first);
 - `by_key`: per idempotency key, its open events (all sources) in canonical order;
-- `by_amount`: per (currency, exact amount), its open events in canonical order;
-- `by_size`: per currency, its open events ordered by amount, for the tolerance search;
+- `by_size`: per currency, its open events ordered by amount then canonically: the
+  exact-amount lookups and the tolerance search both bisect it;
 - `duplicates`: the open events that repeat an earlier report's key, in canonical order.
 The memories (redelivery `seen` and key `claims`) expire through heaps ordered by time.
+An open event is its own entry in `seen` until decided: a `Seen` is made only for a
+decided one, which is all a snapshot needs to carry (`memories`).
 
 Only `open`, `seen`, `redelivered` and `claims` are state; the rest is rebuilt on restore.
 """
@@ -39,18 +41,20 @@ class Seen(msgspec.Struct, array_like=True, gc=False):
 
 
 class Book:
-    __slots__ = ("open", "seen", "redelivered", "claims", "by_key", "by_amount", "by_size",
-                 "duplicates", "original_of", "seen_expiry", "claim_expiry", "newest_memory",
-                 "horizon")
+    __slots__ = ("open", "seen", "redelivered", "claims", "by_key", "by_size", "duplicates",
+                 "original_of", "seen_expiry", "claim_expiry", "newest_memory", "horizon",
+                 "shadowed")
 
     def __init__(self, horizon_us: int):
         self.horizon = horizon_us
         self.open: list[Entry] = []
-        self.seen: dict[str, Seen] = {}  # "source:event_id@topic:partition" -> delivery
+        # "source:event_id@topic:partition" -> its latest first delivery: the open event
+        # itself, or the Seen of a decided one
+        self.seen: dict[str, Seen | Event] = {}
         self.redelivered: dict[str, list[str]] = {}  # ref of an open event -> refs of its redeliveries
         self.claims: dict[str, Claim] = {}  # "source\x1fkey" -> the decided original of that key
+        self.shadowed: set[str] = set()  # seen keys delivered anew while an earlier one was open
         self.by_key: dict[str, list[Entry]] = {}
-        self.by_amount: dict[tuple[str, int], list[Entry]] = {}
         self.by_size: dict[str, list[tuple[int, tuple, Event]]] = {}
         self.duplicates: list[Entry] = []
         self.original_of: dict[int, Claim] = {}  # id(duplicate) -> the original it repeats
@@ -66,8 +70,6 @@ class Book:
     def add(self, event: Event) -> None:
         entry = (event_order(event), event)
         insort(self.open, entry)
-        amount = (event.currency, event.amount_minor)
-        insort(self.by_amount.setdefault(amount, []), entry)
         insort(self.by_size.setdefault(event.currency, []), (event.amount_minor, *entry))
         key = event.idempotency_key
         if key is not None:
@@ -77,7 +79,6 @@ class Book:
     def remove(self, event: Event) -> None:
         order = event_order(event)
         _take(self.open, order)
-        _drop(self.by_amount, (event.currency, event.amount_minor), (order,))
         _drop(self.by_size, event.currency, (event.amount_minor, order))
         if event.idempotency_key is not None:
             _drop(self.by_key, event.idempotency_key, (order,))
@@ -88,7 +89,16 @@ class Book:
         return self.by_key.get(key, [])
 
     def same_amount(self, currency: str, amount: int) -> list[Entry]:
-        return self.by_amount.get((currency, amount), [])
+        """The open events of exactly this amount, as entries in canonical order."""
+        sizes = self.by_size.get(currency)
+        if not sizes:
+            return []
+        i = bisect_left(sizes, (amount,))
+        found = []
+        while i < len(sizes) and sizes[i][0] == amount:
+            found.append(sizes[i][1:])
+            i += 1
+        return found
 
     def amounts_between(self, currency: str, low: int, high: int) -> Iterator[Event]:
         sizes = self.by_size.get(currency, [])
@@ -144,6 +154,40 @@ class Book:
 
     # ------------------------------------------------------------------ memories
 
+    def delivered(self, seen_key: str, event: Event) -> None:
+        """A first delivery, open: the event stands for it until its decision."""
+        if isinstance(self.seen.get(seen_key), Event):
+            self.shadowed.add(seen_key)
+        self.seen[seen_key] = event
+
+    def memories(self) -> dict[str, Seen]:
+        """`seen` as a snapshot keeps it: the decided deliveries, and open ones only where
+        they cannot be told from `open` (`restore_seen`)."""
+        kept = {}
+        for key, seen in self.seen.items():
+            if isinstance(seen, Seen):
+                kept[key] = seen
+            elif key in self.shadowed:
+                kept[key] = Seen(seen.ref, seen.time_us)
+        return kept
+
+    def restore_seen(self, kept: dict[str, Seen], key_of, owns) -> None:
+        """`seen` from a snapshot's memories and the open events `owns` says are first
+        delivered here (`key_of` their seen key): in canonical order, so a later delivery
+        of one key wins, as it did; a kept entry wins over both."""
+        by_ref = {}
+        for _, event in self.open:
+            if owns(event):
+                self.seen[key_of(event)] = event
+        for key, seen in kept.items():
+            if seen.decision_id is None:  # an open delivery shadowed by a later one
+                if not by_ref:
+                    by_ref = {e.ref: e for _, e in self.open}
+                self.seen[key] = by_ref.get(seen.ref, seen)
+                self.shadowed.add(key)
+            else:
+                self.seen[key] = seen
+
     def decided(self, seen_key: str, seen: Seen) -> None:
         self._remember(self.seen_expiry, seen.time_us, seen_key)
 
@@ -158,8 +202,9 @@ class Book:
         while heap and heap[0][0] < seen_before:
             time_us, key = heapq.heappop(heap)
             seen = self.seen.get(key)
-            if seen is not None and seen.decision_id is not None and seen.time_us == time_us:
+            if isinstance(seen, Seen) and seen.decision_id is not None and seen.time_us == time_us:
                 del self.seen[key]
+                self.shadowed.discard(key)
         heap = self.claim_expiry
         while heap and heap[0][0] < claims_before:
             time_us, key = heapq.heappop(heap)
@@ -176,7 +221,6 @@ class Book:
         keyed = set()
         for entry in self.open:
             event = entry[1]
-            self.by_amount.setdefault((event.currency, event.amount_minor), []).append(entry)
             self.by_size.setdefault(event.currency, []).append((event.amount_minor, *entry))
             if event.idempotency_key is not None:
                 self.by_key.setdefault(event.idempotency_key, []).append(entry)
@@ -186,7 +230,7 @@ class Book:
         for source, key in keyed:
             self._refresh_duplicates(source, key)
         self.seen_expiry = [(seen.time_us, key) for key, seen in self.seen.items()
-                            if seen.decision_id is not None]
+                            if isinstance(seen, Seen) and seen.decision_id is not None]
         self.claim_expiry = [(claim.time_us, key) for key, claim in self.claims.items()]
         heapq.heapify(self.seen_expiry)
         heapq.heapify(self.claim_expiry)

@@ -20,6 +20,7 @@ NEVER = -(2**62)  # "no event time yet": below any real time, still an int
 Part = tuple[str, int]  # a source partition: (topic, partition)
 MAX_VALUE_BYTES = 1 << 20  # larger values are invalid; the archive keeps them whole
 MAX_SIGNIFICANT_DIGITS = 18  # fits a signed 64-bit integer of minor units
+SHARED_STRINGS = 1 << 17  # distinct topics, currencies and accounts a decoder shares at most
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # times are UTC microseconds from here
 ONE_US = timedelta(microseconds=1)
@@ -118,6 +119,9 @@ class Decoder:
         self.source_of_topic = config.source_of_topic()
         self.relations = config.relation_list()
         self.routed: dict[tuple, bool] = {}  # (source, kind, batched) -> any relation takes it
+        # one string object per distinct topic, currency and account: millions of open
+        # events would otherwise each hold their own copies
+        self.shared: dict[str, str] = {}
         self.min_us = _to_us(datetime(config.min_year, 1, 1, tzinfo=timezone.utc))
         self.max_us = _to_us(datetime(config.max_year, 1, 1, tzinfo=timezone.utc))
 
@@ -147,12 +151,15 @@ class Decoder:
         amount = parse_amount(wire.amount, currency, places)
         fee = None if wire.fee is None else parse_amount(wire.fee, currency, places, "fee")
         self._check_relation(wire, payout, amount, fee)
+        if len(self.shared) > SHARED_STRINGS:  # new accounts without end: start afresh
+            self.shared.clear()
+        share = self.shared.setdefault
         return Event(
-            source=wire.source, event_id=wire.event_id, account=wire.account,
-            currency=currency, amount_minor=amount, time_us=self._time(wire.event_time),
-            idempotency_key=wire.idempotency_key, reference=wire.reference, topic=topic,
-            partition=partition, offset=offset, fee_minor=fee, batch_id=wire.batch_id,
-            payout=payout)
+            source=source, event_id=wire.event_id, account=share(wire.account, wire.account),
+            currency=share(currency, currency), amount_minor=amount,
+            time_us=self._time(wire.event_time), idempotency_key=wire.idempotency_key,
+            reference=wire.reference, topic=share(topic, topic), partition=partition,
+            offset=offset, fee_minor=fee, batch_id=wire.batch_id, payout=payout)
 
     def _check_relation(self, wire: _Wire, payout: bool, amount: int, fee: int | None) -> None:
         """Every record must take part in some relation, or nothing could ever decide it."""

@@ -64,7 +64,7 @@ class Account(msgspec.Struct, gc=False):
     gc=False: the state holds no reference cycles (see state/book.py)."""
 
     open: list[tuple[tuple, Event]] = []  # (event_order, event), sorted
-    seen: dict[str, Seen] = {}  # "source:event_id@topic:partition" -> delivery
+    seen: dict[str, Seen] = {}  # "source:event_id@topic:partition" -> a decided delivery (Book.memories)
     redelivered: dict[str, list[str]] = {}  # ref of an open event -> refs of its redeliveries
     claims: dict[str, Claim] = {}  # "source\x1fkey" -> the decided original of that key
 
@@ -92,7 +92,7 @@ class Desk:
         if event.time_us < high_before - self.config.allowed_lateness_us:
             self._alone(book, key, event, late(event), out)
             return False
-        book.seen[key] = Seen(event.ref, event.time_us)
+        book.delivered(key, event)
         self.join(event)
         return True
 
@@ -123,7 +123,7 @@ class Desk:
         first = book.seen.get(key)
         if first is None or first.time_us < high_before - self.config.redelivery_horizon_us:
             return False
-        if first.decision_id is None:
+        if isinstance(first, Event):  # still open
             book.redelivered.setdefault(first.ref, []).append(event.ref)
         else:
             out.fates.append(fate_of(event, REDELIVERY, first.decision_id, first.window_end))
@@ -158,10 +158,10 @@ class Desk:
             if not self.primary(event):
                 continue
             key = seen_key(event)
-            first = book.seen.get(key)
-            if first is not None and first.ref == event.ref:
-                first.decision_id, first.window_end = decision.decision_id, decision.window_end
-                book.decided(key, first)
+            if book.seen.get(key) is event:
+                seen = book.seen[key] = Seen(event.ref, event.time_us, decision.decision_id,
+                                             decision.window_end)
+                book.decided(key, seen)
             out.fates.append(fate_of(event, verdict.outcome, decision.decision_id,
                                      decision.window_end))
             for ref in book.redelivered.pop(event.ref, []):
@@ -214,15 +214,16 @@ class Desk:
         return sum(1 for book in self.accounts.values() for _, e in book.open if self.primary(e))
 
     def accounts_state(self) -> list[tuple[str, Account]]:
-        return [(name, Account(book.open, book.seen, book.redelivered, book.claims))
+        return [(name, Account(book.open, book.memories(), book.redelivered, book.claims))
                 for name, book in sorted(self.accounts.items())]
 
     def restore(self, accounts: list[tuple[str, Account]]) -> None:
         horizon = self.config.redelivery_horizon_us
         for name, account in accounts:
             book = self.accounts[name] = Book(horizon)
-            book.seen, book.redelivered, book.claims = account.seen, account.redelivered, account.claims
+            book.redelivered, book.claims = account.redelivered, account.claims
             book.open = [(tuple(order), event) for order, event in account.open]
+            book.restore_seen(account.seen, seen_key, self.primary)
             book.rebuild()
             self._restored(name, book)
             if not book.open and (book.seen or book.claims):
