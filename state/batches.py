@@ -21,13 +21,13 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, insort
 
-from state.book import Book, Entry
+from state.book import Book
 from state.config import MatchConfig
 from state.contract import Event
 from state.decision import EXCEPTION, MATCHED, MISSING, SETTLEMENT_MISMATCH
 from state.desks import Desk, Output
 from state.relations import Relation
-from state.verdicts import Verdict, event_order, format_minor, verdict
+from state.verdicts import Verdict, format_minor, verdict
 
 
 def settle(group: list[Event], relation: Relation, config: MatchConfig) -> Verdict:
@@ -75,13 +75,12 @@ class BatchDesk(Desk):
 
     def __init__(self, relation: Relation, config: MatchConfig, primary):
         super().__init__(relation, config, primary)
-        self.batches: dict[tuple[str, str], list[Entry]] = {}  # (account, batch) -> records
+        self.batches: dict[tuple[str, str], list[Event]] = {}  # (account, batch) -> records
 
     def _added(self, name: str, book: Book, event: Event, new_first: bool) -> None:
         group = self.batches.setdefault((name, event.batch_id), [])
-        entry = (event_order(event), event)
-        insort(group, entry)
-        if group[0] is entry:
+        insort(group, event)
+        if group[0] is event:
             self._due(name, event.batch_id, event)
 
     def _due(self, name: str, batch: str, first: Event) -> None:
@@ -91,7 +90,7 @@ class BatchDesk(Desk):
         book.remove(event)
         key = (event.account, event.batch_id)
         group = self.batches[key]
-        del group[bisect_left(group, (event_order(event),))]
+        del group[bisect_left(group, event)]
         if not group:
             del self.batches[key]
 
@@ -103,13 +102,13 @@ class BatchDesk(Desk):
             group = self.batches.get((name, batch)) if batch else None
             if book is None or group is None:
                 continue
-            first = group[0][1]
+            first = group[0]
             if first.time_us + self.relation.window_us != deadline:
                 continue  # stale: the batch's first record changed since
-            members = [e for order, e in group if order[0] <= deadline]
+            members = [e for e in group if e.time_us <= deadline]
             self._apply(book, settle(members, self.relation, self.config), out)
             rest = self.batches.get((name, batch))
             if rest:
-                self._due(name, batch, rest[0][1])
+                self._due(name, batch, rest[0])
             self._forget(name, book, watermark)
         return out

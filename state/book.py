@@ -24,9 +24,8 @@ from collections.abc import Iterator
 import msgspec
 
 from state.contract import Event
-from state.verdicts import Claim, claim_key, claim_of, event_order
+from state.verdicts import Claim, claim_key, claim_of
 
-Entry = tuple[tuple, Event]  # (event_order(event), event)
 
 
 # gc=False: the state holds no reference cycles, and with millions of its structs tracked,
@@ -47,16 +46,16 @@ class Book:
 
     def __init__(self, horizon_us: int):
         self.horizon = horizon_us
-        self.open: list[Entry] = []
+        self.open: list[Event] = []
         # "source:event_id@topic:partition" -> its latest first delivery: the open event
         # itself, or the Seen of a decided one
         self.seen: dict[str, Seen | Event] = {}
         self.redelivered: dict[str, list[str]] = {}  # ref of an open event -> refs of its redeliveries
         self.claims: dict[str, Claim] = {}  # "source\x1fkey" -> the decided original of that key
         self.shadowed: set[str] = set()  # seen keys delivered anew while an earlier one was open
-        self.by_key: dict[str, list[Entry]] = {}
+        self.by_key: dict[str, list[Event]] = {}
         self.by_size: dict[str, list[tuple[int, tuple, Event]]] = {}
-        self.duplicates: list[Entry] = []
+        self.duplicates: list[Event] = []
         self.original_of: dict[int, Claim] = {}  # id(duplicate) -> the original it repeats
         self.seen_expiry: list[tuple[int, str]] = []  # (time, seen key), decided memories only
         self.claim_expiry: list[tuple[int, str]] = []  # (time, claim key)
@@ -65,38 +64,36 @@ class Book:
     # ------------------------------------------------------------------ open events
 
     def anchor(self) -> Event:
-        return self.open[0][1]
+        return self.open[0]
 
     def add(self, event: Event) -> None:
-        entry = (event_order(event), event)
-        insort(self.open, entry)
-        insort(self.by_size.setdefault(event.currency, []), (event.amount_minor, *entry))
+        insort(self.open, event)
+        insort(self.by_size.setdefault(event.currency, []), (event.amount_minor, event))
         key = event.idempotency_key
         if key is not None:
-            insort(self.by_key.setdefault(key, []), entry)
+            insort(self.by_key.setdefault(key, []), event)
             self._refresh_duplicates(event.source, key)
 
     def remove(self, event: Event) -> None:
-        order = event_order(event)
-        _take(self.open, order)
-        _drop(self.by_size, event.currency, (event.amount_minor, order))
+        _take(self.open, event)
+        _drop(self.by_size, event.currency, (event.amount_minor, event))
         if event.idempotency_key is not None:
-            _drop(self.by_key, event.idempotency_key, (order,))
+            _drop(self.by_key, event.idempotency_key, event)
             if self.original_of.pop(id(event), None) is not None:
-                _take(self.duplicates, order)
+                _take(self.duplicates, event)
 
-    def keyed(self, key: str) -> list[Entry]:
+    def keyed(self, key: str) -> list[Event]:
         return self.by_key.get(key, [])
 
-    def same_amount(self, currency: str, amount: int) -> list[Entry]:
-        """The open events of exactly this amount, as entries in canonical order."""
+    def same_amount(self, currency: str, amount: int) -> list[Event]:
+        """The open events of exactly this amount, in canonical order."""
         sizes = self.by_size.get(currency)
         if not sizes:
             return []
         i = bisect_left(sizes, (amount,))
         found = []
         while i < len(sizes) and sizes[i][0] == amount:
-            found.append(sizes[i][1:])
+            found.append(sizes[i][1])
             i += 1
         return found
 
@@ -104,7 +101,7 @@ class Book:
         sizes = self.by_size.get(currency, [])
         i = bisect_left(sizes, (low,))
         while i < len(sizes) and sizes[i][0] <= high:
-            yield sizes[i][2]
+            yield sizes[i][1]
             i += 1
 
     # ------------------------------------------------------------------ duplicates
@@ -115,8 +112,8 @@ class Book:
     def duplicates_until(self, end: int) -> list[tuple[Event, Claim]]:
         """Open duplicates with event time up to `end`, in canonical order."""
         found = []
-        for order, event in self.duplicates:
-            if order[0] > end:
+        for event in self.duplicates:
+            if event.time_us > end:
                 break
             found.append((event, self.original_of[id(event)]))
         return found
@@ -134,23 +131,22 @@ class Book:
         entries = self.by_key.get(key)
         if entries is None:
             return
-        reports = [entry for entry in entries if entry[1].source == source]
+        reports = [event for event in entries if event.source == source]
         original: Claim | Event | None = self.claims.get(claim_key(source, key))
-        if original is None and len(reports) == 1 and id(reports[0][1]) not in self.original_of:
+        if original is None and len(reports) == 1 and id(reports[0]) not in self.original_of:
             return  # the usual case: one report, nothing before it
-        for entry in reports:
-            event = entry[1]
+        for event in reports:
             was = self.original_of.pop(id(event), None)
             if original is not None and 0 <= event.time_us - original.time_us <= self.horizon:
                 if isinstance(original, Event):
                     original = claim_of(original)
                 self.original_of[id(event)] = original
                 if was is None:
-                    insort(self.duplicates, entry)
+                    insort(self.duplicates, event)
             else:
                 original = event
                 if was is not None:
-                    _take(self.duplicates, entry[0])
+                    _take(self.duplicates, event)
 
     # ------------------------------------------------------------------ memories
 
@@ -176,13 +172,13 @@ class Book:
         delivered here (`key_of` their seen key): in canonical order, so a later delivery
         of one key wins, as it did; a kept entry wins over both."""
         by_ref = {}
-        for _, event in self.open:
+        for event in self.open:
             if owns(event):
                 self.seen[key_of(event)] = event
         for key, seen in kept.items():
             if seen.decision_id is None:  # an open delivery shadowed by a later one
                 if not by_ref:
-                    by_ref = {e.ref: e for _, e in self.open}
+                    by_ref = {e.ref: e for e in self.open}
                 self.seen[key] = by_ref.get(seen.ref, seen)
                 self.shadowed.add(key)
             else:
@@ -217,13 +213,12 @@ class Book:
 
     def rebuild(self) -> None:
         """The indexes and expiry heaps from the state alone (after a restore). `open` is
-        in canonical order, so appending keeps every index sorted but the amount order."""
+        in canonical order, so appending keeps every index sorted but the size order."""
         keyed = set()
-        for entry in self.open:
-            event = entry[1]
-            self.by_size.setdefault(event.currency, []).append((event.amount_minor, *entry))
+        for event in self.open:
+            self.by_size.setdefault(event.currency, []).append((event.amount_minor, event))
             if event.idempotency_key is not None:
-                self.by_key.setdefault(event.idempotency_key, []).append(entry)
+                self.by_key.setdefault(event.idempotency_key, []).append(event)
                 keyed.add((event.source, event.idempotency_key))
         for sizes in self.by_size.values():
             sizes.sort()
@@ -237,13 +232,13 @@ class Book:
         self.newest_memory = max([t for t, _ in self.seen_expiry + self.claim_expiry], default=0)
 
 
-def _drop(index: dict, key, probe: tuple) -> None:
-    """Remove the entry that starts with `probe` from index[key], and the key once empty."""
+def _drop(index: dict, key, entry) -> None:
+    """Remove `entry` from the sorted list index[key], and the key once empty."""
     entries = index[key]
-    del entries[bisect_left(entries, probe)]
+    del entries[bisect_left(entries, entry)]
     if not entries:
         del index[key]
 
 
-def _take(entries: list[Entry], order: tuple) -> None:
-    del entries[bisect_left(entries, (order,))]
+def _take(events: list[Event], event: Event) -> None:
+    del events[bisect_left(events, event)]

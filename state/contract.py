@@ -29,20 +29,24 @@ _LIMITS = {"event_id": 128, "account": 64, "idempotency_key": 128, "reference": 
            "batch_id": 128}
 
 
-class Event(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """A valid transaction. Money in integer minor units, time in UTC microseconds."""
+class Event(msgspec.Struct, frozen=True, array_like=True, gc=False, order=True):
+    """A valid transaction (or payout). Money in integer minor units, time in UTC microseconds.
 
+    Events compare in the canonical order (state/verdicts.py `event_order`): the first six
+    fields are that order, and they already tell any two records apart, so the indexes of
+    state/book.py hold the events themselves, with no sort key beside each."""
+
+    time_us: int
     source: str
     event_id: str
-    account: str
-    currency: str
-    amount_minor: int
-    time_us: int
-    idempotency_key: str | None
-    reference: str | None
     topic: str
     partition: int
     offset: int
+    account: str
+    currency: str
+    amount_minor: int
+    idempotency_key: str | None
+    reference: str | None
     # settlement (docs/settlement.md); last and defaulted, so older snapshots still read
     fee_minor: int | None = None  # what the processor withheld: net = amount - fee
     batch_id: str | None = None  # the settlement batch (or the payout's batch)

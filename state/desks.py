@@ -63,7 +63,7 @@ class Account(msgspec.Struct, gc=False):
 
     gc=False: the state holds no reference cycles (see state/book.py)."""
 
-    open: list[tuple[tuple, Event]] = []  # (event_order, event), sorted
+    open: list[Event] = []  # in canonical order
     seen: dict[str, Seen] = {}  # "source:event_id@topic:partition" -> a decided delivery (Book.memories)
     redelivered: dict[str, list[str]] = {}  # ref of an open event -> refs of its redeliveries
     claims: dict[str, Claim] = {}  # "source\x1fkey" -> the decided original of that key
@@ -104,9 +104,9 @@ class Desk:
 
     def join(self, event: Event) -> None:
         book = self._book(event)
-        was_first = book.open[0][1] if book.open else None
+        was_first = book.open[0] if book.open else None
         book.add(event)
-        self._added(event.account, book, event, book.open[0][1] is not was_first)
+        self._added(event.account, book, event, book.open[0] is not was_first)
 
     def _added(self, name: str, book: Book, event: Event, new_first: bool) -> None:
         raise NotImplementedError
@@ -203,7 +203,7 @@ class Desk:
         """Fates of records waiting here as their primary desk (and their redeliveries)."""
         fates = []
         for book in self.accounts.values():
-            for _, event in book.open:
+            for event in book.open:
                 if self.primary(event):
                     fates.append(fate_of(event, PENDING, None, None))
                     fates += [fate_of(event, PENDING, None, None, ref)
@@ -211,7 +211,10 @@ class Desk:
         return fates
 
     def open_count(self) -> int:
-        return sum(1 for book in self.accounts.values() for _, e in book.open if self.primary(e))
+        return sum(1 for book in self.accounts.values() for e in book.open if self.primary(e))
+
+    def redeliveries_waiting(self) -> int:
+        return sum(len(refs) for book in self.accounts.values() for refs in book.redelivered.values())
 
     def accounts_state(self) -> list[tuple[str, Account]]:
         return [(name, Account(book.open, book.memories(), book.redelivered, book.claims))
@@ -222,7 +225,7 @@ class Desk:
         for name, account in accounts:
             book = self.accounts[name] = Book(horizon)
             book.redelivered, book.claims = account.redelivered, account.claims
-            book.open = [(tuple(order), event) for order, event in account.open]
+            book.open = list(account.open)
             book.restore_seen(account.seen, seen_key, self.primary)
             book.rebuild()
             self._restored(name, book)
@@ -231,8 +234,8 @@ class Desk:
 
     def _restored(self, name: str, book: Book) -> None:
         """Schedule what a restored book holds open."""
-        for _, event in book.open:
-            self._added(name, book, event, event is book.open[0][1])
+        for event in book.open:
+            self._added(name, book, event, event is book.open[0])
 
 
 class MatchDesk(Desk):

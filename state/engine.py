@@ -205,8 +205,13 @@ class Shard:
         return fates
 
     def open_count(self) -> int:
+        """Records waiting for their decision: the pending ones, less their redeliveries."""
         held = sum(clock.held is not None for clock in self.clocks.values())
         return sum(desk.open_count() for desk in self.desks) + held
+
+    def pending_count(self) -> int:
+        """len(self.pending()), without a Fate per record."""
+        return self.open_count() + sum(desk.redeliveries_waiting() for desk in self.desks)
 
     # ------------------------------------------------------------------ snapshots
 

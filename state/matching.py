@@ -49,8 +49,8 @@ class Window:
     def _originals(self, entries: list, until: int) -> list[Event]:
         """The non-duplicate events of an index list (canonical order) up to `until`."""
         found = []
-        for order, event in entries:
-            if order[0] > until:
+        for event in entries:
+            if event.time_us > until:
                 break
             if not self.book.is_duplicate(event):
                 found.append(event)

@@ -52,13 +52,13 @@ class Lookups:
     def credits(self, payout: Event, amount: int | None = None) -> list[Event]:
         """Open credits of the payout's exact amount (or `amount`) inside its lag window."""
         low, high = payout.time_us + self.relation.lag_min_us, payout.time_us + self.relation.lag_max_us
-        return [e for _, e in self.book.same_amount(payout.currency, amount or payout.amount_minor)
+        return [e for e in self.book.same_amount(payout.currency, amount or payout.amount_minor)
                 if not e.payout and e.source == self.relation.credits and low <= e.time_us <= high]
 
     def payouts_for(self, credit: Event, amount: int) -> list[Event]:
         """Open payouts of `amount` whose lag window holds the credit."""
         low, high = credit.time_us - self.relation.lag_max_us, credit.time_us - self.relation.lag_min_us
-        return [e for _, e in self.book.same_amount(credit.currency, amount)
+        return [e for e in self.book.same_amount(credit.currency, amount)
                 if e.payout and e.source == self.relation.payouts and low <= e.time_us <= high]
 
     def near(self, payout: Event, tolerance_ppm: int) -> list[Event]:
@@ -113,7 +113,7 @@ def unexplained(credit: Event, relation: Relation, config: MatchConfig) -> Verdi
 
 class PayoutDesk(Desk):
     """Open payouts and credits per account; each is due on its own (the heap's tag is
-    (payouts before credits, the record's canonical order))."""
+    (payouts before credits, the record itself, in canonical order))."""
 
     def _added(self, name: str, book: Book, event: Event, new_first: bool) -> None:
         relation = self.relation
@@ -121,7 +121,7 @@ class PayoutDesk(Desk):
             due, rank = event.time_us + relation.lag_max_us, PAYOUT_FIRST
         else:
             due, rank = event.time_us - relation.lag_min_us + relation.lag_max_us, CREDIT_NEXT
-        heapq.heappush(self.deadlines, (due, name, (rank, event_order(event))))
+        heapq.heappush(self.deadlines, (due, name, (rank, event)))
 
     def advance(self, watermark: int) -> Output:
         out = Output([], [])
@@ -140,8 +140,8 @@ class PayoutDesk(Desk):
         return out
 
 
-def _open(book: Book, order: tuple) -> Event | None:
-    i = bisect_left(book.open, (order,))
-    if i < len(book.open) and book.open[i][0] == order:
-        return book.open[i][1]
+def _open(book: Book, event: Event) -> Event | None:
+    i = bisect_left(book.open, event)
+    if i < len(book.open) and book.open[i] is event:
+        return event
     return None

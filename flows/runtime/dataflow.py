@@ -96,7 +96,7 @@ class ShardLogic(StatefulBatchLogic):
         if self.flush:
             out = self.shard.flush()
             self.stats.count(out.decisions)
-        self.stats.add_pending(len(self.shard.pending()))
+        self.stats.add_pending(self.shard.pending_count())
         self._count_open()
         return ([out] if out.decisions or out.fates else []), StatefulBatchLogic.RETAIN
 
