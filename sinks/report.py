@@ -341,8 +341,8 @@ class PgDecisions(_OverStore):
 
 GROUP_COLUMNS = ["kind", "tier", "exception_kind", "account", "member_event_ids",
                  "window_start", "window_end"]
-OPEN_COLUMNS = ["decision_id", "exception_kind", "account", "currency", "amount_minor",
-                "window_end", "reason", "member_event_ids"]
+OPEN_COLUMNS = ["decision_id", "exception_kind", "relation", "account", "currency",
+                "amount_minor", "window_end", "reason", "member_event_ids"]
 
 
 class ParquetDecisions(_OverStore):
