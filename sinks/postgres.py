@@ -215,10 +215,11 @@ class PgWriter:
         types = dict(DECISION_COLUMNS)
         missing = [name for name in ADDED_DECISION_COLUMNS if name not in present]
         if missing:
-            self._ddl(sql.SQL("ALTER TABLE {}.decisions {}").format(self._schema, sql.SQL(", ").join(
+            additions = sql.SQL(", ").join(
                 sql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(sql.Identifier(name),
                                                                  sql.SQL(types[name]))
-                for name in missing)))
+                for name in missing)
+            self._ddl(sql.SQL("ALTER TABLE {}.decisions {}").format(self._schema, additions))
 
     def _ensure_partition(self, parent: str, day: date) -> None:
         if (parent, day) in self._partitions:

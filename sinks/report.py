@@ -26,10 +26,8 @@ order rows the same.  Counts are integers; nothing here is a float.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-
-from datetime import date
 
 from sinks.dsn import redact
 from sinks.errors import StoreError
@@ -189,7 +187,7 @@ def settlement(rows: list[dict], relations: tuple[Relation, ...]) -> Settlement:
       (a payout without its credit is missing a counterpart too, but is not a credit);
     * fees: fee_minor summed per currency over the matches of "match" relations."""
     rules = {r.name: r for r in relations}
-    counts: dict[str, list[int]] = {}
+    counts: dict[str | None, list[int]] = {}  # relation -> [decisions, matches]
     days: dict[date, dict[str, int]] = {}
     fees: dict[date, dict[str, int]] = {}
     for row in rows:

@@ -253,7 +253,7 @@ class PostgresStore:
         from sinks.postgres import ADDED_DECISION_COLUMNS
         if name != "decisions":
             return []
-        if self._columns is None:
+        if not self._columns:  # kept once the table is there: a run may be creating it
             self._columns = {r["column_name"] for r in self._execute(
                 "SELECT column_name FROM information_schema.columns"
                 " WHERE table_schema = %s AND table_name = 'decisions'", (self.namespace,))}
