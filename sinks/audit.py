@@ -128,20 +128,23 @@ def orphan_fates(tables: Tables) -> tuple[int, list]:
 
 
 def unfated_members(tables: Tables) -> tuple[int, list]:
-    """Decision members without a fate at their position pointing back to that decision."""
-    fates = tables.fates.select(POSITION + ["decision_id"]).rename_columns(
-        POSITION + ["fate_decision"])
-    joined = tables.members.join(fates, keys=POSITION, join_type="left outer")
-    pointing = pc.fill_null(pc.equal(joined.column("decision_id"), joined.column("fate_decision")),
-                            False)
-    # a member may have a duplicate fate row elsewhere; it counts once if any row points back
-    good = joined.filter(pointing).select(["decision_id"] + POSITION).group_by(
-        ["decision_id"] + POSITION).aggregate([])
-    lost = tables.members.num_rows - good.num_rows
-    if not lost:
-        return 0, []
-    bad = tables.members.join(good, keys=["decision_id"] + POSITION, join_type="left anti")
-    return lost, _positions(bad)
+    """Decision members whose position has no fate pointing at a decision that lists it.
+
+    A record may be a member of decisions of two relations (a processor item in its
+    payment's match and in its batch's settlement), but its one fate points at its
+    decision in its primary relation only. So a member of decision D at position P is
+    accounted for when the fate at P points at some decision F that lists P among its
+    members; F is D itself for a record of one relation, as in a config without relations.
+    Joins only, no Python object per row: it runs over tens of millions of members."""
+    members = tables.members.select(["decision_id"] + POSITION)
+    fates = tables.fates.select(POSITION + ["decision_id"])
+    # positions whose fate's decision lists them (a join never matches a null decision_id,
+    # so a heartbeat's fate counts for nothing); a duplicate fate row counts once
+    accounted = fates.join(members, keys=POSITION + ["decision_id"], join_type="inner").select(
+        POSITION).group_by(POSITION).aggregate([])
+    lost = members.join(accounted, keys=POSITION, join_type="left anti")
+    # counted per membership, named once per position (two decisions may list one record)
+    return lost.num_rows, _positions(lost.select(POSITION).group_by(POSITION).aggregate([]))
 
 
 def _positions(table: pa.Table) -> list[str]:

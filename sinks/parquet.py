@@ -31,6 +31,7 @@ DECISIONS_SCHEMA = pa.schema([
     ("window_start", TIMESTAMP), ("window_end", TIMESTAMP),
     ("missing_sources", pa.list_(pa.string())), ("candidates", pa.list_(CANDIDATE)),
     ("reason", pa.string()), ("raw_base64", pa.string()),
+    ("relation", pa.string()), ("fee_minor", pa.int64()),
 ])
 FATES_SCHEMA = pa.schema([
     ("topic", pa.string()), ("partition", pa.int32()), ("offset", pa.int64()),

@@ -3,7 +3,9 @@
 Layout, in one schema per namespace (``validate_namespace``):
 
 * ``decisions`` and ``fates`` have the columns of ``sinks.parquet`` (same names,
-  same order), then ``day date``, the UTC date of ``window_end``.  Both tables
+  same order), then ``day date``, the UTC date of ``window_end``.  A namespace
+  made before ``ADDED_DECISION_COLUMNS`` existed gets them from ``ensure_schema``,
+  after its review columns (every write and read names its columns).  Both tables
   are partitioned by RANGE on ``day``, one partition per day
   (``decisions_YYYYMMDD``, ``fates_YYYYMMDD``), created on demand.
 * Primary keys must contain the partition key, so they are
@@ -56,7 +58,11 @@ DECISION_COLUMNS = [
     ("window_start", "timestamptz"), ("window_end", "timestamptz"),
     ("missing_sources", "text[]"), ("candidates", "jsonb"),
     ("reason", "text"), ("raw_base64", "text"),
+    ("relation", "text"), ("fee_minor", "bigint"),
 ]
+# Decision columns added after namespaces already existed: `ensure_schema` adds them to
+# a namespace made before them (NULL in its old rows, as for a config without relations).
+ADDED_DECISION_COLUMNS = ["relation", "fee_minor"]
 FATE_COLUMNS = [
     ("topic", "text"), ("partition", "integer"), ("offset", "bigint"),
     ("source", "text"), ("event_id", "text"), ("outcome", "text"),
@@ -65,7 +71,7 @@ FATE_COLUMNS = [
 # The same types as COPY BINARY needs them (no casts are applied to binary data).
 DECISION_COPY_TYPES = ["text", "text", "int2", "text", "text", "text", "int8", "float8",
                        "text[]", "text[]", "timestamptz", "timestamptz", "text[]", "jsonb",
-                       "text", "text"]
+                       "text", "text", "text", "int8"]
 FATE_COPY_TYPES = ["text", "int4", "int8", "text", "text", "text", "text", "timestamptz"]
 
 REVIEW_COLUMNS = """,
@@ -182,6 +188,7 @@ class PgWriter:
                                         _columns(DECISION_COLUMNS), sql.SQL(REVIEW_COLUMNS)))
         self._ddl(sql.SQL(table).format(self._schema, sql.Identifier("fates"),
                                         _columns(FATE_COLUMNS), sql.SQL(FATE_EXTRA)))
+        self._add_missing_columns()
         # Remember the partitions that already exist, so a restart creates none.
         with self.conn.transaction():
             rows = self.conn.execute(
@@ -194,6 +201,25 @@ class PgWriter:
             suffix = child.removeprefix(parent + "_")
             if len(suffix) == 8 and suffix.isdigit():
                 self._partitions.add((parent, datetime.strptime(suffix, "%Y%m%d").date()))
+
+    def _add_missing_columns(self) -> None:
+        """Give a namespace made before ADDED_DECISION_COLUMNS those columns.
+
+        Asked first, because ALTER TABLE locks the table even when there is nothing to add,
+        and every sink partition ensures the schema when it connects. Added on the
+        partitioned parent, so every day partition gets them too."""
+        with self.conn.transaction():
+            present = {r[0] for r in self.conn.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = 'decisions'", (self.ns,))}
+        types = dict(DECISION_COLUMNS)
+        missing = [name for name in ADDED_DECISION_COLUMNS if name not in present]
+        if missing:
+            additions = sql.SQL(", ").join(
+                sql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(sql.Identifier(name),
+                                                                 sql.SQL(types[name]))
+                for name in missing)
+            self._ddl(sql.SQL("ALTER TABLE {}.decisions {}").format(self._schema, additions))
 
     def _ensure_partition(self, parent: str, day: date) -> None:
         if (parent, day) in self._partitions:
@@ -285,7 +311,8 @@ def _decision_row(d: Decision) -> tuple:
     return (d.decision_id, d.kind, d.tier, d.exception_kind, d.account, d.currency,
             d.amount_minor, d.confidence, d.member_event_ids, d.member_refs,
             _timestamp(d.window_start), _timestamp(d.window_end), d.missing_sources,
-            Jsonb(d.candidates, dumps=msgspec.json.encode), d.reason, d.raw_base64)
+            Jsonb(d.candidates, dumps=msgspec.json.encode), d.reason, d.raw_base64,
+            d.relation, d.fee_minor)
 
 
 def _fate_row(f: Fate) -> tuple:

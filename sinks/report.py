@@ -13,7 +13,11 @@ with pyarrow compute over the decision files.  Both give the same `Figures`:
 * by_account: decisions and matches of the accounts with the most decisions;
 * oldest_open: the open exceptions in `tally review list` order (oldest UTC day
   of window_end, then the largest absolute amount in major units, then window_end
-  and id).  Parquet keeps no review status, so there every exception is open.
+  and id).  Parquet keeps no review status, so there every exception is open;
+* settlement, only for a config with relations: decisions per relation, and per
+  UTC day of window_end the payouts settled and deposited, the settlement
+  mismatches, the unexplained bank credits and the fees withheld per currency
+  (`Settlement`, from `settlement_groups`).
 
 Ties are broken by byte order (COLLATE "C" in SQL), so both stores and every run
 order rows the same.  Counts are integers; nothing here is a float.
@@ -22,7 +26,7 @@ order rows the same.  Counts are integers; nothing here is a float.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from sinks.dsn import redact
@@ -30,9 +34,11 @@ from sinks.errors import StoreError
 from sinks.stores import ParquetStore, PostgresStore
 from state.currency import EXPONENTS
 from state.decision import (AMBIGUOUS, CLOCK_SKEW, DUPLICATE, INVALID_KIND, LATE, MISMATCH, MISSING,
-                            REVIEW)
+                            REVIEW, SETTLEMENT_MISMATCH)
+from state.relations import BATCH, MATCH, PAYOUT, Relation
 
-KIND_ORDER = (MISSING, MISMATCH, AMBIGUOUS, REVIEW, DUPLICATE, LATE, CLOCK_SKEW, INVALID_KIND)
+KIND_ORDER = (MISSING, MISMATCH, AMBIGUOUS, REVIEW, DUPLICATE, LATE, CLOCK_SKEW, INVALID_KIND,
+              SETTLEMENT_MISMATCH)
 UNITS = ("hour", "day", "month", "year")
 HOURLY_SPAN = timedelta(days=2)  # window ends spanning at most this are shown per hour
 MOST_BARS = 120  # else the finest of day, month, year giving at most this many buckets
@@ -45,6 +51,30 @@ class Rate:
     name: str
     decisions: int
     matches: int
+
+
+# The settlement figures per day, in the order the page shows them.
+SETTLED, MISMATCHED, DEPOSITED, UNEXPLAINED = ("payouts settled", "settlement mismatches",
+                                               "payouts deposited", "unexplained bank credits")
+DAY_FIGURES = (SETTLED, MISMATCHED, DEPOSITED, UNEXPLAINED)
+
+
+@dataclass(frozen=True)
+class RelationCount:
+    name: str | None  # None: decisions of no relation (invalid records)
+    rule: str  # "" for decisions of a relation the config does not name
+    decisions: int
+    matches: int
+
+
+@dataclass
+class Settlement:
+    """What the relations of a config decided, from `settlement_groups` rows."""
+
+    relations: list[RelationCount]  # the config's in its order, then any other, by name
+    days: dict[date, dict[str, int]]  # UTC day of window_end -> DAY_FIGURES -> count
+    fees: dict[date, dict[str, int]]  # UTC day -> currency -> fee withheld, minor units
+    unknown: list[str]  # relations in the store that the config does not name
 
 
 @dataclass
@@ -63,6 +93,7 @@ class Figures:
     oldest_open: list[dict]  # sinks.review.LIST_COLUMNS
     open_exceptions: int
     notes: list[str] = field(default_factory=list)
+    settlement: Settlement | None = None  # only for a config with relations
 
     @property
     def decisions(self) -> int:
@@ -145,8 +176,64 @@ def _bound(rows: list[dict], key: str, pick) -> datetime | None:
     return pick(values).astimezone(timezone.utc) if values else None
 
 
-def figures(reader, top_accounts: int, open_limit: int) -> Figures:
-    """Every figure of the page from one store's reader (PgDecisions or ParquetDecisions)."""
+def settlement(rows: list[dict], relations: tuple[Relation, ...]) -> Settlement:
+    """The settlement figures from grouped rows (day, relation, kind, exception_kind,
+    currency, sources: the '+'-joined distinct sources of the members, n, fee_minor):
+
+    * payouts settled: matches of a "batch" relation; settlement mismatches: those
+      exceptions, whichever relation made them;
+    * payouts deposited: matches of a "payout" relation; unexplained bank credits: its
+      missing_counterpart exceptions whose members all come from its `credits` source
+      (a payout without its credit is missing a counterpart too, but is not a credit);
+    * fees: fee_minor summed per currency over the matches of "match" relations."""
+    rules = {r.name: r for r in relations}
+    counts: dict[str | None, list[int]] = {}  # relation -> [decisions, matches]
+    days: dict[date, dict[str, int]] = {}
+    fees: dict[date, dict[str, int]] = {}
+    for row in rows:
+        relation = rules.get(row["relation"])
+        total = counts.setdefault(row["relation"], [0, 0])
+        total[0] += row["n"]
+        total[1] += row["n"] if row["kind"] == "match" else 0
+        figure = _day_figure(row, relation)
+        if figure:
+            on_day = days.setdefault(row["day"], dict.fromkeys(DAY_FIGURES, 0))
+            on_day[figure] += row["n"]
+        if (relation and relation.rule == MATCH and row["kind"] == "match"
+                and row["fee_minor"] is not None):
+            on_day = fees.setdefault(row["day"], {})
+            currency = row["currency"] or ""
+            on_day[currency] = on_day.get(currency, 0) + row["fee_minor"]
+    # records no relation decided (an invalid one) count under None, listed last
+    named = [r.name for r in relations] + sorted((n for n in counts if n not in rules),
+                                                 key=lambda n: (n is None, n or ""))
+    listed = [RelationCount(n, rules[n].rule if n in rules else "", *counts.get(n, (0, 0)))
+              for n in named]
+    return Settlement(listed, dict(sorted(days.items())),
+                      {d: dict(sorted(c.items())) for d, c in sorted(fees.items())},
+                      sorted(n for n in counts if n not in rules and n is not None))
+
+
+def _day_figure(row: dict, relation: Relation | None) -> str | None:
+    """Which settlement figure of the day one grouped row counts towards, if any."""
+    if row["exception_kind"] == SETTLEMENT_MISMATCH:
+        return MISMATCHED
+    if relation is None:
+        return None
+    if relation.rule == BATCH and row["kind"] == "match":
+        return SETTLED
+    if relation.rule == PAYOUT and row["kind"] == "match":
+        return DEPOSITED
+    if (relation.rule == PAYOUT and row["exception_kind"] == MISSING
+            and row["sources"] == relation.credits):
+        return UNEXPLAINED
+    return None
+
+
+def figures(reader, top_accounts: int, open_limit: int,
+            relations: tuple[Relation, ...] = ()) -> Figures:
+    """Every figure of the page from one store's reader (PgDecisions or ParquetDecisions);
+    the settlement figures only when the config has relations."""
     groups = reader.outcomes()
     first_end, last_end = _bound(groups, "first_end", min), _bound(groups, "last_end", max)
     unit = bucket_unit(first_end, last_end)
@@ -158,7 +245,8 @@ def figures(reader, top_accounts: int, open_limit: int) -> Figures:
         unit=unit, over_time=_over_time(reader.over_time(unit)),
         by_sources=sorted(reader.by_sources(), key=lambda r: (-r.decisions, r.name)),
         by_account=by_account, accounts=accounts, oldest_open=oldest,
-        open_exceptions=open_total, notes=list(reader.notes))
+        open_exceptions=open_total, notes=list(reader.notes),
+        settlement=settlement(reader.settlement_groups(), relations) if relations else None)
 
 
 # ----------------------------------------------------------------------------- PostgreSQL
@@ -180,6 +268,16 @@ BY_ACCOUNT_SQL = (
     " count(*) FILTER (WHERE kind = 'match') AS matches, count(*) OVER () AS accounts"
     " FROM {decisions} WHERE account IS NOT NULL GROUP BY account"
     " ORDER BY 2 DESC, account COLLATE \"C\" LIMIT %(top)s")
+
+# Grouped by what the settlement figures tell apart; a few rows per relation and day.
+SETTLEMENT_SQL = (
+    "SELECT (d.window_end AT TIME ZONE 'UTC')::date AS day, d.relation, d.kind,"
+    " d.exception_kind, d.currency, coalesce(s.combination, '') AS sources, count(*) AS n,"
+    " sum(d.fee_minor)::bigint AS fee_minor FROM {decisions} d"
+    " CROSS JOIN LATERAL (SELECT string_agg(source, '+' ORDER BY source COLLATE \"C\")"
+    "  AS combination FROM (SELECT DISTINCT split_part(m, ':', 1) AS source"
+    "  FROM unnest(d.member_event_ids) AS m) AS sources) AS s GROUP BY 1, 2, 3, 4, 5, 6")
+
 
 class _OverStore:
     """Figures over one store, closed with it."""
@@ -228,6 +326,9 @@ class PgDecisions(_OverStore):
         return [Rate(r["name"], r["decisions"], r["matches"]) for r in rows], \
             rows[0]["accounts"] if rows else 0
 
+    def settlement_groups(self) -> list[dict]:
+        return self._query(SETTLEMENT_SQL)
+
     def oldest_open(self, limit: int) -> tuple[list[dict], int]:
         from sinks import review
         rows = review.open_exceptions(self.store.dsn, self.namespace, limit=limit)
@@ -238,8 +339,8 @@ class PgDecisions(_OverStore):
 
 GROUP_COLUMNS = ["kind", "tier", "exception_kind", "account", "member_event_ids",
                  "window_start", "window_end"]
-OPEN_COLUMNS = ["decision_id", "exception_kind", "account", "currency", "amount_minor",
-                "window_end", "reason", "member_event_ids"]
+OPEN_COLUMNS = ["decision_id", "exception_kind", "relation", "account", "currency",
+                "amount_minor", "window_end", "reason", "member_event_ids"]
 
 
 class ParquetDecisions(_OverStore):
@@ -298,6 +399,25 @@ class ParquetDecisions(_OverStore):
         table = table.filter(pc.is_valid(table.column("account")))
         rates = _rates(table, "account")
         return rates[:top], len(rates)
+
+    def settlement_groups(self) -> list[dict]:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        table = self._read(["window_end", "relation", "kind", "exception_kind", "currency",
+                            "member_event_ids", "fee_minor"])
+        members = table.column("member_event_ids").combine_chunks()
+        named = _source_combinations(members)
+        sources = pa.array([""] * table.num_rows, pa.string())  # invalid records: no member
+        if named.num_rows:
+            sources = pc.replace_with_mask(
+                sources, pc.is_in(pa.array(range(table.num_rows)), named.column("i")),
+                named.column("name").combine_chunks())
+        keys = ["day", "relation", "kind", "exception_kind", "currency", "sources"]
+        table = table.append_column("day", pc.cast(table.column("window_end"), "date32"))
+        table = table.append_column("sources", sources)
+        grouped = table.group_by(keys).aggregate([([], "count_all"), ("fee_minor", "sum")])
+        return [{**{k: r[k] for k in keys}, "n": r["count_all"], "fee_minor": r["fee_minor_sum"]}
+                for r in grouped.to_pylist()]
 
     def oldest_open(self, limit: int) -> tuple[list[dict], int]:
         import pyarrow.compute as pc

@@ -168,7 +168,7 @@ class PostgresStore:
         from sinks.postgres import validate_namespace
         self.dsn, self.namespace = dsn, validate_namespace(namespace)
         self.where = f"PostgreSQL at {redact(dsn)}"
-        self._conn, self._exists = None, None
+        self._conn, self._exists, self._columns = None, None, None
 
     def error(self, exc: BaseException, what: str | None = None) -> StoreError:
         from sinks.postgres import safe_reason
@@ -224,8 +224,10 @@ class PostgresStore:
         """Rows of table `name` (every column unless `fields`), where each column equals its
         value and window_end is in [since, until)."""
         from psycopg import sql
+        absent = self._absent(name)
         columns = sql.SQL("*") if fields is None else sql.SQL(", ").join(
-            map(sql.Identifier, fields))
+            sql.SQL("NULL AS {}").format(sql.Identifier(f)) if f in absent else sql.Identifier(f)
+            for f in fields)
         conditions = [sql.SQL("{} = %({})s").format(sql.Identifier(c), sql.SQL(f"w{i}"))
                       for i, (c, _) in enumerate(where)]
         params = {f"w{i}": v for i, (_, v) in enumerate(where)}
@@ -240,7 +242,22 @@ class PostgresStore:
             columns, self.table(name), sql.SQL(" AND ").join(conditions or [sql.SQL("TRUE")]))
         if order:
             query += sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(map(sql.Identifier, order)))
-        return self._execute(query, params)
+        rows = self._execute(query, params)
+        if fields is None and absent:
+            rows = [r | dict.fromkeys(absent) for r in rows]
+        return rows
+
+    def _absent(self, name: str) -> list[str]:
+        """The columns added since (sinks.postgres ADDED_DECISION_COLUMNS) that table `name`
+        lacks, read as NULL: a namespace no writer has upgraded yet reads as it was written."""
+        from sinks.postgres import ADDED_DECISION_COLUMNS
+        if name != "decisions":
+            return []
+        if not self._columns:  # kept once the table is there: a run may be creating it
+            self._columns = {r["column_name"] for r in self._execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = 'decisions'", (self.namespace,))}
+        return [c for c in ADDED_DECISION_COLUMNS if c not in self._columns]
 
     # -- canonical rows
 

@@ -14,11 +14,14 @@ import tempfile
 from pathlib import Path
 
 import psycopg
+import pyarrow as pa
 import pytest
 
 from flows.kafka import kafka_io
 from flows.kafka.dayfiles import partitions, read_values
 from flows.dev.generate import generate_day
+from sinks.audit import unfated_members
+from sinks.stores import Tables, compact_schemas
 from tests.flow_helpers import tally, unique_topics, write_config
 
 PAYMENTS = 2000
@@ -103,3 +106,55 @@ def test_audit_of_an_unknown_namespace_is_a_usage_error(day, pg_dsn):
     result = audit(day, "never_ran", pg_dsn, expect=2)
     assert "no Tally namespace" in result.stderr
     assert pg_dsn.split(":")[2].split("@")[0] not in result.stderr + result.stdout
+
+
+# ----------------------------------------------------------------------------- members, on Arrow
+
+ITEM, PAYOUT, CREDIT, LEDGER = "proc:0:1", "proc:0:2", "bank:0:7", "ledger:0:3"
+
+
+def tables(decisions: dict[str, list[str]], fates: dict[str, str | None]) -> Tables:
+    """Compact tables: each decision's member refs, and the decision each ref's fate names."""
+    fates_schema, decisions_schema, members_schema = compact_schemas()
+    members = [(d, *ref.split(":")) for d, refs in decisions.items() for ref in refs]
+    fate_rows = [(*ref.split(":"), decision) for ref, decision in fates.items()]
+    return Tables(
+        "arrow",
+        pa.table({"topic": [r[0] for r in fate_rows], "partition": [int(r[1]) for r in fate_rows],
+                  "offset": [int(r[2]) for r in fate_rows], "source": [None] * len(fate_rows),
+                  "event_id": [None] * len(fate_rows), "outcome": ["matched"] * len(fate_rows),
+                  "decision_id": [r[3] for r in fate_rows], "window_end": [1] * len(fate_rows)},
+                 schema=fates_schema),
+        decisions_schema.empty_table(),  # unfated_members reads members and fates only
+        pa.table({"decision_id": [m[0] for m in members], "topic": [m[1] for m in members],
+                  "partition": [int(m[2]) for m in members], "offset": [int(m[3]) for m in members]},
+                 schema=members_schema))
+
+
+def test_a_record_in_two_relations_is_fated_once():
+    # the item: in its payment's match (primary) and its batch; the payout: in its batch
+    # (primary) and in its deposit with the bank credit
+    settled = tables({"payment": [LEDGER, ITEM], "batch": [ITEM, PAYOUT],
+                      "deposit": [PAYOUT, CREDIT]},
+                     {LEDGER: "payment", ITEM: "payment", PAYOUT: "batch", CREDIT: "deposit"})
+    assert unfated_members(settled) == (0, [])
+
+
+def test_a_fate_pointing_at_a_decision_that_does_not_list_it_is_named():
+    wrong = tables({"payment": [LEDGER], "batch": [ITEM, PAYOUT]},
+                   {LEDGER: "payment", ITEM: "payment", PAYOUT: "batch"})
+    assert unfated_members(wrong) == (1, [ITEM])
+
+
+def test_which_listing_decision_a_fate_names_is_not_checked():
+    # The rule asks for a fate whose decision lists the record, not for its primary one:
+    # which relation is primary is the engine's to say (state/relations.py route).
+    either = tables({"payment": [LEDGER, ITEM], "batch": [ITEM, PAYOUT]},
+                    {LEDGER: "payment", ITEM: "batch", PAYOUT: "batch"})
+    assert unfated_members(either) == (0, [])
+
+
+def test_a_member_without_a_fate_is_counted_per_decision_and_named_once():
+    lost = tables({"payment": [LEDGER, ITEM], "batch": [ITEM, PAYOUT]},
+                  {LEDGER: "payment", PAYOUT: "batch", "proc:0:9": None})  # a heartbeat's fate
+    assert unfated_members(lost) == (2, [ITEM])

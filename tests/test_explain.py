@@ -124,7 +124,7 @@ def as_json(capsys, day, pg_dsn, record, *options, namespace=NS) -> tuple[int, d
 def check_decision(got: dict, row: dict) -> None:
     """The explained decision is the stored one, field by field."""
     for name in ("decision_id", "kind", "tier", "exception_kind", "account", "currency",
-                 "amount_minor", "confidence", "reason", "raw_base64"):
+                 "amount_minor", "confidence", "reason", "raw_base64", "relation", "fee_minor"):
         assert got[name] == row[name], name
     assert got["missing_sources"] == list(row["missing_sources"])
     assert [m["ref"] for m in got["members"]] == list(row["member_refs"])

@@ -7,15 +7,18 @@ import threading
 import time
 from datetime import date, datetime, timezone
 
+import msgspec
 import psycopg
+import pyarrow as pa
 import pytest
 
 from flows.logs import UserError
-from sinks.parquet import DECISIONS_SCHEMA, FATES_SCHEMA
-from sinks.postgres import (DECISION_COLUMNS, FATE_COLUMNS, PgWriter, WriterFactory,
-                            connect_check, validate_namespace, write_with_retry)
+from sinks.parquet import DECISIONS_SCHEMA, FATES_SCHEMA, decisions_table, write_by_day
+from sinks.postgres import (ADDED_DECISION_COLUMNS, DECISION_COLUMNS, FATE_COLUMNS, PgWriter,
+                            WriterFactory, connect_check, validate_namespace, write_with_retry)
+from sinks.stores import DECISION_FIELDS, ParquetStore, PostgresStore
 from state.decision import Decision, Fate
-from tests.flow_helpers import read_decisions, read_fates
+from tests.flow_helpers import engine_rows, read_decisions, read_fates
 from tests.samples import US, exception, match, namespace
 
 DAY1 = int(datetime(2026, 11, 21, 10, tzinfo=timezone.utc).timestamp()) * US
@@ -246,3 +249,53 @@ def test_connect_check(pg_dsn):
     assert wrong not in text and "\n" not in text
     assert "cannot connect to PostgreSQL at" in text and "tally dev up" in text
     print(text)
+
+
+def settled(n: int) -> Decision:
+    """A match of a relation, with the fee the processor withheld."""
+    return msgspec.structs.replace(match(n, DAY1), relation="payments", fee_minor=123)
+
+
+def test_relation_and_fee_read_back_equal_from_both_stores(pg_dsn, tmp_path):
+    ns = namespace()
+    decisions = [settled(1), exception(2, DAY2)]  # the exception: no relation, no fee
+    expected = engine_rows(decisions, [])[0]
+    with writer(pg_dsn, ns) as w:
+        w.write(decisions, [])
+    write_by_day(decisions_table(decisions), tmp_path / ns / "decisions", "part.parquet")
+    with PostgresStore(pg_dsn, ns) as pg:
+        assert sorted(pg.decisions()) == expected
+    assert sorted(ParquetStore(tmp_path, ns).decisions()) == expected
+    rows = {r[0]: dict(zip(DECISION_FIELDS, r)) for r in expected}
+    assert (rows[decisions[0].decision_id]["relation"], rows[decisions[0].decision_id]["fee_minor"]) \
+        == ("payments", 123)
+
+
+def test_a_namespace_from_before_relations_gains_the_columns(pg_dsn):
+    ns = namespace()
+    old = match(1, DAY1)
+    with writer(pg_dsn, ns) as w:
+        w.write([old], fates_of(old))
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(f"ALTER TABLE {ns}.decisions DROP COLUMN relation, DROP COLUMN fee_minor")
+    with PostgresStore(pg_dsn, ns) as pg:  # read before any writer upgraded it: NULLs
+        assert [dict(zip(DECISION_FIELDS, r))["relation"] for r in pg.decisions()] == [None]
+        assert pg.decision_rows()[0]["fee_minor"] is None
+    new = settled(2)
+    with writer(pg_dsn, ns) as w:
+        assert w.write([new], fates_of(new)) == (1, 2)
+    with PostgresStore(pg_dsn, ns) as pg:
+        assert sorted(pg.decisions()) == engine_rows([old, new], [])[0]
+    with psycopg.connect(pg_dsn) as conn:  # the day partitions have them too
+        columns = [r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s"
+            " AND table_name = 'decisions_20261121' AND column_name IN ('relation', 'fee_minor')"
+            " ORDER BY 1", (ns,))]
+    assert columns == ["fee_minor", "relation"]
+
+
+def test_parquet_files_from_before_relations_read_as_nulls(tmp_path):
+    old_schema = pa.schema([f for f in DECISIONS_SCHEMA if f.name not in ADDED_DECISION_COLUMNS])
+    table = decisions_table([match(1, DAY1)]).select(old_schema.names)
+    write_by_day(table, tmp_path / "ns" / "decisions", "part.parquet")
+    assert ParquetStore(tmp_path, "ns").decisions() == engine_rows([match(1, DAY1)], [])[0]

@@ -372,3 +372,115 @@ def test_an_empty_namespace_gives_a_page(pg_dsn, tmp_path):
     page = (tmp_path / "empty.html").read_text()
     assert "No decisions yet." in page and "No open exceptions." in page
     assert "0 decisions" in result.stdout and "<svg" not in page
+
+
+# ----------------------------------------------------------------------------- settlement
+
+SETTLEMENT_CONFIG = Path(__file__).parent.parent / "docs" / "examples" / "settlement.toml"
+
+
+def settlement_decisions():
+    """Hand-made decisions of the example config's relations over two days."""
+    from datetime import datetime, timezone
+
+    from state.decision import Decision, decision_id
+    positions = iter(range(10_000))
+
+    def made(day: int, relation, kind: str, members: list[str], exception_kind=None,
+             currency="EUR", fee=None) -> Decision:
+        end = int(datetime(2026, 11, 20 + day, 12, tzinfo=timezone.utc).timestamp()) * 10**6
+        refs = [f"recon.{m.split(':')[0]}:0:{next(positions)}" for m in members]
+        return Decision(decision_id=decision_id(kind, members, refs, relation), kind=kind,
+                        tier=1 if kind == "match" else None, exception_kind=exception_kind,
+                        account="A1", currency=currency, amount_minor=1000, confidence=None,
+                        member_event_ids=members, member_refs=refs, window_start=end - 10**6,
+                        window_end=end, relation=relation, fee_minor=fee)
+
+    missing = "missing_counterpart"
+    return [
+        made(1, "payments", "match", ["ledger:l1", "processor:p1"], fee=30),
+        made(1, "payments", "match", ["ledger:l2", "processor:p2"], fee=45),
+        made(1, "payments", "match", ["ledger:l3", "processor:p3"], currency="USD", fee=100),
+        made(1, "payments", "match", ["ledger:l4", "processor:p4"]),  # no fee said
+        made(1, "payments", "exception", ["ledger:l5"], missing, fee=7),  # not a match: no fee
+        made(1, "batches", "match", ["processor:p1", "processor:p2", "processor:pay1"]),
+        made(1, "batches", "exception", ["processor:p3", "processor:pay3"], "settlement_mismatch"),
+        made(1, "deposits", "match", ["processor:pay1", "bank:c1"]),
+        made(1, "deposits", "exception", ["bank:c9"], missing),  # a credit nobody explains
+        made(1, "deposits", "exception", ["processor:pay2"], missing),  # a payout, no credit yet
+        made(2, "deposits", "exception", ["bank:c10"], missing),
+        made(2, "batches", "match", ["processor:p4", "processor:pay4"]),
+        made(2, None, "exception", ["bank:x"], "invalid"),  # decided by no relation
+    ]
+
+
+@pytest.fixture(scope="module")
+def settlement_pages(pg_dsn):
+    """The example config's decisions in both stores, and the page of each (no audit)."""
+    from sinks.parquet import decisions_table, write_by_day
+    from sinks.postgres import PgWriter
+    work = Path(tempfile.mkdtemp(prefix="tally-report-settle-"))
+    decisions = settlement_decisions()
+    with PgWriter(pg_dsn, "report_settle") as writer:
+        writer.ensure_schema()
+        writer.write(decisions, [])
+    write_by_day(decisions_table(decisions), work / "data" / "report_settle" / "decisions",
+                 "part.parquet")
+    pages = {}
+    for store in ("postgres", "parquet"):
+        out = work / f"{store}.html"
+        tally("report", "--namespace", "report_settle", "--data-dir", str(work / "data"),
+              "--pg", pg_dsn, "--out", str(out), "--store", store, "--no-audit",
+              "--config", str(SETTLEMENT_CONFIG))
+        pages[store] = out.read_text()
+    yield pages
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def settlement_figures(page: str) -> tuple[list, dict, dict]:
+    """(relations, day -> figure -> count, day -> fees tag) as the page states them."""
+    found = section(page, "settlement")
+    relations = [(html.unescape(n), int(d), int(m)) for n, d, m in re.findall(
+        r'<tr data-relation="([^"]*)" data-decisions="(\d+)" data-matches="(\d+)"', found)]
+    days, fees = {}, {}
+    for day, row in re.findall(r'<tr data-day="([^"]+)">(.*?)</tr>', found, re.S):
+        days[day] = {html.unescape(k): int(v) for k, v in
+                     re.findall(r'data-figure="([^"]+)" data-value="(\d+)"', row)}
+        fees[day] = re.search(r'data-fees="([^"]*)"', row).group(1)
+    return relations, days, fees
+
+
+def test_settlement_figures_per_relation_and_day(settlement_pages):
+    relations, days, fees = settlement_figures(settlement_pages["postgres"])
+    assert relations == [("payments", 5, 4), ("batches", 3, 2), ("deposits", 4, 1), ("", 1, 0)]
+    assert days == {
+        "2026-11-21": {"payouts settled": 1, "settlement mismatches": 1, "payouts deposited": 1,
+                       "unexplained bank credits": 1},
+        "2026-11-22": {"payouts settled": 1, "settlement mismatches": 0, "payouts deposited": 0,
+                       "unexplained bank credits": 1}}
+    assert fees == {"2026-11-21": "EUR:75 USD:100", "2026-11-22": ""}
+    assert "0.75 EUR" in settlement_pages["postgres"] and "1.00 USD" in settlement_pages["postgres"]
+    assert settlement_figures(settlement_pages["parquet"]) == (relations, days, fees)
+    assert "unknown-relations" not in settlement_pages["postgres"]
+
+
+def test_no_settlement_section_without_relations(pages):
+    for path, _ in pages.values():
+        assert 'id="settlement"' not in path.read_text()
+
+
+def test_relations_the_config_does_not_name_are_listed_with_a_note():
+    from datetime import date
+
+    from flows.checks.report import settlement_section
+    from sinks.report import settlement
+    from state.relations import Relation
+    row = {"day": date(2026, 11, 21), "relation": "renamed", "kind": "match",
+           "exception_kind": None, "currency": "EUR", "sources": "bank+ledger", "n": 3,
+           "fee_minor": 12}
+    found = settlement([row], (Relation(name="payments", rule="match"),))
+    assert [(r.name, r.rule, r.decisions) for r in found.relations] == \
+        [("payments", "match", 0), ("renamed", "", 3)]
+    assert found.unknown == ["renamed"] and not found.days and not found.fees
+    page = settlement_section(type("F", (), {"settlement": found}))
+    assert 'id="unknown-relations"' in page and "No settlement decisions." in page

@@ -321,3 +321,50 @@ def test_a_note_or_a_name_cannot_drive_the_terminal(pg_dsn, ns, capsys):
     code, out = run(capsys, "history", OLD_YEN.decision_id, *common)
     assert not any(ch in out for ch in "\x1b\x07\x9b")
     assert "ok\\x1b[2J\\x1b]0;pwned\\x07\\x9b31m" in out and "mallory\\x1b[1A" in out
+
+
+# ----------------------------------------------------------------------------- relations
+
+
+def related(n: int, relation: str | None, kind: str = "missing_counterpart") -> Decision:
+    import msgspec
+    d = exc(n, DAY1 + n * US, kind=kind)
+    return msgspec.structs.replace(d, relation=relation, decision_id=decision_id(
+        "exception", d.member_event_ids, d.member_refs, relation))
+
+
+def test_list_shows_and_filters_relations(pg_dsn, capsys):
+    ns = namespace()
+    deposit, batch, invalid = (related(1, "deposits"), related(2, "batches", "settlement_mismatch"),
+                               related(3, None, "invalid"))
+    store(pg_dsn, ns, [deposit, batch, invalid])
+    assert {r["decision_id"]: r["relation"] for r in review.open_exceptions(pg_dsn, ns)} == \
+        {deposit.decision_id: "deposits", batch.decision_id: "batches", invalid.decision_id: None}
+    assert queue(pg_dsn, ns, relation="batches") == [batch.decision_id]
+    assert review.open_counts(pg_dsn, ns, relation="deposits") == {"missing_counterpart": 1}
+    assert queue(pg_dsn, ns, relation="payments") == []
+
+    common = ["--namespace", ns, "--pg", pg_dsn]
+    code, out = run(capsys, "list", *common)
+    lines = out.splitlines()
+    assert lines[1].split() == ["ID", "DAY", "AGE", "KIND", "RELATION", "ACCOUNT", "AMOUNT",
+                                "REASON"]
+    assert [line.split()[4] for line in lines[2:5]] == ["deposits", "batches", "-"]
+    code, out = run(capsys, "list", *common, "--relation", "batches", "--kind",
+                    "settlement_mismatch", "--json")
+    doc = json.loads(out)
+    assert [(e["decision_id"], e["relation"]) for e in doc["exceptions"]] == \
+        [(batch.decision_id, "batches")]
+    assert doc["by_kind"] == {"settlement_mismatch": 1}
+
+
+def test_a_namespace_from_before_relations_lists_as_before(pg_dsn, capsys):
+    ns = namespace()
+    store(pg_dsn, ns, [exc(1, DAY1)])
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE {ns}.decisions DROP COLUMN relation, DROP COLUMN fee_minor")
+    assert [r["relation"] for r in review.open_exceptions(pg_dsn, ns)] == [None]
+    assert queue(pg_dsn, ns, relation="deposits") == []
+    code, out = run(capsys, "list", "--namespace", ns, "--pg", pg_dsn)
+    assert out.splitlines()[1].split() == ["ID", "DAY", "AGE", "KIND", "ACCOUNT", "AMOUNT",
+                                           "REASON"]

@@ -8,7 +8,8 @@ What must hold, per source partition, over the offsets the namespace consumed
   markers, records of aborted transactions, records removed by compaction;
 * each offset has exactly one fate, or is pending in the committed engine state;
 * each fate's decision exists, and each decision's members have fates pointing
-  back to it;
+  at a decision that lists them (itself, or for a record in two relations, its
+  decision in its primary relation);
 * and PostgreSQL and Parquet hold the same fates and decisions.
 
 The first offsets come from the namespace's recovery/shape.json, the committed
@@ -279,8 +280,9 @@ def store_rows(store: StoreReport) -> list:
                                       _count_text("duplicated", store.duplicate_decisions))),
             ("  every fate's decision exists", _yes(not store.orphan_fates[0],
                                                     _count_text("orphaned", store.orphan_fates))),
-            ("  every member has its fate", _yes(not store.unfated_members[0],
-                                                 _count_text("without", store.unfated_members)))]
+            # a decision listing it: the member's own, or its primary relation's
+            ("  every member fated to a decision listing it",
+             _yes(not store.unfated_members[0], _count_text("without", store.unfated_members)))]
     if store.unknown_partitions:
         rows.append(("  fates of other partitions", ", ".join(store.unknown_partitions)))
     if store.in_flight:

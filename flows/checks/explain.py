@@ -339,8 +339,10 @@ def decision_lines(x: Explanation) -> list[str]:
     d = x.decision
     what = d["kind"] + (f", tier {d['tier']}" if d["tier"] is not None else "") + \
         (f", {d['exception_kind']}" if d["exception_kind"] else "")
-    facts = [what] + ([f"account {printable(d['account'])}"] if d["account"] else []) + \
+    facts = [what] + ([f"relation {printable(d['relation'])}"] if d["relation"] else []) + \
+        ([f"account {printable(d['account'])}"] if d["account"] else []) + \
         ([_amount(d["amount_minor"], d["currency"])] if d["amount_minor"] is not None else []) + \
+        ([f"fee {_amount(d['fee_minor'], d['currency'])}"] if d["fee_minor"] is not None else []) + \
         ([f"confidence {d['confidence']:g}"] if d["confidence"] is not None else [])
     lines = [f"  decision    {'  '.join(facts)}",
              f"  rule        {x.rule}",
@@ -409,7 +411,7 @@ def _decision_json(x: Explanation) -> dict | None:
     if d is None:
         return None
     keep = ("decision_id", "kind", "tier", "exception_kind", "account", "currency",
-            "amount_minor", "confidence", "reason", "raw_base64")
+            "amount_minor", "confidence", "reason", "raw_base64", "relation", "fee_minor")
     return {k: d[k] for k in keep} | {
         "missing_sources": list(d["missing_sources"]),
         "window_start": iso(d["window_start"]), "window_end": iso(d["window_end"]),

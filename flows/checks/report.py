@@ -3,9 +3,11 @@
     tally report --namespace live --out report.html [--store parquet]
 
 The page shows the namespace's decision windows, the summary numbers, the audit
-verdict, decisions over time stacked by match tier and exception kind, the match
-rate per source combination and per busiest account, and the oldest open
-exceptions.  The figures come from sinks.report (GROUP BY in PostgreSQL, pyarrow
+verdict, decisions over time stacked by match tier and exception kind, for a
+config with relations the settlement figures (per relation, and per day the
+payouts settled and deposited, the mismatches, the unexplained bank credits and
+the fees withheld), the match rate per source combination and per busiest
+account, and the oldest open exceptions.  The figures come from sinks.report (GROUP BY in PostgreSQL, pyarrow
 over Parquet); this module only draws them.
 
 The page works offline: charts are inline SVG drawn here, with a <title>, a
@@ -32,7 +34,8 @@ OPEN_SHOWN = 50
 COLOURS = {"tier 1": "#1b7837", "tier 2": "#5aae61", "tier 3": "#a6dba0",
            "missing_counterpart": "#d95f02", "amount_mismatch": "#e7298a",
            "ambiguous": "#7570b3", "review": "#e6ab02", "duplicate": "#a6761d",
-           "late": "#666666", "clock_skew": "#1f78b4", "invalid": "#b2182b"}
+           "late": "#666666", "clock_skew": "#1f78b4", "invalid": "#b2182b",
+           "settlement_mismatch": "#6a3d9a"}
 OTHER_COLOUR = "#9e9e9e"
 MATCHED_COLOUR, UNMATCHED_COLOUR = COLOURS["tier 1"], COLOURS["missing_counterpart"]
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0)) if c not in (0x0a,)}
@@ -362,6 +365,59 @@ def accounts_section(f) -> str:
         "account", f.by_account)
 
 
+def settlement_section(f) -> str:
+    """Per relation, then per UTC day: payouts settled and deposited, mismatches, credits
+    nobody explained, fees withheld. Nothing for a config without relations."""
+    if f.settlement is None:
+        return ""
+    s = f.settlement
+    note = ""
+    if s.unknown:
+        note = (f'<p class="note" id="unknown-relations">Decisions of relations the config does '
+                f"not name: {text(', '.join(s.unknown))}. Pass the namespace's config with "
+                f"--config.</p>\n")
+    return section("settlement", "Settlement", note + relations_table(s.relations) + "\n"
+                   + settlement_days_table(s))
+
+
+def relations_table(relations: list) -> str:
+    rows = "\n".join(
+        f'<tr data-relation="{text(r.name or "")}" data-decisions="{r.decisions}" '
+        f'data-matches="{r.matches}"><th>{text(r.name or "(no relation)")}</th>'
+        f"<td>{text(r.rule)}</td><td class=\"num\">{count(r.decisions)}</td>"
+        f'<td class="num">{count(r.matches)}</td>'
+        f'<td class="num">{count(r.decisions - r.matches)}</td></tr>' for r in relations)
+    return ('<table id="relations-table"><caption>Decisions per relation</caption>\n<thead><tr>'
+            '<th>Relation</th><th>Rule</th><th class="num">Decisions</th>'
+            '<th class="num">Matches</th><th class="num">Exceptions</th></tr></thead>\n'
+            f"<tbody>\n{rows}\n</tbody>\n</table>")
+
+
+def settlement_days_table(s) -> str:
+    from flows.checks.review import amount
+    from sinks.report import DAY_FIGURES
+    days = sorted(s.days.keys() | s.fees.keys())
+    if not days:
+        return '<p class="empty">No settlement decisions.</p>'
+    rows = []
+    for day in days:
+        figures, fees = s.days.get(day, dict.fromkeys(DAY_FIGURES, 0)), s.fees.get(day, {})
+        cells = "".join(f'<td class="num" data-figure="{text(name)}" data-value="{n}">{count(n)}'
+                        f"</td>" for name, n in figures.items())
+        spent = "<br>".join(text(amount(minor, currency or None)) for currency, minor in fees.items())
+        tagged = " ".join(f"{currency}:{minor}" for currency, minor in fees.items())
+        rows.append(f'<tr data-day="{day.isoformat()}"><td class="nowrap">{day.isoformat()}</td>'
+                    f'{cells}<td class="num nowrap" data-fees="{text(tagged)}">{spent}</td></tr>')
+    head = "".join(f'<th class="num">{text(name.capitalize())}</th>' for name in DAY_FIGURES)
+    caption = ("Per UTC day of window end. Payouts settled: a payout whose batch's items add up "
+               "to it; deposited: a payout matched to its bank credit; unexplained bank credits: "
+               "a credit no payout accounts for; fees withheld: the processor's fees on matched "
+               "payments, per currency.")
+    return (f'<table id="settlement-days"><caption class="note">{text(caption)}</caption>\n'
+            f"<thead><tr><th>Day (UTC)</th>{head}<th class=\"num\">Fees withheld</th></tr>"
+            f"</thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>")
+
+
 def oldest_section(f) -> str:
     from flows.checks.review import ID_SHOWN, amount
     if not f.oldest_open:
@@ -459,7 +515,8 @@ def cell(value) -> str:
 def render(f, verdict: Verdict) -> str:
     """The whole page, deterministic: the same figures and verdict give the same bytes."""
     sections = [summary_section(f), audit_section(verdict), over_time_section(f),
-                sources_section(f), accounts_section(f), oldest_section(f)]
+                settlement_section(f), sources_section(f), accounts_section(f), oldest_section(f)]
+    sections = [s for s in sections if s]  # no settlement section without relations
     return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
             "style-src 'unsafe-inline'\">\n"
@@ -491,8 +548,9 @@ def audited_stores(store: str, data_dir: Path, namespace: str) -> list[str]:
 
 def write_report(namespace: str, out: Path, data_dir: Path, store: str = "postgres",
                  dsn: str | None = None, top_accounts: int = TOP_ACCOUNTS, limit: int = OPEN_SHOWN,
-                 no_audit: bool = False) -> int:
-    """`tally report` once its options are resolved: the page of `namespace` written to `out`."""
+                 no_audit: bool = False, relations: tuple = ()) -> int:
+    """`tally report` once its options are resolved: the page of `namespace` written to `out`;
+    `relations` (the config's) add the settlement figures."""
     from sinks import report
     from sinks.stores import ParquetStore, PostgresStore
     if store == "postgres":
@@ -502,7 +560,7 @@ def write_report(namespace: str, out: Path, data_dir: Path, store: str = "postgr
     else:
         reader = report.ParquetDecisions(ParquetStore(data_dir, namespace))
     with reader:
-        figures = report.figures(reader, top_accounts, limit)
+        figures = report.figures(reader, top_accounts, limit, relations)
     verdict = (Verdict(None, "skipped (--no-audit)") if no_audit else
                run_audit(data_dir / namespace, namespace, audited_stores(store, data_dir, namespace),
                          dsn))

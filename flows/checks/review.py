@@ -1,6 +1,6 @@
 """`tally review`: the human review queue of a namespace's open exceptions.
 
-    tally review list [--kind K] [--account A] [--limit N] [--json]
+    tally review list [--kind K] [--account A] [--relation NAME] [--limit N] [--json]
     tally review resolve ID --as RESOLUTION [--by NAME] --note TEXT
     tally review reopen ID [--by NAME] --note TEXT
     tally review history ID
@@ -20,7 +20,8 @@ from state.decision import RESOLUTIONS  # noqa: F401 (the choices, beside the ki
 from state.currency import exponent
 
 KINDS = (decision.MISSING, decision.MISMATCH, decision.AMBIGUOUS, decision.REVIEW,
-         decision.DUPLICATE, decision.LATE, decision.CLOCK_SKEW, decision.INVALID_KIND)
+         decision.DUPLICATE, decision.LATE, decision.CLOCK_SKEW, decision.INVALID_KIND,
+         decision.SETTLEMENT_MISMATCH)
 ID_SHOWN = 16  # hex characters of an id in tables: unique in practice, and a valid prefix
 REASON_SHOWN = 48
 

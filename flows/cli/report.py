@@ -24,6 +24,9 @@ def add_report(commands) -> None:
                      help=f"accounts shown, the busiest first (default {TOP_ACCOUNTS})")
     cmd.add_argument("--limit", type=int, default=OPEN_SHOWN, metavar="N",
                      help=f"oldest open exceptions shown (default {OPEN_SHOWN})")
+    cmd.add_argument("--config", default=None,
+                     help="the namespace's TOML config (default: $TALLY_CONFIG or built-in); "
+                          "its relations add the settlement figures")
     cmd.add_argument("--no-audit", action="store_true",
                      help="skip the audit (it reads every fate: a few GB for tens of millions)")
     cmd.set_defaults(handler=run_report)
@@ -32,10 +35,12 @@ def add_report(commands) -> None:
 def run_report(args) -> int:
     if args.top_accounts < 1 or args.limit < 0:
         raise UserError("--top-accounts must be at least 1 and --limit at least 0")
+    from flows.runtime.settings import load_config
+    relations = load_config(args.config).relations  # none: the report is as before relations
     dsn = None
     if args.store == "postgres":
         dsn = resolve_pg(args)
     return write_report(args.namespace, args.out, args.data_dir, args.store, dsn, args.top_accounts,
-                        args.limit, args.no_audit)
+                        args.limit, args.no_audit, relations)
 
 

@@ -22,6 +22,8 @@ def add_review(commands) -> None:
     listing.add_argument("--kind", choices=KINDS, metavar="KIND",
                          help="only this exception kind: " + ", ".join(KINDS))
     listing.add_argument("--account", metavar="ACCOUNT", help="only this account")
+    listing.add_argument("--relation", metavar="NAME",
+                         help="only exceptions of this relation of the config (its [relations.NAME])")
     listing.add_argument("--limit", type=int, default=50, metavar="N", help="rows shown (default 50)")
     listing.add_argument("--json", action="store_true",
                          help="print one JSON document (exact amounts, full ids) instead of a table")
@@ -86,15 +88,16 @@ def run_list(args) -> int:
     if args.limit < 0:
         raise UserError("--limit must be 0 or more")
     dsn = _dsn(args)
-    rows = review.open_exceptions(dsn, args.namespace, args.kind, args.account, args.limit)
-    counts = review.open_counts(dsn, args.namespace, args.kind, args.account)
+    rows = review.open_exceptions(dsn, args.namespace, args.kind, args.account, args.limit,
+                                  relation=args.relation)
+    counts = review.open_counts(dsn, args.namespace, args.kind, args.account, args.relation)
     as_of = rows[0]["window_end"] + rows[0]["age"] if rows else None
     if args.json:
         print(json.dumps({
             "namespace": args.namespace, "as_of": iso(as_of), "shown": len(rows),
             "open": sum(counts.values()), "by_kind": counts,
-            "exceptions": [{**{k: r[k] for k in ("decision_id", "exception_kind", "account",
-                                                  "currency", "amount_minor", "reason",
+            "exceptions": [{**{k: r[k] for k in ("decision_id", "exception_kind", "relation",
+                                                  "account", "currency", "amount_minor", "reason",
                                                   "member_event_ids")},
                             "day": r["day"].isoformat(), "window_end": iso(r["window_end"]),
                             "amount": amount(r["amount_minor"], r["currency"]),
@@ -103,14 +106,25 @@ def run_list(args) -> int:
         return 0
     if rows:
         print(f"namespace {args.namespace}: ages as of {iso(as_of)}, the newest window_end")
-        table = [(r["decision_id"][:ID_SHOWN], r["day"].isoformat(), age(r["age"]),
-                  r["exception_kind"] or "", printable(r["account"] or ""),
-                  amount(r["amount_minor"], r["currency"]), one_line(r["reason"], REASON_SHOWN))
-                 for r in rows]
-        print("\n".join(aligned(("ID", "DAY", "AGE", "KIND", "ACCOUNT", "AMOUNT", "REASON"),
-                                table, right=(2, 5))))
+        print("\n".join(listing_table(rows)))
     print(summary(len(rows), counts))
     return 0
+
+
+def listing_table(rows: list[dict]) -> list[str]:
+    """The listing's lines; a RELATION column only when a listed exception has one (a config
+    without relations lists as before)."""
+    header = ["ID", "DAY", "AGE", "KIND", "ACCOUNT", "AMOUNT", "REASON"]
+    table = [[r["decision_id"][:ID_SHOWN], r["day"].isoformat(), age(r["age"]),
+              r["exception_kind"] or "", printable(r["account"] or ""),
+              amount(r["amount_minor"], r["currency"]), one_line(r["reason"], REASON_SHOWN)]
+             for r in rows]
+    if any(r["relation"] is not None for r in rows):
+        header.insert(4, "RELATION")
+        for line, r in zip(table, rows):
+            line.insert(4, printable(r["relation"] or "-"))
+        return aligned(tuple(header), [tuple(line) for line in table], right=(2, 6))
+    return aligned(tuple(header), [tuple(line) for line in table], right=(2, 5))
 
 
 def run_resolve(args) -> int:
