@@ -4,13 +4,16 @@ Every lookup a decision makes is answered from an index in time or size of what
 it finds, never by scanning the account's open events, so the cost of a
 decision does not grow with how many payments the account carries:
 - `open`: every open event in canonical order (the anchor is the first);
-- `by_key`: per idempotency key, its open events (all sources) in canonical order;
+- `by_key`: per idempotency key, its open events (all sources) in canonical order (the
+  event alone when it is the only one, as most keys are: a list each costs ~90 bytes);
 - `by_size`: per currency, its open events ordered by amount then canonically: the
   exact-amount lookups and the tolerance search both bisect it;
 - `duplicates`: the open events that repeat an earlier report's key, in canonical order.
 The memories (redelivery `seen` and key `claims`) expire through heaps ordered by time.
-An open event is its own entry in `seen` until decided: a `Seen` is made only for a
-decided one, which is all a snapshot needs to carry (`memories`).
+`seen` is per (source, topic, partition), then per event id: whether a record is a
+redelivery depends on its own partition only. An open event is its own entry there until
+decided: a `Seen` is made only for a decided one, which is all a snapshot needs to carry
+(`memories`).
 
 Only `open`, `seen`, `redelivered` and `claims` are state; the rest is rebuilt on restore.
 """
@@ -47,17 +50,18 @@ class Book:
     def __init__(self, horizon_us: int):
         self.horizon = horizon_us
         self.open: list[Event] = []
-        # "source:event_id@topic:partition" -> its latest first delivery: the open event
-        # itself, or the Seen of a decided one
-        self.seen: dict[str, Seen | Event] = {}
+        # (source, topic, partition) -> event id -> its latest first delivery there: the
+        # open event itself, or the Seen of a decided one
+        self.seen: dict[tuple[str, str, int], dict[str, Seen | Event]] = {}
         self.redelivered: dict[str, list[str]] = {}  # ref of an open event -> refs of its redeliveries
         self.claims: dict[str, Claim] = {}  # "source\x1fkey" -> the decided original of that key
-        self.shadowed: set[str] = set()  # seen keys delivered anew while an earlier one was open
-        self.by_key: dict[str, list[Event]] = {}
+        # (source, topic, partition, event id) delivered anew while an earlier one was open
+        self.shadowed: set[tuple] = set()
+        self.by_key: dict[str, Event | list[Event]] = {}
         self.by_size: dict[str, list[tuple[int, tuple, Event]]] = {}
         self.duplicates: list[Event] = []
         self.original_of: dict[int, Claim] = {}  # id(duplicate) -> the original it repeats
-        self.seen_expiry: list[tuple[int, str]] = []  # (time, seen key), decided memories only
+        self.seen_expiry: list[tuple[int, tuple]] = []  # (time, (source, topic, partition, id))
         self.claim_expiry: list[tuple[int, str]] = []  # (time, claim key)
         self.newest_memory = 0
 
@@ -71,19 +75,40 @@ class Book:
         insort(self.by_size.setdefault(event.currency, []), (event.amount_minor, event))
         key = event.idempotency_key
         if key is not None:
-            insort(self.by_key.setdefault(key, []), event)
+            self._key_add(key, event)
             self._refresh_duplicates(event.source, key)
 
     def remove(self, event: Event) -> None:
         _take(self.open, event)
         _drop(self.by_size, event.currency, (event.amount_minor, event))
         if event.idempotency_key is not None:
-            _drop(self.by_key, event.idempotency_key, event)
+            self._key_drop(event.idempotency_key, event)
             if self.original_of.pop(id(event), None) is not None:
                 _take(self.duplicates, event)
 
     def keyed(self, key: str) -> list[Event]:
-        return self.by_key.get(key, [])
+        found = self.by_key.get(key)
+        if found is None:
+            return []
+        return [found] if isinstance(found, Event) else found
+
+    def _key_add(self, key: str, event: Event) -> None:
+        found = self.by_key.get(key)
+        if found is None:
+            self.by_key[key] = event
+        elif isinstance(found, Event):
+            self.by_key[key] = sorted((found, event))
+        else:
+            insort(found, event)
+
+    def _key_drop(self, key: str, event: Event) -> None:
+        found = self.by_key[key]
+        if isinstance(found, Event):
+            del self.by_key[key]
+            return
+        del found[bisect_left(found, event)]
+        if len(found) == 1:
+            self.by_key[key] = found[0]
 
     def same_amount(self, currency: str, amount: int) -> list[Event]:
         """The open events of exactly this amount, in canonical order."""
@@ -128,8 +153,8 @@ class Book:
     def _refresh_duplicates(self, source: str, key: str) -> None:
         """Walk one (source, key) in canonical order: a report within the horizon of the
         current original repeats it; one beyond the horizon is a new original."""
-        entries = self.by_key.get(key)
-        if entries is None:
+        entries = self.keyed(key)
+        if not entries:
             return
         reports = [event for event in entries if event.source == source]
         original: Claim | Event | None = self.claims.get(claim_key(source, key))
@@ -150,44 +175,57 @@ class Book:
 
     # ------------------------------------------------------------------ memories
 
-    def delivered(self, seen_key: str, event: Event) -> None:
-        """A first delivery, open: the event stands for it until its decision."""
-        if isinstance(self.seen.get(seen_key), Event):
-            self.shadowed.add(seen_key)
-        self.seen[seen_key] = event
+    def first(self, event: Event) -> Seen | Event | None:
+        """The latest first delivery of the event's id in its partition."""
+        part = self.seen.get((event.source, event.topic, event.partition))
+        return None if part is None else part.get(event.event_id)
 
-    def memories(self) -> dict[str, Seen]:
-        """`seen` as a snapshot keeps it: the decided deliveries, and open ones only where
-        they cannot be told from `open` (`restore_seen`)."""
-        kept = {}
-        for key, seen in self.seen.items():
-            if isinstance(seen, Seen):
-                kept[key] = seen
-            elif key in self.shadowed:
-                kept[key] = Seen(seen.ref, seen.time_us)
+    def delivered(self, event: Event) -> None:
+        """A first delivery, open: the event stands for it until its decision."""
+        part = self.seen.setdefault((event.source, event.topic, event.partition), {})
+        if isinstance(part.get(event.event_id), Event):
+            self.shadowed.add((event.source, event.topic, event.partition, event.event_id))
+        part[event.event_id] = event
+
+    def decided(self, event: Event, seen: Seen) -> None:
+        """The event's delivery, decided: remembered until its horizon has passed."""
+        self.seen.setdefault((event.source, event.topic, event.partition), {})[event.event_id] = seen
+        key = (event.source, event.topic, event.partition, event.event_id)
+        self._remember(self.seen_expiry, seen.time_us, key)
+
+    def memories(self) -> list[tuple[str, str, Seen]]:
+        """`seen` as a snapshot keeps it, (source, event id, delivery): the decided ones,
+        and open ones only where `open` cannot tell them (`restore_seen`)."""
+        kept = []
+        for (source, topic, partition), part in self.seen.items():
+            for event_id, seen in part.items():
+                if isinstance(seen, Seen):
+                    kept.append((source, event_id, seen))
+                elif (source, topic, partition, event_id) in self.shadowed:
+                    kept.append((source, event_id, Seen(seen.ref, seen.time_us)))
         return kept
 
-    def restore_seen(self, kept: dict[str, Seen], key_of, owns) -> None:
+    def restore_seen(self, kept: list[tuple[str, str, Seen]], owns) -> None:
         """`seen` from a snapshot's memories and the open events `owns` says are first
-        delivered here (`key_of` their seen key): in canonical order, so a later delivery
-        of one key wins, as it did; a kept entry wins over both."""
+        delivered here: in canonical order, so a later delivery of one id wins, as it did;
+        a kept entry wins over both."""
         by_ref = {}
         for event in self.open:
             if owns(event):
-                self.seen[key_of(event)] = event
-        for key, seen in kept.items():
+                self.seen.setdefault((event.source, event.topic, event.partition), {})[
+                    event.event_id] = event
+        for source, event_id, seen in kept:
+            topic, partition, _ = seen.ref.rsplit(":", 2)
+            part = self.seen.setdefault((source, topic, int(partition)), {})
             if seen.decision_id is None:  # an open delivery shadowed by a later one
                 if not by_ref:
                     by_ref = {e.ref: e for e in self.open}
-                self.seen[key] = by_ref.get(seen.ref, seen)
-                self.shadowed.add(key)
+                part[event_id] = by_ref.get(seen.ref, seen)
+                self.shadowed.add((source, topic, int(partition), event_id))
             else:
-                self.seen[key] = seen
+                part[event_id] = seen
 
-    def decided(self, seen_key: str, seen: Seen) -> None:
-        self._remember(self.seen_expiry, seen.time_us, seen_key)
-
-    def _remember(self, heap: list, time_us: int, key: str) -> None:
+    def _remember(self, heap: list, time_us: int, key) -> None:
         heapq.heappush(heap, (time_us, key))
         self.newest_memory = max(self.newest_memory, time_us)
 
@@ -197,9 +235,12 @@ class Book:
         heap = self.seen_expiry
         while heap and heap[0][0] < seen_before:
             time_us, key = heapq.heappop(heap)
-            seen = self.seen.get(key)
+            part = self.seen.get(key[:3])
+            seen = None if part is None else part.get(key[3])
             if isinstance(seen, Seen) and seen.decision_id is not None and seen.time_us == time_us:
-                del self.seen[key]
+                del part[key[3]]
+                if not part:
+                    del self.seen[key[:3]]
                 self.shadowed.discard(key)
         heap = self.claim_expiry
         while heap and heap[0][0] < claims_before:
@@ -218,13 +259,15 @@ class Book:
         for event in self.open:
             self.by_size.setdefault(event.currency, []).append((event.amount_minor, event))
             if event.idempotency_key is not None:
-                self.by_key.setdefault(event.idempotency_key, []).append(event)
+                self._key_add(event.idempotency_key, event)
                 keyed.add((event.source, event.idempotency_key))
         for sizes in self.by_size.values():
             sizes.sort()
         for source, key in keyed:
             self._refresh_duplicates(source, key)
-        self.seen_expiry = [(seen.time_us, key) for key, seen in self.seen.items()
+        self.seen_expiry = [(seen.time_us, (*part_key, event_id))
+                            for part_key, part in self.seen.items()
+                            for event_id, seen in part.items()
                             if isinstance(seen, Seen) and seen.decision_id is not None]
         self.claim_expiry = [(claim.time_us, key) for key, claim in self.claims.items()]
         heapq.heapify(self.seen_expiry)

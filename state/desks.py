@@ -44,11 +44,6 @@ def fate_of(event: Event, outcome: str, decision: str | None, window_end: int | 
                 decision, window_end)
 
 
-def seen_key(event: Event) -> str:
-    # per partition: whether a record is a redelivery depends on its own partition only
-    return f"{event.label}@{event.topic}:{event.partition}"
-
-
 class Output(msgspec.Struct):
     decisions: list[Decision] = []
     fates: list[Fate] = []
@@ -64,7 +59,7 @@ class Account(msgspec.Struct, gc=False):
     gc=False: the state holds no reference cycles (see state/book.py)."""
 
     open: list[Event] = []  # in canonical order
-    seen: dict[str, Seen] = {}  # "source:event_id@topic:partition" -> a decided delivery (Book.memories)
+    seen: list[tuple[str, str, Seen]] = []  # (source, event id, delivery): Book.memories
     redelivered: dict[str, list[str]] = {}  # ref of an open event -> refs of its redeliveries
     claims: dict[str, Claim] = {}  # "source\x1fkey" -> the decided original of that key
 
@@ -86,21 +81,21 @@ class Desk:
     def take(self, event: Event, high_before: int, late: Callable, out: Output) -> bool:
         """A record of which this is the primary desk: False if it was a redelivery or
         late (and so decided here, alone), True if it is now open."""
-        book, key = self._book(event), seen_key(event)
-        if self._redelivered(book, key, event, high_before, out):
+        book = self._book(event)
+        if self._redelivered(book, event, high_before, out):
             return False
         if event.time_us < high_before - self.config.allowed_lateness_us:
-            self._alone(book, key, event, late(event), out)
+            self._alone(book, event, late(event), out)
             return False
-        book.delivered(key, event)
+        book.delivered(event)
         self.join(event)
         return True
 
     def skewed(self, event: Event, high_before: int, verdict: Callable, out: Output) -> None:
         """A record its partition did not follow: decided alone, unless a redelivery."""
-        book, key = self._book(event), seen_key(event)
-        if not self._redelivered(book, key, event, high_before, out):
-            self._alone(book, key, event, verdict(event), out)
+        book = self._book(event)
+        if not self._redelivered(book, event, high_before, out):
+            self._alone(book, event, verdict(event), out)
 
     def join(self, event: Event) -> None:
         book = self._book(event)
@@ -117,10 +112,9 @@ class Desk:
             book = self.accounts[event.account] = Book(self.config.redelivery_horizon_us)
         return book
 
-    def _redelivered(self, book: Book, key: str, event: Event, high_before: int,
-                     out: Output) -> bool:
+    def _redelivered(self, book: Book, event: Event, high_before: int, out: Output) -> bool:
         """A redelivery whatever its time: its fate follows the first delivery's."""
-        first = book.seen.get(key)
+        first = book.first(event)
         if first is None or first.time_us < high_before - self.config.redelivery_horizon_us:
             return False
         if isinstance(first, Event):  # still open
@@ -129,14 +123,13 @@ class Desk:
             out.fates.append(fate_of(event, REDELIVERY, first.decision_id, first.window_end))
         return True
 
-    def _alone(self, book: Book, key: str, event: Event, verdict: tuple[Decision, Fate],
+    def _alone(self, book: Book, event: Event, verdict: tuple[Decision, Fate],
                out: Output) -> None:
         """A record decided on its own (late, or clock-skewed): its redeliveries follow it.
         Remembered at the decision's window end: a skewed record's own time means nothing."""
         decision, fate = verdict
-        seen = book.seen[key] = Seen(event.ref, min(event.time_us, decision.window_end),
-                                     decision.decision_id, decision.window_end)
-        book.decided(key, seen)
+        book.decided(event, Seen(event.ref, min(event.time_us, decision.window_end),
+                                 decision.decision_id, decision.window_end))
         out.decisions.append(decision)
         out.fates.append(fate)
 
@@ -157,11 +150,9 @@ class Desk:
                 book.claim(event)
             if not self.primary(event):
                 continue
-            key = seen_key(event)
-            if book.seen.get(key) is event:
-                seen = book.seen[key] = Seen(event.ref, event.time_us, decision.decision_id,
-                                             decision.window_end)
-                book.decided(key, seen)
+            if book.first(event) is event:
+                book.decided(event, Seen(event.ref, event.time_us, decision.decision_id,
+                                         decision.window_end))
             out.fates.append(fate_of(event, verdict.outcome, decision.decision_id,
                                      decision.window_end))
             for ref in book.redelivered.pop(event.ref, []):
@@ -226,7 +217,7 @@ class Desk:
             book = self.accounts[name] = Book(horizon)
             book.redelivered, book.claims = account.redelivered, account.claims
             book.open = list(account.open)
-            book.restore_seen(account.seen, seen_key, self.primary)
+            book.restore_seen(account.seen, self.primary)
             book.rebuild()
             self._restored(name, book)
             if not book.open and (book.seen or book.claims):

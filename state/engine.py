@@ -24,14 +24,14 @@ from state.config import MatchConfig
 from state.contract import NEVER, Event, Heartbeat, Invalid, Part, format_us
 from state.decision import (CLOCK_SKEW, EXCEPTION, HEARTBEAT, INVALID, INVALID_KIND, LATE, PENDING,
                             Decision, Fate, decision_id)
-from state.desks import Account, Desk, MatchDesk, Output, fate_of, seen_key
+from state.desks import Account, Desk, MatchDesk, Output, fate_of
 from state.payouts import PayoutDesk
 from state.relations import Relation
 from state.routing import Slice
 from state.stream_time import TAKE, Clock, settle, walk
 
 __all__ = ["END_OF_TIME", "Output", "Shard", "ShardSnapshot", "decode_snapshot",
-           "encode_snapshot", "fate_of", "seen_key"]
+           "encode_snapshot", "fate_of"]
 
 END_OF_TIME = 2**62
 

@@ -18,13 +18,17 @@ from state.config import MatchConfig
 from state.contract import NEVER, Event
 from state.decision import DUPLICATE, Fate, REDELIVERY
 from state.book import Seen
-from state.engine import (END_OF_TIME, Output, fate_of, late_decision, seen_key, skew_decision,
-                          take_unowned)
+from state.engine import END_OF_TIME, Output, fate_of, late_decision, skew_decision, take_unowned
 from state.routing import Slice
 from state.scoring import within_tolerance
 from state.verdicts import Claim, claim_key, claim_of, event_order
 
 MAX_CANDIDATE_SETS = 64
+
+
+def seen_key(event: Event) -> str:
+    """A delivery's identity: whether a record is a redelivery depends on its partition only."""
+    return f"{event.label}@{event.topic}:{event.partition}"
 
 
 # ----------------------------------------------------------------------------- the rules
