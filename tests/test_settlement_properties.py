@@ -307,13 +307,32 @@ def test_chunks_and_snapshots_change_nothing(values, schedule, snapshots, close)
     assert as_bytes(again, again_fates) == as_bytes(decisions, fates)
 
 
+def names_it(credit, payout) -> bool:
+    text = (credit.reference or "").upper()
+    return any(m and m.upper() in text for m in (payout.batch_id, payout.reference))
+
+
 @PROPERTIES
-@given(values=logs())
-def test_deposits_match_only_the_exact_amount_and_tier_1_names_the_payout(values):
-    decisions, _, records, _ = run(values)
-    by_ref = {e.ref: e for e in events_of(records)}
-    for d in decisions:
-        if d.relation != "deposits" or d.kind != "match":
+@given(values=logs(), close=st.sampled_from(["flush", "beat"]))
+def test_deposits_match_only_the_exact_amount_and_tier_1_names_the_payout(values, close):
+    """A match pays the exact amount inside the lag; tier 1 names the payout, tier 2 does
+    not (else it would be tier 1) and no payout that could also take its credit was still
+    open (decided later); an exact pair alone in its amount always matches."""
+    decisions, _, records, _ = run(values, close)
+    events = events_of(records)
+    by_ref = {e.ref: e for e in events}
+    lag = CONFIG.relations[2]
+    deposits = [d for d in decisions if d.relation == "deposits"]
+    position = {ref: i for i, d in enumerate(deposits) for ref in d.member_refs}
+
+    def holds(payout, credit):
+        return payout.time_us + lag.lag_min_us <= credit.time_us <= payout.time_us + lag.lag_max_us
+
+    def alike(a, b):
+        return (a.account, a.currency, a.amount_minor) == (b.account, b.currency, b.amount_minor)
+
+    for i, d in enumerate(deposits):
+        if d.kind != "match":
             continue
         members = [by_ref[r] for r in d.member_refs]
         payouts = [e for e in members if e.payout]
@@ -321,12 +340,23 @@ def test_deposits_match_only_the_exact_amount_and_tier_1_names_the_payout(values
         assert len(payouts) == len(credits) == 1, d
         payout, credit = payouts[0], credits[0]
         assert (credit.amount_minor, credit.currency) == (payout.amount_minor, payout.currency), d
-        lag = CONFIG.relations[2]
-        assert payout.time_us + lag.lag_min_us <= credit.time_us <= payout.time_us + lag.lag_max_us
+        assert holds(payout, credit), d
         assert d.tier in (1, 2)
         if d.tier == 1:
-            text = (credit.reference or "").upper()
-            assert any(m and m.upper() in text for m in (payout.batch_id, payout.reference)), d
+            assert names_it(credit, payout), d
+        else:
+            assert not names_it(credit, payout), d
+            rivals = [p for p in events if p.payout and p is not payout and alike(p, payout)
+                      and holds(p, credit) and position[p.ref] > i]
+            assert not rivals, (d, rivals)
+    deposit_records = [e for e in events if e.payout or e.source == "bank"]
+    for payout in [e for e in events if e.payout]:
+        same = [e for e in deposit_records if alike(e, payout)]
+        if len(same) == 2 and not same[0].payout == same[1].payout:
+            credit = next(e for e in same if not e.payout)
+            if holds(payout, credit):
+                mine = deposits[position[payout.ref]]
+                assert mine.kind == "match" and credit.ref in mine.member_refs, mine
 
 
 @PROPERTIES
