@@ -105,7 +105,7 @@ def payout_specs(draw, n, accounts):
     if fee_line:
         out["processor"].append(value("processor", f"f{n}", account, 0, start + draw(st.integers(0, 4)),
                                       currency=currency, batch_id=batch, fee=fee_line))
-    reference = draw(st.sampled_from([None, None, f"TR-{n}"]))
+    reference = draw(st.sampled_from([None, f"TR-{n}"]))
     payout_step = start + draw(st.sampled_from([0, 1, 2, 3, 3, 4]))
     if draw(st.integers(0, 9)) > 0:  # sometimes the payout never comes
         out["processor"].append(value("processor", f"po{n}", account, amount + drift, payout_step,
@@ -113,7 +113,8 @@ def payout_specs(draw, n, accounts):
                                       reference=reference))
     if draw(st.integers(0, 4)) > 0:  # sometimes the bank never pays it
         text = draw(st.sampled_from([f"ACQ PAYOUT {batch}", batch.lower(), "ACQUIRER",
-                                     reference or "SETTLEMENT", "PAYOUT B2", None]))
+                                     reference or "SETTLEMENT", f"acq {reference or n}",
+                                     "PAYOUT B2", None]))
         out["bank"].append(value("bank", f"c{n}", account, amount + drift + draw(SHORT),
                                  payout_step + draw(LAGS), currency=currency,
                                  reference=text))
