@@ -21,7 +21,7 @@ from state import verdicts as v
 from state.book import Book
 from state.config import MatchConfig
 from state.contract import Event
-from state.scoring import within_tolerance
+from state.scoring import tolerance_reach, within_tolerance
 from state.verdicts import Verdict
 
 MAX_CANDIDATE_SETS = 64  # beyond this many combinations the answer is "ambiguous" anyway
@@ -151,8 +151,7 @@ def _near(w: Window, members: list[Event], key: str | None) -> list[Event]:
     anchor, config = w.anchor, w.config
     missing = set(v.missing_sources(members, config))
     amount, ppm = anchor.amount_minor, config.amount_tolerance_ppm
-    # within tolerance, |a - b| <= ppm * (|b| + |a - b|) / 1e6, so |a - b| can be no larger than:
-    reach = -(-abs(amount) * ppm // max(1, 1_000_000 - ppm)) if ppm < 1_000_000 else 2**63
+    reach = tolerance_reach(amount, ppm)
     taken = {id(e) for e in members}
     near = [e for e in w.book.amounts_between(anchor.currency, amount - reach, amount + reach)
             if e.source in missing and w.candidate(e) and id(e) not in taken

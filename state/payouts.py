@@ -9,7 +9,7 @@ that late) is complete and final:
 - tier 1: exactly one credit of the exact amount names the payout: its reference
   contains the batch id or the payout's own reference;
 - tier 2: exactly one credit of the exact amount, naming no other payout, and no other
-  open payout of that amount could take it;
+  open payout of that amount could take it (one that a credit of its own names cannot);
 - `ambiguous`: two credits, or two payouts, and nothing tells them apart;
 - `review`: no exact credit, but credits within the amount tolerance (a bank charge
   deducted): scored for a human, never matched;
@@ -30,7 +30,7 @@ from state.contract import Event
 from state.decision import EXCEPTION, MATCHED
 from state.desks import Desk, Output
 from state.relations import Relation
-from state.scoring import group_confidence, within_tolerance
+from state.scoring import group_confidence, tolerance_reach, within_tolerance
 from state.verdicts import (Verdict, ambiguous, event_order, missing_counterpart, review,
                             verdict)
 
@@ -38,9 +38,21 @@ PAYOUT_FIRST, CREDIT_NEXT = 0, 1  # at one deadline, payouts are decided before 
 
 
 def names(credit: Event, payout: Event) -> bool:
-    """The credit's reference carries the payout's batch id or reference."""
+    """The credit's reference carries the payout's batch id or reference as a whole word
+    (so "PAYOUT B12" does not name batch "B1"), case aside."""
     text = (credit.reference or "").upper()
-    return any(mark and mark.upper() in text for mark in (payout.batch_id, payout.reference))
+    return any(mark and _word_in(mark.upper(), text) for mark in (payout.batch_id, payout.reference))
+
+
+def _word_in(word: str, text: str) -> bool:
+    start = text.find(word)
+    while start >= 0:
+        end = start + len(word)
+        if ((start == 0 or not text[start - 1].isalnum())
+                and (end == len(text) or not text[end].isalnum())):
+            return True
+        start = text.find(word, start + 1)
+    return False
 
 
 class Lookups:
@@ -61,11 +73,20 @@ class Lookups:
         return [e for e in self.book.same_amount(credit.currency, amount)
                 if e.payout and e.source == self.relation.payouts and low <= e.time_us <= high]
 
+    def claimed(self, payout: Event) -> bool:
+        """An exact credit in its lag names it: that one is its own, whatever else it could take."""
+        return any(names(c, payout) for c in self.credits(payout))
+
+    def rivals(self, credit: Event, payout: Event) -> list[Event]:
+        """The other open payouts that could as well take this exact credit of `payout`."""
+        return [p for p in self.payouts_for(credit, payout.amount_minor)
+                if p is not payout and not self.claimed(p)]
+
     def near(self, payout: Event, tolerance_ppm: int) -> list[Event]:
         """Credits within the tolerance of the payout, not exact, and not some other open
         payout's exact credit."""
         amount = payout.amount_minor
-        reach = abs(amount) * tolerance_ppm // 1_000_000
+        reach = tolerance_reach(amount, tolerance_ppm)
         low, high = payout.time_us + self.relation.lag_min_us, payout.time_us + self.relation.lag_max_us
         return [e for e in self.book.amounts_between(payout.currency, amount - reach, amount + reach)
                 if not e.payout and e.source == self.relation.credits and e.amount_minor != amount
@@ -87,10 +108,10 @@ def deposit(book: Book, payout: Event, relation: Relation, config: MatchConfig) 
     free = [c for c in exact
             if not any(names(c, p) for p in look.payouts_for(c, payout.amount_minor) if p is not payout)]
     if len(free) > 1:  # every payout that could take one of them is as good a guess
-        rivals = [p for c in free for p in look.payouts_for(c, payout.amount_minor) if p is not payout]
+        rivals = [p for c in free for p in look.rivals(c, payout)]
         return ambiguous(payout, [payout], free, rivals, len(free), config)
     if len(free) == 1:
-        rivals = [p for p in look.payouts_for(free[0], payout.amount_minor) if p is not payout]
+        rivals = look.rivals(free[0], payout)
         if rivals:
             return ambiguous(payout, [payout, free[0]], [], rivals, len(rivals) + 1, config)
         return verdict(payout, [payout, free[0]], config, MATCHED, tier=2,

@@ -45,6 +45,14 @@ def group_confidence(anchor: Event, others: list[Event], window_us: int) -> floa
     return round(sum(pair_confidence(anchor, o, window_us) for o in others) / len(others), 4)
 
 
+def tolerance_reach(amount: int, tolerance_ppm: int) -> int:
+    """How far from `amount` an amount within the tolerance can lie: within it,
+    |a - b| <= ppm * (|b| + |a - b|) / 1e6, so |a - b| can be no larger than this."""
+    if tolerance_ppm >= 1_000_000:
+        return 2**63
+    return -(-abs(amount) * tolerance_ppm // (1_000_000 - tolerance_ppm))
+
+
 def within_tolerance(a: int, b: int, tolerance_ppm: int) -> bool:
     """|a - b| <= tolerance * max(|a|, |b|), in integers."""
     return abs(a - b) * 1_000_000 <= tolerance_ppm * max(abs(a), abs(b))

@@ -14,6 +14,8 @@ chosen). Every choice of members is made here: the batch grouping, the lag windo
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 from state import relations as rel
@@ -89,8 +91,9 @@ def mentions(credit: Event, payout: Event) -> bool:
     """The credit's reference carries the payout's batch id or its own reference (case
     aside)."""
     text = (credit.reference or "").upper()
-    marks = [payout.batch_id, payout.reference]
-    return any(mark is not None and mark != "" and mark.upper() in text for mark in marks)
+    # a whole word: no letter or digit (of any script) right before or after it
+    return any(mark and re.search(rf"(?<![^\W_]){re.escape(mark.upper())}(?![^\W_])", text)
+               for mark in (payout.batch_id, payout.reference))
 
 
 def deposit_records(events: list[Event], relation: Relation) -> list[Event]:
@@ -144,10 +147,18 @@ def one_payout(payout: Event, open_: list[Event], relation: Relation,
     credits = [e for e in open_ if not e.payout and same_book(e)]
     payouts = [e for e in open_ if e.payout and same_book(e)]
 
+    def named_elsewhere(p: Event) -> bool:
+        return any(c.amount_minor == p.amount_minor and lag_holds(p, c) and mentions(c, p)
+                   for c in credits)
+
     def others_for(credit: Event) -> list[Event]:
         """The other open payouts that could take the credit: its amount, its lag."""
         return [p for p in payouts if p is not payout and p.amount_minor == credit.amount_minor
                 and lag_holds(p, credit)]
+
+    def rivals_for(credit: Event) -> list[Event]:
+        """Those of them that an exact credit of their own does not name."""
+        return [p for p in others_for(credit) if not named_elsewhere(p)]
 
     exact = [c for c in credits if c.amount_minor == payout.amount_minor and lag_holds(payout, c)]
 
@@ -162,11 +173,11 @@ def one_payout(payout: Event, open_: list[Event], relation: Relation,
     # tier 2: the exact credits that name no other payout which could take them
     free = [c for c in exact if not any(mentions(c, p) for p in others_for(c))]
     if len(free) > 1:
-        rivals = [p for c in free for p in others_for(c)]
+        rivals = [p for c in free for p in rivals_for(c)]
         return ambiguous(payout, [payout], free, rivals, len(free), own)
     if len(free) == 1:
         credit = free[0]
-        rivals = others_for(credit)
+        rivals = rivals_for(credit)
         if rivals:
             return ambiguous(payout, [payout, credit], [], rivals, len(rivals) + 1, own)
         return verdict(payout, [payout, credit], own, "matched", tier=2,

@@ -174,6 +174,38 @@ def test_the_reference_tells_equal_payouts_apart():
     assert of(decisions, "deposits", "processor:po2").tier == 1
 
 
+def test_a_reference_names_a_batch_as_a_whole_word_only():
+    processor = [rec("processor", "po1", "40.00", "21 23:40", "payout", batch_id="B1"),
+                 rec("processor", "po2", "40.00", "21 23:50", "payout", batch_id="B12")]
+    bank = [rec("bank", "c1", "40.00", "23 06:00", reference="PAYOUT B12")]
+    decisions, _, _ = run({"processor": processor, "bank": bank})
+    assert sorted(of(decisions, "deposits", "bank:c1").member_event_ids) == [
+        "bank:c1", "processor:po2"]
+    assert of(decisions, "deposits", "processor:po1").exception_kind == "missing_counterpart"
+
+
+def test_a_payout_a_credit_names_is_no_rival_for_another_credit():
+    """po2 has its own named credit, so it cannot take c1: po1 takes c1, whichever payout
+    comes first."""
+    for first, second in (("21 23:40", "21 23:50"), ("21 23:50", "21 23:40")):
+        processor = [rec("processor", "po1", "40.00", first, "payout", batch_id="B1"),
+                     rec("processor", "po2", "40.00", second, "payout", batch_id="B2")]
+        bank = [rec("bank", "c1", "40.00", "23 06:00", reference="ACQUIRER"),
+                rec("bank", "c2", "40.00", "23 06:01", reference="PAYOUT B2")]
+        processor.sort(key=lambda v: json.loads(v)["event_time"])
+        decisions, _, _ = run({"processor": processor, "bank": bank})
+        assert of(decisions, "deposits", "bank:c1").member_event_ids == ["processor:po1", "bank:c1"] or \
+            sorted(of(decisions, "deposits", "bank:c1").member_event_ids) == ["bank:c1", "processor:po1"]
+        assert of(decisions, "deposits", "bank:c2").tier == 1
+
+
+def test_a_credit_over_by_the_tolerance_of_its_own_amount_goes_to_review():
+    """101.00 is within 1% of 101.01, the larger amount, though beyond 1% of 100.00."""
+    decisions, _, _ = run(a_day(item_amount="102.00", payout_amount="100.00",
+                                credit_amount="101.01", report_item=True))
+    assert of(decisions, "deposits", "processor:po1").exception_kind == "review"
+
+
 def test_a_payout_never_paid_and_a_credit_nothing_explains_are_missing():
     processor = [rec("processor", "po1", "40.00", "21 23:40", "payout", batch_id="B1")]
     bank = [rec("bank", "c9", "77.00", "23 06:00", reference="REFUND FROM SUPPLIER"),
