@@ -6,8 +6,8 @@ decision does not grow with how many payments the account carries:
 - `open`: every open event in canonical order (the anchor is the first);
 - `by_key`: per idempotency key, its open events (all sources) in canonical order (the
   event alone when it is the only one, as most keys are: a list each costs ~90 bytes);
-- `by_size`: per currency, its open events ordered by amount then canonically: the
-  exact-amount lookups and the tolerance search both bisect it;
+- `by_size`: per currency, its open events ordered by amount then canonically (`_SIZE`):
+  the exact-amount lookups and the tolerance search both bisect it;
 - `duplicates`: the open events that repeat an earlier report's key, in canonical order.
 The memories (redelivery `seen` and key `claims`) expire through heaps ordered by time.
 `seen` is per (source, topic, partition), then per event id: whether a record is a
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
+from operator import attrgetter
 from collections.abc import Iterator
 
 import msgspec
@@ -58,7 +59,7 @@ class Book:
         # (source, topic, partition, event id) delivered anew while an earlier one was open
         self.shadowed: set[tuple] = set()
         self.by_key: dict[str, Event | list[Event]] = {}
-        self.by_size: dict[str, list[tuple[int, tuple, Event]]] = {}
+        self.by_size: dict[str, list[Event]] = {}  # sorted by _SIZE
         self.duplicates: list[Event] = []
         self.original_of: dict[int, Claim] = {}  # id(duplicate) -> the original it repeats
         self.seen_expiry: list[tuple[int, tuple]] = []  # (time, (source, topic, partition, id))
@@ -72,7 +73,7 @@ class Book:
 
     def add(self, event: Event) -> None:
         insort(self.open, event)
-        insort(self.by_size.setdefault(event.currency, []), (event.amount_minor, event))
+        insort(self.by_size.setdefault(event.currency, []), event, key=_SIZE)
         key = event.idempotency_key
         if key is not None:
             self._key_add(key, event)
@@ -80,7 +81,10 @@ class Book:
 
     def remove(self, event: Event) -> None:
         _take(self.open, event)
-        _drop(self.by_size, event.currency, (event.amount_minor, event))
+        sizes = self.by_size[event.currency]
+        del sizes[bisect_left(sizes, _SIZE(event), key=_SIZE)]
+        if not sizes:
+            del self.by_size[event.currency]
         if event.idempotency_key is not None:
             self._key_drop(event.idempotency_key, event)
             if self.original_of.pop(id(event), None) is not None:
@@ -115,18 +119,18 @@ class Book:
         sizes = self.by_size.get(currency)
         if not sizes:
             return []
-        i = bisect_left(sizes, (amount,))
+        i = bisect_left(sizes, amount, key=_AMOUNT)
         found = []
-        while i < len(sizes) and sizes[i][0] == amount:
-            found.append(sizes[i][1])
+        while i < len(sizes) and sizes[i].amount_minor == amount:
+            found.append(sizes[i])
             i += 1
         return found
 
     def amounts_between(self, currency: str, low: int, high: int) -> Iterator[Event]:
         sizes = self.by_size.get(currency, [])
-        i = bisect_left(sizes, (low,))
-        while i < len(sizes) and sizes[i][0] <= high:
-            yield sizes[i][1]
+        i = bisect_left(sizes, low, key=_AMOUNT)
+        while i < len(sizes) and sizes[i].amount_minor <= high:
+            yield sizes[i]
             i += 1
 
     # ------------------------------------------------------------------ duplicates
@@ -257,12 +261,12 @@ class Book:
         in canonical order, so appending keeps every index sorted but the size order."""
         keyed = set()
         for event in self.open:
-            self.by_size.setdefault(event.currency, []).append((event.amount_minor, event))
+            self.by_size.setdefault(event.currency, []).append(event)
             if event.idempotency_key is not None:
                 self._key_add(event.idempotency_key, event)
                 keyed.add((event.source, event.idempotency_key))
         for sizes in self.by_size.values():
-            sizes.sort()
+            sizes.sort(key=_SIZE)
         for source, key in keyed:
             self._refresh_duplicates(source, key)
         self.seen_expiry = [(seen.time_us, (*part_key, event_id))
@@ -275,12 +279,9 @@ class Book:
         self.newest_memory = max([t for t, _ in self.seen_expiry + self.claim_expiry], default=0)
 
 
-def _drop(index: dict, key, entry) -> None:
-    """Remove `entry` from the sorted list index[key], and the key once empty."""
-    entries = index[key]
-    del entries[bisect_left(entries, entry)]
-    if not entries:
-        del index[key]
+# the size order: by amount, then canonically (events themselves, no tuple kept per event)
+_SIZE = attrgetter("amount_minor", "time_us", "source", "event_id", "topic", "partition", "offset")
+_AMOUNT = attrgetter("amount_minor")
 
 
 def _take(events: list[Event], event: Event) -> None:
