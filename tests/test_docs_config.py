@@ -92,6 +92,9 @@ def test_every_config_field_is_a_documented_file_key():
     written = tomllib.loads(to_toml(MatchConfig()))  # the file form of every field
     keys = {table: set(values) for table, values in written.items()}
     for field in msgspec.structs.fields(MatchConfig):
+        if field.name == "relations":  # no relations by default: their own section names them
+            assert "[relations.NAME]" in DOC
+            continue
         key = toml_key(field.name)
         assert key in keys or any(key in k for k in keys.values()), \
             f"MatchConfig.{field.name} has no key {key!r} in the file form; update toml_key"
@@ -109,6 +112,18 @@ def test_the_documented_defaults_are_the_built_in_ones():
     for table, key, default in rows:
         value = tomllib.loads(f"v = {default}")["v"]
         assert from_toml({table: {key: value}}) == MatchConfig(), f"[{table}] {key} = {default}"
+
+
+def test_every_relation_key_is_documented_and_the_examples_load():
+    from state.relations import _KEYS
+    relations = section(DOC, "### Relations")
+    for rule, keys in _KEYS.items():
+        assert f"`{rule}`" in relations, rule
+        for key in keys | {"rule"}:
+            assert names(relations, key), f"docs/configuration.md ### Relations lacks {key!r}"
+    for example in sorted((ROOT / "docs" / "examples").glob("*.toml")):
+        config = from_toml(tomllib.loads(example.read_text()))
+        assert config.relations and from_toml(tomllib.loads(to_toml(config))) == config, example
 
 
 def test_the_example_file_loads_and_is_the_defaults(tmp_path, monkeypatch):
