@@ -27,12 +27,11 @@ from bisect import bisect_left
 from state.book import Book
 from state.config import MatchConfig
 from state.contract import Event
-from state.decision import EXCEPTION, MATCHED
+from state.decision import EXCEPTION, MATCHED, MISSING
 from state.desks import Desk, Output
 from state.relations import Relation
 from state.scoring import group_confidence, tolerance_reach, within_tolerance
-from state.verdicts import (Verdict, ambiguous, event_order, missing_counterpart, review,
-                            verdict)
+from state.verdicts import Verdict, ambiguous, event_order, review, verdict
 
 PAYOUT_FIRST, CREDIT_NEXT = 0, 1  # at one deadline, payouts are decided before credits
 
@@ -121,15 +120,28 @@ def deposit(book: Book, payout: Event, relation: Relation, config: MatchConfig) 
     near = look.near(payout, relation.tolerance_ppm)
     if near:
         return review(payout, [payout], sorted(near, key=event_order), config)
-    return missing_counterpart(payout, [payout], [relation.credits], config)
+    return unpaid(payout, relation, config)
+
+
+def unpaid(payout: Event, relation: Relation, config: MatchConfig) -> Verdict:
+    return verdict(payout, [payout], config, EXCEPTION, kind=MISSING, missing=[relation.credits],
+                   reason=f"no credit from {relation.credits} of the payout's amount, nor within "
+                          f"the tolerance, booked {_days(relation.lag_min_us)} to "
+                          f"{_days(relation.lag_max_us)} after it")
 
 
 def unexplained(credit: Event, relation: Relation, config: MatchConfig) -> Verdict:
-    return verdict(credit, [credit], config, EXCEPTION, kind="missing_counterpart",
-                   missing=[relation.payouts],
+    return verdict(credit, [credit], config, EXCEPTION, kind=MISSING, missing=[relation.payouts],
                    reason=f"no payout from {relation.payouts} explains this credit: none of its "
-                          f"amount was made {relation.lag_min_us // 86_400_000_000} to "
-                          f"{relation.lag_max_us // 86_400_000_000} day(s) before it")
+                          f"amount was made {_days(relation.lag_min_us)} to "
+                          f"{_days(relation.lag_max_us)} before it")
+
+
+def _days(us: int) -> str:
+    """A lag as people say it: whole days as days, anything else in hours."""
+    if us % 86_400_000_000 == 0:
+        return f"{us // 86_400_000_000} day(s)"
+    return f"{us / 3_600_000_000:g} hour(s)"
 
 
 class PayoutDesk(Desk):

@@ -23,10 +23,10 @@ from state.batches import settle
 from state.config import MatchConfig
 from state.contract import Event
 from state.decision import Decision
-from state.payouts import unexplained
+from state.payouts import unexplained, unpaid
 from state.relations import Relation
 from state.scoring import group_confidence, within_tolerance
-from state.verdicts import (Verdict, ambiguous, event_order, missing_counterpart, review, tagged,
+from state.verdicts import (Verdict, ambiguous, event_order, review, tagged,
                             verdict)
 
 
@@ -197,4 +197,4 @@ def one_payout(payout: Event, open_: list[Event], relation: Relation,
         near.append(c)
     if near:
         return review(payout, [payout], sorted(near, key=event_order), own)
-    return missing_counterpart(payout, [payout], [relation.credits], own)
+    return unpaid(payout, relation, own)

@@ -47,6 +47,7 @@ CLOSE_AT, CLOSE_SPREAD = 23 * HOUR, 50 * 60  # batches close 23:00 .. 23:50 (sec
 ITEM_LEAD = 300  # items are stamped up to 5 minutes before their batch's close (seconds)
 BOOK_AT = 6 * HOUR  # the bank's daily statement starts at 06:00:00
 BANK_LAG = (1, 3)  # days from a payout to its credit
+DEPOSIT_LAG_DAYS = 5  # the upper end of the deposits relation's lag in docs/examples/settlement.toml
 P_REFUND, P_FEE_LINE, P_NAMED = 0.03, 0.3, 0.7
 HARD_RATE, MIN_HARD = 0.002, 2  # instances of each hard case per payment; at least this a day
 HARD_SHARE = 10  # ... but at most one batch (or account) in this many per case, and at least 1
@@ -131,7 +132,7 @@ class _Builder:
     def __init__(self, rng: _Rng, payments: int, partitions: int, day: str, days: int, accounts: int):
         self.rng, self.partitions = rng, partitions
         start = date.fromisoformat(day)
-        self.dates = [(start + timedelta(days=d)).isoformat() for d in range(days + BANK_LAG[1] + 2)]
+        self.dates = [(start + timedelta(days=d)).isoformat() for d in range(days + BANK_LAG[1] + DEPOSIT_LAG_DAYS + 2)]
         names = [f"ACC{i:05d}" for i in range(accounts)]
         mains = rng.choices(MAIN_CURRENCIES, cum_weights=MAIN_CURRENCY_CUM, k=accounts)
         self.accounts = list(zip(names, mains))
@@ -437,7 +438,9 @@ def _generate(builder: _Builder, out: Path, payments: int, days: int,
         builder.unexplained_credits(d, max(MIN_HARD, round(n * HARD_RATE)))
     summary = builder.summary
     summary.out = out
-    final = (days - 1 + BANK_LAG[1] + 1) * DAY + BOOK_AT  # a day past the last statement
+    # every partition's last word: past the last credit plus the deposits lag of
+    # docs/examples/settlement.toml, so a run to the end decides every record
+    final = (days - 1 + BANK_LAG[1] + DEPOSIT_LAG_DAYS + 1) * DAY + BOOK_AT
     truth: list[SettlementTruth] = []
     for source in SOURCES:
         topic = topics[source]
