@@ -71,22 +71,46 @@ def test_every_record_has_one_fate_and_every_member_a_fate_listing_it(scenario):
     assert set(relations) == {"payments", "batches", "deposits"}
 
 
-def test_the_live_flow_decides_exactly_what_the_engine_decides(scenario, unflushed, broker,
-                                                               pg_dsn, report):
+@pytest.fixture(scope="module")
+def live(scenario, broker, pg_dsn):
+    """The scenario published and run to the end by the live flow, into namespace settle_e2e."""
     work, topics, config, _ = scenario
-    result = unflushed
     config_file = work / "settlement.toml"
     config_file.write_text(to_toml(config))
     kafka_io.create_topics(broker, list(topics.values()), 3)
     kafka_io.produce_day(broker, work / "day", list(topics.values()), progress=False)
-    tally("run", "--brokers", broker, "--pg", pg_dsn, "--data-dir", str(work / "data"),
-          "--namespace", "settle_e2e", "--until-end", "--config", str(config_file))
-    expected_decisions, expected_fates = engine_rows(result.decisions, result.fates)
+    env = {"TALLY_BROKERS": broker, "TALLY_PG_DSN": pg_dsn, "TALLY_DATA_DIR": str(work / "data"),
+           "TALLY_CONFIG": str(config_file)}
+    tally("run", "--namespace", "settle_e2e", "--until-end", env=env)
+    return env
+
+
+def test_the_live_flow_decides_exactly_what_the_engine_decides(scenario, unflushed, live, pg_dsn,
+                                                               report):
+    work, _, _, _ = scenario
+    expected_decisions, expected_fates = engine_rows(unflushed.decisions, unflushed.fates)
     pg_decisions, pg_fates = pg_rows(pg_dsn, "settle_e2e")
     pq_decisions, pq_fates = parquet_rows(work / "data" / "settle_e2e")
     assert pg_decisions == expected_decisions == pq_decisions
     assert pg_fates == expected_fates == pq_fates
-    tally("audit", "--pg", pg_dsn, "--data-dir", str(work / "data"), "--namespace", "settle_e2e",
-          "--brokers", broker)
+    assert not [f for f in unflushed.fates if f.outcome == "pending"]  # the day's end decides all
+    out = tally("audit", "--namespace", "settle_e2e", env=live).stdout
+    assert "CONSERVED" in out and "NOT CONSERVED" not in out
     report(f"settlement e2e: {len(expected_decisions):,} decisions identical in PostgreSQL, "
            f"Parquet and the in-process engine; audit conserved")
+
+
+def test_a_replay_of_the_settlement_log_decides_the_same(live):
+    tally("replay", "--namespace", "settle_replay", "--from", "earliest", env=live)
+    out = tally("verify", "--a", "settle_e2e", "--b", "settle_replay", env=live).stdout
+    assert out.strip().splitlines()[-1].startswith("IDENTICAL")
+
+
+def test_a_settlement_drill_with_kills_ends_identical(broker, pg_dsn, report):
+    data = Path(tempfile.mkdtemp(prefix="tally-settle-drill-"))
+    env = {"TALLY_BROKERS": broker, "TALLY_PG_DSN": pg_dsn}
+    out = tally("drill", "--kills", "3", "--transactions", "6000", "--seed", "5",
+                "--config", str(ROOT / "docs/examples/settlement.toml"), "--data-dir", str(data),
+                env=env).stdout
+    assert "Drill verdict: IDENTICAL after 3 of 3 kills" in out, out
+    report("settlement drill: identical after 3 kills")

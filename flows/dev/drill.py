@@ -39,6 +39,7 @@ from flows import logs
 
 from flows.kafka import kafka_io
 from flows.dev.generate import generate_day
+from flows.dev.settlement_day import generate_settlement
 from flows.logs import UserError
 from flows.progress import table
 from flows.runtime.recovery_store import read_committed
@@ -151,7 +152,14 @@ def _drill_topics(options: DrillOptions) -> MatchConfig:
     shutil.rmtree(day, ignore_errors=True)
     _step(f"generating {options.transactions:,} payments (seed {options.seed}) into "
           f"tally-drill-{tag}.*")
-    generate_day(day, options.transactions, options.seed, topics=topics)
+    if options.config.relations:  # a settlement config: a settlement day (docs/settlement.md)
+        try:
+            generate_settlement(day, options.transactions, options.seed, topics=topics)
+        except ValueError as err:
+            raise UserError(f"tally drill generates settlement days for the sources of "
+                            f"docs/examples/settlement.toml only: {err}") from None
+    else:
+        generate_day(day, options.transactions, options.seed, topics=topics)
     kafka_io.create_topics(options.brokers, list(topics.values()), 3)
     kafka_io.produce_day(options.brokers, day, list(topics.values()), progress=False)
     return config
