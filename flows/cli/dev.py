@@ -115,12 +115,16 @@ def add_demo(commands) -> None:
     cmd.add_argument("--transactions", type=int, default=20_000, help="payments to generate (default 20000)")
     cmd.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     cmd.add_argument("--keep-running", action="store_true", help="leave the services running afterwards")
+    cmd.add_argument("--scenario", choices=("payments", "settlement"), default="payments",
+                     help="payments: a day of bank, processor and ledger records (default); "
+                          "settlement: ledger payments, acquirer batches paid out net of fees and "
+                          "the bank's credits, with docs/examples/settlement.toml")
     cmd.set_defaults(handler=run_demo)
 
 
 def run_demo(args) -> int:
     from flows.dev.demo import demo
-    return demo(args.data_dir, args.transactions, args.seed, args.keep_running)
+    return demo(args.data_dir, args.transactions, args.seed, args.keep_running, args.scenario)
 
 
 def add_generate(commands) -> None:
