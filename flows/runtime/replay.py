@@ -182,8 +182,10 @@ def load_or_plan(path: Path, log, origin: str, start: Position, stop: Position,
 def default_warmup_us(config: MatchConfig) -> int:
     """Long enough for every input of a decision whose window ends after the start:
     its window, the lateness before it, the claims and redelivery memories before
-    that, and one more window for the decisions that consumed events before it."""
-    return 2 * config.match_window_us + config.allowed_lateness_us + config.redelivery_horizon_us
+    that, and one more window for the decisions that consumed events before it; with
+    relations, the longest relation's (a window, or a lag's upper end)."""
+    span = max(r.window_us or r.lag_max_us for r in config.relation_list())
+    return 2 * span + config.allowed_lateness_us + config.redelivery_horizon_us
 
 
 def parse_warmup(text: str | None, config: MatchConfig) -> int:
