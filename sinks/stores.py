@@ -7,7 +7,8 @@ A namespace lives in PostgreSQL (schema <namespace>) and in Parquet (directory
 * canonical rows (`canonical`): plain tuples in the Parquet column order with
   times as UTC microseconds, so equal content means equal tuples whichever store
   and whichever run they came from; `decisions()` and `fates()` take an optional
-  window_end range, `fates_at`, `fates_of` and `decision` look one up by key;
+  window_end range, `fates_at`, `fates_of` and `decision` look one up by key, and
+  `decisions_with_member` finds the decisions listing a record inside a window_end range;
 * compact Arrow tables for checks over tens of millions of rows (`compact()`,
   through COPY ... CSV in PostgreSQL), never a Python object per row;
 * the raw reads the use cases aggregate with (`query` in PostgreSQL, `scan` and
@@ -220,9 +221,9 @@ class PostgresStore:
 
     def rows(self, name: str, fields=None, where: list[tuple[str, object]] = (),
              since: int | None = None, until: int | None = None,
-             order: list[str] | None = None) -> list[dict]:
+             order: list[str] | None = None, member: str | None = None) -> list[dict]:
         """Rows of table `name` (every column unless `fields`), where each column equals its
-        value and window_end is in [since, until)."""
+        value, window_end is in [since, until) and, given `member`, member_refs holds it."""
         from psycopg import sql
         absent = self._absent(name)
         columns = sql.SQL("*") if fields is None else sql.SQL(", ").join(
@@ -231,6 +232,9 @@ class PostgresStore:
         conditions = [sql.SQL("{} = %({})s").format(sql.Identifier(c), sql.SQL(f"w{i}"))
                       for i, (c, _) in enumerate(where)]
         params = {f"w{i}": v for i, (_, v) in enumerate(where)}
+        if member is not None:
+            conditions.append(sql.SQL("%(member)s = ANY(member_refs)"))
+            params["member"] = member
         # The day bounds let PostgreSQL skip whole day partitions; window_end bounds are exact.
         if since is not None:
             conditions.append(sql.SQL("window_end >= %(since)s AND day >= %(since_day)s"))
@@ -288,6 +292,16 @@ class PostgresStore:
             where.append(("day", day(window_end)))
         rows = self._lookup("decisions", DECISION_FIELDS, where)
         return rows[0] if rows else None
+
+    def decisions_with_member(self, ref: str, since: int, until: int) -> list[dict]:
+        """Decisions whose member_refs hold `ref` ("topic:partition:offset") and whose
+        window_end is in [since, until), by window_end and id: only the day partitions of
+        that range are read."""
+        if not self.exists:
+            return []
+        rows = self.rows("decisions", DECISION_FIELDS, since=since, until=until, member=ref,
+                         order=["window_end", "decision_id"])
+        return canonical_dicts(rows, DECISION_FIELDS)
 
     # -- stored rows, every column (review columns too)
 
@@ -407,6 +421,12 @@ class ParquetStore:
         files = self.files(name) if files is None else files
         return scan(files, _schema(name), condition, columns) if files else None
 
+    def day_dirs(self, name: str, days: tuple[str, str]) -> list[Path]:
+        """The day directories of table `name` in `days` (inclusive, "YYYY-MM-DD" or
+        "pending"), sorted."""
+        return [d for d in sorted((self.root / name).glob("date=*"))
+                if days[0] <= d.name.removeprefix("date=") <= days[1]]
+
     def table(self, name: str, columns: list[str] | None = None, days: tuple[str, str] | None = None):
         """Every row of table `name`, whole files at a time; `days` bounds the day directories
         read (inclusive, "YYYY-MM-DD" or "pending")."""
@@ -415,8 +435,7 @@ class ParquetStore:
         if days is None:
             return read_dataset(self.root / name, schema, columns)
         import pyarrow as pa
-        tables = [read_dataset(d, schema, columns) for d in sorted((self.root / name).glob("date=*"))
-                  if days[0] <= d.name.removeprefix("date=") <= days[1]]
+        tables = [read_dataset(d, schema, columns) for d in self.day_dirs(name, days)]
         empty = schema.empty_table()
         return pa.concat_tables(tables) if tables else (empty.select(columns) if columns else empty)
 
@@ -456,6 +475,25 @@ class ParquetStore:
                           files=self.files("decisions", f"{days}/*.parquet"))
         rows = [] if found is None else found.to_pylist()
         return canonical_dicts(rows, DECISION_FIELDS)[0] if rows else None
+
+    def decisions_with_member(self, ref: str, since: int, until: int) -> list[dict]:
+        """Decisions whose member_refs hold `ref` ("topic:partition:offset") and whose
+        window_end is in [since, until), by window_end and id: only the day directories of
+        that range are read, first their ids and members, then the rows found whole."""
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+        days = (day(since).isoformat(), day(until).isoformat())
+        narrow = self.table("decisions", ["decision_id", "member_refs"], days=days)
+        refs = narrow.column("member_refs")
+        hits = pc.list_parent_indices(refs).filter(pc.equal(pc.list_flatten(refs), ref))
+        if not len(hits):
+            return []
+        ids = pc.unique(pc.take(narrow.column("decision_id"), hits))
+        files = [f for d in self.day_dirs("decisions", days) for f in visible(d, "*.parquet")]
+        found = self.scan("decisions", ds.field("decision_id").isin(ids), files=files)
+        rows = in_range([canonical(r, DECISION_FIELDS) for r in found.to_pylist()], since, until)
+        return [dict(zip(DECISION_FIELDS, r))
+                for r in sorted(set(rows), key=lambda r: (r[DECISION_END], r[0]))]
 
     # -- compact tables
 

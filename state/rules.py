@@ -15,7 +15,7 @@ A decision's own `reason` is not built from here: it states the facts of that on
 from __future__ import annotations
 
 from state.decision import (AMBIGUOUS, CLOCK_SKEW, DUPLICATE, HEARTBEAT, INVALID_KIND, LATE, MISMATCH,
-                            MISSING, PENDING, REDELIVERY, REVIEW)
+                            MISSING, PENDING, REDELIVERY, REVIEW, SETTLEMENT_MISMATCH)
 
 TIER_RULES = {
     1: "tier 1: every member carries the same idempotency key, one event per expected source, "
@@ -46,6 +46,33 @@ KIND_RULES = {
                 "moved nothing and was decided alone",
     INVALID_KIND: "invalid: the record breaks the event contract; its raw bytes are kept with "
                   "the reason",
+    SETTLEMENT_MISMATCH: "settlement mismatch: a payout and the sum of its batch's items' nets "
+                         "disagree",
+}
+# A relation's own rules (state/batches.py, state/payouts.py), by tier or exception kind;
+# a kind not here (duplicate, late, ...) reads as in KIND_RULES. Placeholders: {window}
+# (a batch relation's window), {lag} and {tolerance} (a payout relation's).
+BATCH_RULES = {
+    1: "batch, tier 1: the payout of the batch pays exactly the sum of its items' nets (gross "
+       "less fee; refunds negative, fee lines of amount 0), all in one currency, the records "
+       "of one account and batch_id within {window} of its first (confidence 1.0)",
+    MISSING: "batch, missing counterpart: the batch's window ({window}) closed with items but "
+             "no payout, or a payout but no item",
+    SETTLEMENT_MISMATCH: "settlement mismatch: the batch's payout and the sum of its items' nets "
+                         "(gross less fee) disagree, or the batch mixes currencies",
+}
+PAYOUT_RULES = {
+    1: "deposit, tier 1: the one bank credit of the payout's exact amount booked {lag} after "
+       "it whose reference names the payout's batch (confidence 1.0)",
+    2: "deposit, tier 2: the only bank credit of the payout's exact amount booked {lag} after "
+       "it, and no other payout could take it (confidence: pair score of amount and time)",
+    AMBIGUOUS: "ambiguous: more than one credit (or payout) could pair, none told apart by a "
+               "reference naming the batch; Tally does not guess",
+    REVIEW: "review: no credit of the payout's exact amount booked {lag} after it, but credit(s) "
+            "within its tolerance ({tolerance}); scored candidates for a human",
+    MISSING: "missing counterpart: a payout that no credit of its amount (or within its "
+             "tolerance, {tolerance}) booked {lag} after it pays, or a credit that no payout "
+             "made {lag} before it explains",
 }
 OUTCOME_RULES = {
     REDELIVERY: "redelivery: its source:event_id was delivered earlier in the same partition, "

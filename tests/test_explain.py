@@ -1,5 +1,6 @@
 """`tally explain` on a real run: a generated day with hostile lines, through a real broker,
-the real flow, PostgreSQL and Parquet; every expectation is read back from PostgreSQL."""
+the real flow, PostgreSQL and Parquet; every expectation is read back from PostgreSQL. And a
+generated settlement day, whose payouts and items are each in two relations' decisions."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import base64
 import json
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,10 +23,12 @@ from flows.cli.explain import add_explain
 
 from flows.kafka import kafka_io
 from flows.dev.generate import generate_day
+from flows.dev.settlement_day import generate_settlement
 from flows.logs import UserError
 from sinks.stores import us as _us
-from state.config import MatchConfig
-from state.contract import format_us
+from state.config import MatchConfig, from_toml, to_toml
+from state.contract import Decoder, format_us
+from state.verdicts import format_minor
 from tests.flow_helpers import read_decisions, read_fates, tally, unique_topics, write_config
 
 PAYMENTS = 3000
@@ -298,3 +302,216 @@ def test_errors_are_one_line_without_the_password(capsys, flushed, pg_dsn):
     assert "sekrit" not in str(err.value) and "cannot read namespace" in str(err.value)
     with pytest.raises(UserError, match="namespace nowhere does not exist"):
         run_explain(capsys, flushed, pg_dsn, "bank:x", namespace="nowhere")
+
+
+# ----------------------------------------------------------------------------- settlement
+# A record in two relations: a payout is in its batch (its fate) and in its deposit; an
+# item in its payment's match (its fate) and in its batch; a bank credit in its deposit only.
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTLEMENT = from_toml(tomllib.loads((ROOT / "docs/examples/settlement.toml").read_text()))
+NS_SETTLE = "explain_settle"
+KEYS = {"ref", "topic", "partition", "offset", "status", "archive", "fate", "decision",
+        "outcome_rule", "rule", "watermark", "first_delivery", "notes"}  # without relations
+
+
+@dataclass
+class Settled:
+    day: Day  # work and config, for run_explain
+    config: MatchConfig
+    topics: dict[str, str]
+    decisions: dict[str, dict]  # by id, as PostgreSQL stores them
+    fates: dict[str, dict]  # by ref
+    listing: dict[str, list[dict]]  # ref -> the decisions listing it
+
+    def relation(self, ref: str) -> str | None:
+        fate = self.fates[ref]
+        return fate["decision_id"] and self.decisions[fate["decision_id"]]["relation"]
+
+    def listed_in(self, ref: str, relation: str) -> list[dict]:
+        return [d for d in self.listing[ref] if d["relation"] == relation]
+
+
+@pytest.fixture(scope="module")
+def settled(broker, pg_dsn) -> Settled:
+    work = Path(tempfile.mkdtemp(prefix="tally-explain-settle-"))
+    topics = unique_topics()
+    generate_settlement(work / "day", 300, seed=3, topics=topics)
+    config = msgspec.structs.replace(SETTLEMENT, topics=topics)
+    (work / "settlement.toml").write_text(to_toml(config))
+    kafka_io.create_topics(broker, list(topics.values()), 3)
+    kafka_io.produce_day(broker, work / "day", list(topics.values()), progress=False)
+    day = Day(work, work / "settlement.toml", topics["bank"], [], 0, 0, 0, 0)
+    _run(day, broker, pg_dsn, NS_SETTLE, "--flush")
+    decisions = {d["decision_id"]: d for d in read_decisions(pg_dsn, NS_SETTLE)}
+    fates = {f"{f['topic']}:{f['partition']}:{f['offset']}": f for f in read_fates(pg_dsn, NS_SETTLE)}
+    listing: dict[str, list[dict]] = {}
+    for d in decisions.values():
+        for ref in d["member_refs"]:
+            listing.setdefault(ref, []).append(d)
+    return Settled(day, config, topics, decisions, fates, listing)
+
+
+def _settle_json(capsys, s: Settled, pg_dsn, ref) -> dict:
+    """The record's JSON explanation, the same from PostgreSQL and from Parquet."""
+    rc, from_pg = as_json(capsys, s.day, pg_dsn, ref, namespace=NS_SETTLE)
+    rc2, from_parquet = as_json(capsys, s.day, pg_dsn, ref, "--store", "parquet",
+                                namespace=NS_SETTLE)
+    assert rc == rc2 == 0 and from_pg == from_parquet
+    return from_pg["records"][0]
+
+
+def _settle_text(capsys, s: Settled, pg_dsn, ref) -> str:
+    rc, from_pg = run_explain(capsys, s.day, pg_dsn, ref, namespace=NS_SETTLE)
+    rc2, from_parquet = run_explain(capsys, s.day, pg_dsn, ref, "--store", "parquet",
+                                    namespace=NS_SETTLE)
+    assert rc == rc2 == 0
+    assert from_pg.split("\n", 1)[1] == from_parquet.split("\n", 1)[1]  # the same but where
+    return from_pg
+
+
+def _money(minor: int, currency: str) -> str:
+    return f"{format_minor(minor, currency)} {currency}"
+
+
+def _check_sums(sums: dict, row: dict) -> None:
+    """The sums explain added up against the ones the engine wrote into its reason."""
+    cur = sums["currency"]
+    assert cur == row["currency"] and sums["unread"] == 0
+    assert sums["nets_minor"] == sums["gross_minor"] - sums["fees_minor"]
+    assert sums["difference_minor"] == sums["payout_minor"] - sums["nets_minor"]
+    assert sums["items"] + sums["payouts"] == len(row["member_refs"])
+    assert f"net {_money(sums['nets_minor'], cur)} (gross {_money(sums['gross_minor'], cur)}, " \
+           f"fees {_money(sums['fees_minor'], cur)})" in row["reason"]
+    if row["kind"] == "match":
+        assert sums["payout_minor"] == row["amount_minor"] and sums["difference_minor"] == 0
+
+
+def _a_payout(s: Settled, test=lambda batch, deposit: True) -> str:
+    """A payout whose batch settled and whose deposit matched its bank credit."""
+    return next(ref for ref, fate in sorted(s.fates.items())
+                if s.relation(ref) == "batches" and fate["topic"] == s.topics["processor"]
+                and s.decisions[fate["decision_id"]]["kind"] == "match"
+                and [d["kind"] for d in s.listed_in(ref, "deposits")] == ["match"]
+                and test(s.decisions[fate["decision_id"]], s.listed_in(ref, "deposits")[0]))
+
+
+def test_a_payout_shows_its_batch_with_the_sums_and_its_deposit(capsys, settled, pg_dsn):
+    s = settled
+    ref = _a_payout(s)
+    batch = s.decisions[s.fates[ref]["decision_id"]]
+    (deposit,) = s.listed_in(ref, "deposits")
+    (credit,) = [m for m in deposit["member_refs"] if m.startswith(s.topics["bank"] + ":")]
+    record = _settle_json(capsys, s, pg_dsn, ref)
+    check_decision(record["decision"], batch)
+    assert record["decision"]["relation"] == "batches"
+    _check_sums(record["decision"]["sums"], batch)
+    assert record["other_relations"] == ["deposits"]
+    (other,) = record["other_decisions"]
+    check_decision(other, deposit)
+    assert other["sums"] is None and other["rule"] == explain.rule_text(deposit, s.config)
+    assert record["rule"].startswith("batch, tier 1: the payout of the batch pays exactly")
+    assert other["rule"].startswith(f"deposit, tier {deposit['tier']}: ")
+    assert "booked 0d to 5d after it" in other["rule"]
+    assert credit in [m["ref"] for m in other["members"]]
+    assert all(m["archived"] and m["amount_minor"] is not None for m in other["members"])
+    text = _settle_text(capsys, s, pg_dsn, ref)
+    sums = record["decision"]["sums"]
+    cur = sums["currency"]
+    for line in (f"{ref}  matched",
+                 f"  sums        payout {_money(sums['payout_minor'], cur)} (1 payout); "
+                 f"{sums['items']} item{'' if sums['items'] == 1 else 's'}: gross "
+                 f"{_money(sums['gross_minor'], cur)}, fees {_money(sums['fees_minor'], cur)}, "
+                 f"nets {_money(sums['nets_minor'], cur)}; difference {_money(0, cur)}",
+                 f"  also in     relation deposits: decision {deposit['decision_id']}",
+                 f"    reason      {deposit['reason']}"):
+        assert line in text, line
+    also = text[text.index("  also in"):]
+    assert f"        {credit}  " in also and f"{ref}  " in also and "<- this record" in also
+    assert "relation batches's window" not in text and "match_window is" not in text
+
+
+def test_a_settlement_mismatch_shows_the_difference(capsys, settled, pg_dsn):
+    s = settled
+    ref = next(ref for ref, fate in sorted(s.fates.items())
+               if s.relation(ref) == "batches" and fate["topic"] == s.topics["processor"]
+               and s.decisions[fate["decision_id"]]["exception_kind"] == "settlement_mismatch")
+    row = s.decisions[s.fates[ref]["decision_id"]]
+    record = _settle_json(capsys, s, pg_dsn, ref)
+    sums = record["decision"]["sums"]
+    assert record["rule"] == explain.BATCH_RULES["settlement_mismatch"]
+    _check_sums(sums, row)
+    assert sums["difference_minor"] != 0
+    assert f"difference {_money(sums['difference_minor'], sums['currency'])}" in row["reason"]
+
+
+def test_an_item_shows_its_payment_match_and_its_batch(capsys, settled, pg_dsn):
+    s = settled
+    ref = next(ref for ref, fate in sorted(s.fates.items())
+               if fate["topic"] == s.topics["processor"] and s.relation(ref) == "payments"
+               and s.decisions[fate["decision_id"]]["kind"] == "match"
+               and len(s.listed_in(ref, "batches")) == 1)
+    payment = s.decisions[s.fates[ref]["decision_id"]]
+    (batch,) = s.listed_in(ref, "batches")
+    record = _settle_json(capsys, s, pg_dsn, ref)
+    check_decision(record["decision"], payment)
+    assert record["decision"]["sums"] is None
+    assert record["other_relations"] == ["batches"]
+    (other,) = record["other_decisions"]
+    check_decision(other, batch)
+    _check_sums(other["sums"], batch)
+    text = _settle_text(capsys, s, pg_dsn, ref)
+    assert f"  also in     relation batches: decision {batch['decision_id']}" in text
+    assert "    sums        payout " in text and "payments" not in text.split("also in", 1)[1]
+
+
+def test_a_bank_credit_is_in_its_deposit_only(capsys, settled, pg_dsn):
+    s = settled
+    ref = next(ref for ref, fate in sorted(s.fates.items())
+               if fate["topic"] == s.topics["bank"] and s.relation(ref) == "deposits")
+    record = _settle_json(capsys, s, pg_dsn, ref)
+    assert record["decision"]["relation"] == "deposits"
+    assert record["other_relations"] == [] and record["other_decisions"] == []
+    assert "also in" not in _settle_text(capsys, s, pg_dsn, ref)
+
+
+def test_other_decisions_are_looked_up_in_a_window_end_range(settled, pg_dsn):
+    """Both stores find a record's decisions by ref only inside the range; a record not in
+    the archive is placed by its fate's window_end."""
+    s = settled
+    ref = _a_payout(s)
+    listing = sorted(d["decision_id"] for d in s.listing[ref])
+    ends = [_us(d["window_end"]) for d in s.listing[ref]]
+    archive = explain.ArchiveReader(s.day.work / "data" / NS_SETTLE)
+    event = explain._decoded(archive.rows([ref]), Decoder(s.config))[ref]
+    for store in (explain.PgStore(pg_dsn, NS_SETTLE),
+                  explain.ParquetStore(s.day.work / "data", NS_SETTLE)):
+        with store:
+            found = store.decisions_with_member(ref, min(ends), max(ends) + 1)
+            assert sorted(d["decision_id"] for d in found) == listing
+            assert [d["decision_id"] for d in
+                    store.decisions_with_member(ref, min(ends), max(ends))] != listing
+            assert store.decisions_with_member(ref, max(ends) + 1, max(ends) + 2 * 86_400_000_000) == []
+            src = explain.Sources(store, archive, s.config)
+            fate = s.fates[ref] | {"window_end": _us(s.fates[ref]["window_end"])}
+            decision = store.decision(fate["decision_id"], fate["window_end"])
+            by_event = explain._others(src, ref, event, fate, decision)
+            by_fate = explain._others(src, ref, None, fate, decision)
+            assert by_event == by_fate and by_event[1] == ("deposits",)
+            assert [d["relation"] for d in by_event[0]] == ["deposits"]
+
+
+def test_a_config_without_relations_explains_as_before(capsys, flushed, stored, pg_dsn,
+                                                       monkeypatch):
+    def no_lookup(*args):
+        raise AssertionError("a config without relations looked for other decisions")
+    monkeypatch.setattr(explain.PgStore, "decisions_with_member", no_lookup)
+    monkeypatch.setattr(explain.ParquetStore, "decisions_with_member", no_lookup)
+    fate = first_fate(stored, lambda f, d: d["tier"] == 1 and len(d["member_refs"]) == 3)
+    ref = f"{fate['topic']}:{fate['partition']}:{fate['offset']}"
+    for store in ("postgres", "parquet"):
+        rc, got = as_json(capsys, flushed, pg_dsn, ref, "--store", store)
+        (record,) = got["records"]
+        assert rc == 0 and set(record) == KEYS and "sums" not in record["decision"]
+        rc, out = run_explain(capsys, flushed, pg_dsn, ref, "--store", store)
+        assert "also in" not in out and "  sums  " not in out

@@ -3,7 +3,16 @@
 Everything shown is read back, not recomputed: the fate and the decision from
 PostgreSQL (or the Parquet files), the raw bytes from the namespace's archive
 (<data-dir>/<namespace>/events). Only the rule texts and the watermark condition
-are derived, from the decision's kind and the matching config.
+are derived, from the decision's kind and the matching config, and a batch
+decision's sums (the payout, the items' gross, fees and nets, and the difference)
+are added up from its members' values as decoded from the raw archive.
+
+A record in two relations (a processor item in its payment's match and in its
+batch; a payout in its batch and in its deposit) has one fate, pointing at its
+decision in its primary relation. Its decisions in the others are read back too:
+the decisions listing it among their members, found by its ref in a window_end
+range its event time and the config's relations bound (`_others`), and only for a
+config with relations.
 
 The watermark at the moment of a decision depends on how records were batched,
 so it is not stored. What is deterministic, and what is stated, is the condition
@@ -16,6 +25,7 @@ that + allowed_lateness.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -24,11 +34,14 @@ from pathlib import Path
 from flows.logs import UserError, printable, redact
 from sinks.stores import Archive, ParquetStore
 from sinks.stores import PostgresStore as PgStore
+import msgspec
+
+from state import relations as rel
 from state.config import MatchConfig
 from state.contract import Event, format_us
 from state.decision import (CLOCK_SKEW, DUPLICATE, HEARTBEAT, INVALID_KIND, LATE, MISMATCH, PENDING,
                             REDELIVERY)
-from state.rules import KIND_RULES, OUTCOME_RULES, TIER_RULES
+from state.rules import BATCH_RULES, KIND_RULES, OUTCOME_RULES, PAYOUT_RULES, TIER_RULES
 
 # pyarrow and psycopg are imported where used (sinks.stores loads neither at import): the
 # CLI imports this module for every `tally` command, which should stay cheap.
@@ -36,6 +49,7 @@ from state.rules import KIND_RULES, OUTCOME_RULES, TIER_RULES
 STORES = ("postgres", "parquet")
 PREVIEW_CHARS = 300  # of a raw value in the text output; --json gives it whole
 DECIDED, UNKNOWN = "decided", "unknown"  # statuses besides PENDING
+DAY_US = 86_400_000_000  # the margin around the window_end range of a record's other decisions
 _REF = re.compile(r"^([A-Za-z0-9._-]{1,249}):([0-9]{1,10}):([0-9]{1,19})$")
 
 # ----------------------------------------------------------------------------- data
@@ -77,6 +91,32 @@ class Detail:
     archived: bool = False
 
 
+@dataclass(frozen=True)
+class Sums:
+    """A batch decision's sums, added up from its members' archived values."""
+
+    currency: str
+    payouts: int  # how many members are payouts ...
+    items: int  # ... and how many items (fee lines too)
+    payout_minor: int
+    gross_minor: int
+    fees_minor: int
+    nets_minor: int  # gross - fees
+    difference_minor: int  # payout - nets: 0 when the batch settles
+    unread: int = 0  # members not in the archive (or not events), left out of the sums
+
+
+@dataclass
+class Related:
+    """A decision of one of the record's other relations, listing it among its members."""
+
+    decision: dict  # canonical decision row
+    members: list[Detail]
+    candidates: list[Detail]
+    rule: str
+    sums: Sums | None = None
+
+
 @dataclass
 class Explanation:
     ref: str
@@ -91,6 +131,10 @@ class Explanation:
     watermark: str | None = None
     first_delivery: Detail | None = None
     notes: list[str] = field(default_factory=list)
+    sums: Sums | None = None  # the decision's, when a batch relation made it
+    # the record's decisions in its other relations; None for a config without relations
+    others: list[Related] | None = None
+    other_relations: list[str] = field(default_factory=list)  # the relations looked in
 
 
 def ref_key(ref: str) -> tuple[str, int, int]:
@@ -113,6 +157,11 @@ def duration(us: int) -> str:
     return f"{us}us"
 
 
+def days(us: int) -> str:
+    """A relation's span: in days when whole days (a relation's are, mostly)."""
+    return f"{us // DAY_US}d" if us % DAY_US == 0 else duration(us)
+
+
 def parse_query(text: str, config: MatchConfig) -> Query:
     """TOPIC:PARTITION:OFFSET, else SOURCE:EVENT_ID (a configured source wins a tie)."""
     ref, head = _REF.match(text), text.split(":", 1)[0]
@@ -131,17 +180,24 @@ def parse_query(text: str, config: MatchConfig) -> Query:
 
 
 def explain(ref: str, raw: Raw | None, fate: dict | None, decision: dict | None,
-            records: dict[str, object], config: MatchConfig, replay: bool = False) -> Explanation:
+            records: dict[str, object], config: MatchConfig, replay: bool = False,
+            others: list[dict] | None = None, other_relations=()) -> Explanation:
     """The explanation of the record at `ref` from what the stores hold.
 
-    `records` are the decoded archived records (state.contract) of the decision's
-    members and candidates, by ref; `replay` says the namespace is a replay's.
+    `records` are the decoded archived records (state.contract) of the decisions'
+    members and candidates, by ref; `replay` says the namespace is a replay's;
+    `others` are the record's decisions in its other relations, `other_relations`
+    (None for a config without relations).
     """
     out = Explanation(ref, _status(raw, fate), raw, fate, decision)
     if decision is not None:
         out.members, out.candidates = _details(decision, records)
         out.rule, out.watermark = rule_text(decision, config), watermark_text(decision, config)
         out.notes += _window_check(decision, config)
+        out.sums = batch_sums(decision, records, config)
+    if others is not None:
+        out.others = [_related(d, records, config) for d in others]
+        out.other_relations = list(other_relations)
     elif fate is not None and fate["decision_id"] is not None:
         out.notes.append(f"decision {fate['decision_id']} is not in the store (yet)")
     if out.status == PENDING:
@@ -151,6 +207,50 @@ def explain(ref: str, raw: Raw | None, fate: dict | None, decision: dict | None,
             horizon=duration(config.redelivery_horizon_us), time=iso(fate["window_end"]))
         out.first_delivery = _first_delivery(ref, fate, out.members)
     return out
+
+
+def _related(decision: dict, records: dict[str, object], config: MatchConfig) -> Related:
+    members, candidates = _details(decision, records)
+    return Related(decision, members, candidates, rule_text(decision, config),
+                   batch_sums(decision, records, config))
+
+
+def relation_of(decision: dict, config: MatchConfig) -> rel.Relation | None:
+    """The config's relation that made the decision (its tolerance filled in), if named."""
+    if decision["relation"] is None or not config.relations:
+        return None
+    return next((r for r in config.relation_list() if r.name == decision["relation"]), None)
+
+
+def span(relation: rel.Relation) -> int:
+    """How far a relation's windows reach: its window, or its lag's upper end."""
+    return relation.lag_max_us if relation.rule == rel.PAYOUT else relation.window_us
+
+
+def decision_config(decision: dict, config: MatchConfig) -> MatchConfig:
+    """The config as the decision's relation read it (state/engine.py `_desk`): its window
+    as match_window, its tolerance as amount_tolerance."""
+    relation = relation_of(decision, config)
+    if relation is None:
+        return config
+    return msgspec.structs.replace(config, match_window_us=span(relation),
+                                   amount_tolerance_ppm=relation.tolerance_ppm)
+
+
+def batch_sums(decision: dict, records: dict[str, object], config: MatchConfig) -> Sums | None:
+    """A batch relation's decision: the payout, the items' gross, fees and nets and the
+    difference, from the members' decoded archived values (none in several currencies)."""
+    relation = relation_of(decision, config)
+    if relation is None or relation.rule != rel.BATCH:
+        return None
+    read = [e for e in map(records.get, decision["member_refs"]) if isinstance(e, Event)]
+    if len({e.currency for e in read}) != 1:
+        return None
+    items = [e for e in read if not e.payout]
+    paid = sum(e.amount_minor for e in read if e.payout)
+    gross, fees = sum(e.amount_minor for e in items), sum(e.fee_minor or 0 for e in items)
+    return Sums(read[0].currency, len(read) - len(items), len(items), paid, gross, fees,
+                gross - fees, paid - (gross - fees), len(decision["member_refs"]) - len(read))
 
 
 def _status(raw: Raw | None, fate: dict | None) -> str:
@@ -199,6 +299,14 @@ def _first_delivery(ref: str, fate: dict, members: list[Detail]) -> Detail | Non
 
 
 def rule_text(decision: dict, config: MatchConfig) -> str:
+    relation = relation_of(decision, config)
+    config = decision_config(decision, config)
+    own = {rel.BATCH: BATCH_RULES, rel.PAYOUT: PAYOUT_RULES}.get(relation and relation.rule, {})
+    key = decision["tier"] if decision["kind"] == "match" else decision["exception_kind"]
+    if key in own:
+        lag = f"{days(relation.lag_min_us)} to {days(relation.lag_max_us)}"
+        return own[key].format(window=days(relation.window_us), lag=lag,
+                               tolerance=f"{config.amount_tolerance_ppm / 10_000:g}% of the larger")
     if decision["kind"] == "match":
         return TIER_RULES.get(decision["tier"], f"tier {decision['tier']}: not a tier this "
                                                 f"version of Tally knows")
@@ -211,6 +319,8 @@ def rule_text(decision: dict, config: MatchConfig) -> str:
 
 
 def watermark_text(decision: dict, config: MatchConfig) -> str:
+    relation = relation_of(decision, config)
+    config = decision_config(decision, config)
     kind, end = decision["exception_kind"], decision["window_end"]
     lateness = duration(config.allowed_lateness_us)
     if kind == LATE:
@@ -228,6 +338,13 @@ def watermark_text(decision: dict, config: MatchConfig) -> str:
                 "window_start and window_end, or one match_window later if that anchor read its "
                 "evidence, i.e. once every source partition's event-time progress had passed that "
                 f"time + allowed_lateness ({lateness})")
+    if relation is not None and relation.rule != rel.MATCH:  # due at its window's end
+        return (f"decided once the watermark of relation {relation.name} passed window_end "
+                f"{iso(end)}, i.e. once the event-time progress of every partition of "
+                f"{', '.join(relation.reads())} had passed {iso(end + config.allowed_lateness_us)} "
+                f"(window_end + allowed_lateness {lateness}); the exact watermark then depends "
+                f"on batching and is not stored (a bounded run with --flush decides the windows "
+                f"still open at its end without this wait)")
     alone = decision["tier"] == 1 or kind == MISMATCH  # may decide from its window alone
     wait, what = (end, "window_end") if alone else (end + config.match_window_us,
                                                      "window_end + match_window")
@@ -256,10 +373,14 @@ def _window_check(decision: dict, config: MatchConfig) -> list[str]:
     if decision["exception_kind"] in (LATE, INVALID_KIND, CLOCK_SKEW):
         return []
     length = decision["window_end"] - decision["window_start"]
-    if length == config.match_window_us:
+    relation = relation_of(decision, config)
+    expected = config.match_window_us if relation is None else span(relation)
+    if length == expected:
         return []
-    return [f"this window is {duration(length)} long but the config's match_window is "
-            f"{duration(config.match_window_us)}: pass the namespace's config with --config"]
+    what = ("the config's match_window" if relation is None else
+            f"relation {relation.name}'s {'lag' if relation.rule == rel.PAYOUT else 'window'}")
+    return [f"this window is {duration(length)} long but {what} is {duration(expected)}: pass "
+            f"the namespace's config with --config"]
 
 
 # ----------------------------------------------------------------------------- text output
@@ -313,7 +434,7 @@ def record_lines(x: Explanation, namespace: str, where: str) -> list[str]:
         lines += decision_lines(x)
     elif x.watermark:
         lines.append(f"  watermark   {x.watermark}")
-    return lines + [f"  note        {n}" for n in x.notes]
+    return lines + other_lines(x) + [f"  note        {n}" for n in x.notes]
 
 
 def _raw_lines(raw: Raw | None) -> list[str]:
@@ -336,7 +457,28 @@ def _fate_lines(x: Explanation) -> list[str]:
 
 
 def decision_lines(x: Explanation) -> list[str]:
-    d = x.decision
+    return _decision_lines(x.decision, x.rule, x.members, x.candidates, x.sums, x.ref) + \
+        [f"  watermark   {x.watermark}"]
+
+
+def other_lines(x: Explanation) -> list[str]:
+    """The record's decisions in its other relations, each indented under its relation."""
+    lines = []
+    for name in x.other_relations:
+        found = [o for o in x.others or () if o.decision["relation"] == name]
+        if not found:
+            lines.append(f"  also in     relation {printable(name)}: no decision lists this record "
+                         f"(yet)")
+        for o in found:
+            lines.append(f"  also in     relation {printable(name)}: decision "
+                         f"{o.decision['decision_id']}")
+            lines += ["  " + line for line in
+                      _decision_lines(o.decision, o.rule, o.members, o.candidates, o.sums, x.ref)]
+    return lines
+
+
+def _decision_lines(d: dict, rule: str | None, members: list[Detail], candidates: list[Detail],
+                    sums: Sums | None, own: str) -> list[str]:
     what = d["kind"] + (f", tier {d['tier']}" if d["tier"] is not None else "") + \
         (f", {d['exception_kind']}" if d["exception_kind"] else "")
     facts = [what] + ([f"relation {printable(d['relation'])}"] if d["relation"] else []) + \
@@ -345,18 +487,31 @@ def decision_lines(x: Explanation) -> list[str]:
         ([f"fee {_amount(d['fee_minor'], d['currency'])}"] if d["fee_minor"] is not None else []) + \
         ([f"confidence {d['confidence']:g}"] if d["confidence"] is not None else [])
     lines = [f"  decision    {'  '.join(facts)}",
-             f"  rule        {x.rule}",
+             f"  rule        {rule}",
              f"  reason      {printable(d['reason'] or '-')}"]
     if d["missing_sources"]:
         lines.append(f"  missing     {', '.join(map(printable, d['missing_sources']))}")
-    lines.append(f"  members     {len(x.members)}")
-    lines += [_detail_line(m, x.ref) for m in x.members]
-    lines.append(f"  candidates  {len(x.candidates) or 'none'}")
-    lines += [_detail_line(c, x.ref) for c in x.candidates]
+    lines.append(f"  members     {len(members)}")
+    lines += [_detail_line(m, own) for m in members]
+    if sums is not None:
+        lines += sums_lines(sums)
+    lines.append(f"  candidates  {len(candidates) or 'none'}")
+    lines += [_detail_line(c, own) for c in candidates]
     if d["raw_base64"] is not None:
         lines.append(f"  raw bytes   {preview(base64.b64decode(d['raw_base64']))}")
-    return lines + [f"  window      {iso(d['window_start'])} .. {iso(d['window_end'])}",
-                    f"  watermark   {x.watermark}"]
+    return lines + [f"  window      {iso(d['window_start'])} .. {iso(d['window_end'])}"]
+
+
+def sums_lines(s: Sums) -> list[str]:
+    def money(minor: int) -> str:
+        return _amount(minor, s.currency)
+    unread = (f"; {s.unread} member{'' if s.unread == 1 else 's'} not in the archive, left out"
+              if s.unread else "")
+    return [f"  sums        payout {money(s.payout_minor)} ({s.payouts} payout"
+            f"{'' if s.payouts == 1 else 's'}); {s.items} item{'' if s.items == 1 else 's'}: "
+            f"gross {money(s.gross_minor)}, fees {money(s.fees_minor)}, nets {money(s.nets_minor)}; "
+            f"difference {money(s.difference_minor)} (payout - nets)",
+            f"              added up from the members' archived values{unread}"]
 
 
 def _detail_line(m: Detail, own: str) -> str:
@@ -383,7 +538,22 @@ def record_json(x: Explanation) -> dict:
             "decision": _decision_json(x), "outcome_rule": x.outcome_rule, "rule": x.rule,
             "watermark": x.watermark,
             "first_delivery": None if x.first_delivery is None else _detail_json(x.first_delivery),
-            "notes": x.notes}
+            "notes": x.notes} | _others_json(x)
+
+
+def _others_json(x: Explanation) -> dict:
+    """The record's other relations and its decisions there: keys only a config with
+    relations has, so that a config without them gives the JSON it always gave."""
+    if x.others is None:
+        return {}
+    return {"other_relations": x.other_relations,
+            "other_decisions": [_decision_dict(o.decision, o.members, o.candidates)
+                                | {"rule": o.rule, "sums": _sums_json(o.sums)}
+                                for o in x.others]}
+
+
+def _sums_json(s: Sums | None) -> dict | None:
+    return None if s is None else dataclasses.asdict(s)
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -407,16 +577,20 @@ def _fate_json(fate: dict | None) -> dict | None:
 
 
 def _decision_json(x: Explanation) -> dict | None:
-    d = x.decision
-    if d is None:
+    if x.decision is None:
         return None
+    out = _decision_dict(x.decision, x.members, x.candidates)
+    return out if x.others is None else out | {"sums": _sums_json(x.sums)}
+
+
+def _decision_dict(d: dict, members: list[Detail], candidates: list[Detail]) -> dict:
     keep = ("decision_id", "kind", "tier", "exception_kind", "account", "currency",
             "amount_minor", "confidence", "reason", "raw_base64", "relation", "fee_minor")
     return {k: d[k] for k in keep} | {
         "missing_sources": list(d["missing_sources"]),
         "window_start": iso(d["window_start"]), "window_end": iso(d["window_end"]),
-        "members": [_detail_json(m) for m in x.members],
-        "candidates": [_detail_json(c) for c in x.candidates]}
+        "members": [_detail_json(m) for m in members],
+        "candidates": [_detail_json(c) for c in candidates]}
 
 
 def _detail_json(m: Detail) -> dict:
@@ -488,9 +662,14 @@ def lookup(query: Query, src: Sources) -> list[Explanation]:
         refs = sorted(fates.keys() | raws.keys(), key=ref_key)
         raws |= src.archive.rows([r for r in refs if r not in raws])
     decisions = {r: _decision(src.store, fates.get(r)) for r in refs}
-    records = _decoded(src.archive.rows(_detail_refs(decisions.values(), refs)), decoder)
-    found = [explain(r, raws.get(r), fates.get(r), decisions[r], records, src.config, src.replay)
-             for r in refs]
+    own = _decoded({r: raws[r] for r in refs if r in raws}, decoder)
+    others = {r: _others(src, r, own.get(r), fates.get(r), decisions[r]) for r in refs} \
+        if src.config.relations else {}  # a config without relations: no other decisions
+    listed = [*decisions.values(), *(d for found, _ in others.values() for d in found)]
+    wanted = _detail_refs(listed, refs) - own.keys()
+    records = own | _decoded(src.archive.rows(wanted), decoder)
+    found = [explain(r, raws.get(r), fates.get(r), decisions[r], records, src.config, src.replay,
+                     *others.get(r, (None, ()))) for r in refs]
     for x in found:
         if x.status == UNKNOWN:
             x.notes.append(_span_note(src.archive, x.ref))
@@ -520,6 +699,45 @@ def _decision(store, fate: dict | None) -> dict | None:
     if fate is None or fate["decision_id"] is None:
         return None
     return store.decision(fate["decision_id"], fate["window_end"])
+
+
+def _others(src: Sources, ref: str, record: object, fate: dict | None,
+            decision: dict | None) -> tuple[list[dict], tuple[str, ...]]:
+    """The record's decisions in its other relations (not its primary one, which its fate
+    names), and those relations' names.
+
+    Its relations are the ones state.relations.route gives its decoded event. A decision
+    listing it ends its window at most the longest span of the config's relations after
+    the record's event time (its anchor is the decision's earliest member, its window that
+    span at most), so only window_ends from a day before the event time to a day past that
+    span are looked at. A record not in the archive is placed by its fate instead: every
+    other relation reading its source, around its fate's window_end, that span either way
+    (and only the relations found listing it are named).
+    """
+    relations = src.config.relation_list()
+    longest = max(span(r) for r in relations)
+    if isinstance(record, Event):
+        kind = rel.record_kind(record.payout, record.amount_minor, record.fee_minor)
+        route = rel.route(relations, record.source, kind, record.batch_id is not None)
+        names = tuple(relations[i].name for i in route[1:])
+        since, until = record.time_us - DAY_US, record.time_us + longest + DAY_US
+    elif fate is not None and fate["window_end"] is not None and fate["source"] is not None:
+        primary = None if decision is None else decision["relation"]
+        names = tuple(r.name for r in relations
+                      if fate["source"] in r.reads() and r.name != primary)
+        end = fate["window_end"]
+        since, until = end - longest - DAY_US, end + longest + DAY_US
+    else:
+        return [], ()
+    if not names:
+        return [], ()
+    own_id = None if fate is None else fate["decision_id"]
+    found = [d for d in src.store.decisions_with_member(ref, since, until)
+             if d["relation"] in names and d["decision_id"] != own_id]
+    found.sort(key=lambda d: (names.index(d["relation"]), d["window_end"], d["decision_id"]))
+    if not isinstance(record, Event):  # its relations guessed: name only those that list it
+        names = tuple(n for n in names if any(d["relation"] == n for d in found))
+    return found, names
 
 
 def _detail_refs(decisions, refs: list[str]) -> set[str]:
