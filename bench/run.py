@@ -27,6 +27,7 @@ BENCHMARKS = [
     ("flow", "the whole flow on the backlog"),
     ("sinks", "PostgreSQL and Parquet write paths alone"),
     ("state_size", "one million open events: memory and snapshot"),
+    ("settlement_state", "a day of one million open ledger payments (settlement config)"),
     ("latency", "live decision latency at a steady rate"),
     ("profile", "where the flow spends its time (py-spy)"),
 ]
