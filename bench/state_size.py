@@ -182,19 +182,8 @@ def _publish_copies(ctx: Context, copies: float, tag: str) -> dict[str, str]:
     return added
 
 
-class _OpenOnly(msgspec.Struct):
-    """An engine Account, reading only its open events (kept raw)."""
-
-    open: list[msgspec.Raw] = []
-
-
-# A ShardSnapshot (config, progress, accounts, flushed), without building its events.
-_OPEN_IN_SNAPSHOT = msgspec.msgpack.Decoder(
-    tuple[msgspec.Raw, msgspec.Raw, list[tuple[str, _OpenOnly]], bool])
-
-
 def _open_events(snapshot: bytes) -> int:
-    return sum(len(account.open) for _, account in _OPEN_IN_SNAPSHOT.decode(snapshot)[2])
+    return decode_snapshot(snapshot).open_count()
 
 
 def _flow(ctx: Context, target: int) -> Result:

@@ -230,9 +230,38 @@ class Shard:
         for t, p, ahead, held in snap.ahead:
             shard.clocks[(t, p)].ahead, shard.clocks[(t, p)].held = ahead, held
         shard.flushed = snap.flushed
-        for desk, accounts in zip(shard.desks, [snap.accounts, *snap.desks]):
+        every = [snap.accounts, *snap.desks]
+        _share(every)
+        for desk, accounts in zip(shard.desks, every):
             desk.restore(accounts)
         return shard
+
+
+_SHARED_FIELDS = ("source", "topic", "currency", "account")
+
+
+def _share(desks: list[list[tuple[str, Account]]]) -> None:
+    """Make a restored state as compact as the live one: one string object per distinct
+    source, topic, currency and account (as the decoder shares them), and one Event for
+    a record that several desks hold (a snapshot writes it once per desk)."""
+    strings: dict[str, str] = {}
+    first: dict[tuple, Event] | None = {} if len(desks) > 1 else None
+    for accounts in desks:
+        for _, account in accounts:
+            account.open = [_one(event, strings, first) for event in account.open]
+
+
+def _one(event: Event, strings: dict[str, str], first: dict[tuple, Event] | None) -> Event:
+    if first is not None:
+        position = (event.topic, event.partition, event.offset)
+        known = first.get(position)
+        if known is not None:
+            return known
+        first[position] = event
+    for name in _SHARED_FIELDS:
+        value = getattr(event, name)
+        msgspec.structs.force_setattr(event, name, strings.setdefault(value, value))
+    return event
 
 
 def _desk(relation: Relation, config: MatchConfig, primary) -> Desk:

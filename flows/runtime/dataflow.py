@@ -20,7 +20,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from flows.runtime import disk
 
-from flows.runtime import metrics
+from flows.runtime import memory, metrics
 from flows.logs import UserError
 from flows.runtime.placement import shard_key, shard_of_key
 from flows.runtime.source import Counters, RawBatch, TallySource
@@ -104,6 +104,7 @@ class ShardLogic(StatefulBatchLogic):
         with metrics.snapshot_timer():
             snap = encode_snapshot(self.shard)
         self._count_open()
+        memory.give_back()
         return snap
 
     def _count_open(self) -> None:

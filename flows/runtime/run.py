@@ -30,6 +30,7 @@ from flows.logs import FlowError, UserError
 from flows.runtime.dataflow import FlowSettings, FlowStats, build_flow
 from flows.runtime.pacemaker import Pacemaker, silent_partitions
 from flows.progress import Progress, table
+from flows.runtime import memory
 from state.contract import Part
 
 
@@ -188,6 +189,7 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
         # An error in a step (or in making the recovery store) panics in bytewax's Rust;
         # keep its backtrace out of the way.
         os.environ["RUST_BACKTRACE"] = "0"
+    memory.limit_arenas()
     stretch = stretch or live_stretch(options.brokers, config)
     if stretch.ends is None and options.until_end:
         stretch.ends = kafka_io.end_offsets(options.brokers, list(config.topics.values()))
