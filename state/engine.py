@@ -94,15 +94,16 @@ def take_unowned(record, high_before: int, out: "Output") -> bool:
 
 
 class ShardSnapshot(msgspec.Struct, array_like=True):
-    """The whole engine state as plain data."""
+    """The whole engine state as plain data. Each account is encoded on its own (an
+    Account, as msgpack), so a restore decodes one account at a time (`_restored`)."""
 
     config: MatchConfig
     progress: list[tuple[str, int, int]]  # (topic, partition, highest event time)
-    accounts: list[tuple[str, Account]]
+    accounts: list[tuple[str, msgspec.Raw]]
     flushed: bool
     # (topic, partition, event time, the record if this shard owns it): held too far ahead
     ahead: list[tuple[str, int, int, Event | None]] = []
-    desks: list[list[tuple[str, Account]]] = []  # the accounts of every desk after the first
+    desks: list[list[tuple[str, msgspec.Raw]]] = []  # the accounts of every desk after the first
 
 
 class Shard:
@@ -128,6 +129,9 @@ class Shard:
         if route is None:
             route = self.routes[shape] = rel.route(self.relations, *shape)
         return route
+
+    def _in_several_desks(self, event: Event) -> bool:
+        return len(self._route(event)) > 1
 
     def _is_primary(self, index: int):
         return lambda event: self._route(event)[0] == index
@@ -218,10 +222,10 @@ class Shard:
     def snapshot(self) -> ShardSnapshot:
         return ShardSnapshot(config=self.config,
                              progress=[(t, p, c.high) for (t, p), c in self.clocks.items()],
-                             accounts=self.desks[0].accounts_state(), flushed=self.flushed,
+                             accounts=_encoded(self.desks[0]), flushed=self.flushed,
                              ahead=[(t, p, c.ahead, c.held) for (t, p), c in self.clocks.items()
                                     if c.ahead is not None],
-                             desks=[desk.accounts_state() for desk in self.desks[1:]])
+                             desks=[_encoded(desk) for desk in self.desks[1:]])
 
     @classmethod
     def restore(cls, snap: ShardSnapshot) -> "Shard":
@@ -231,24 +235,36 @@ class Shard:
             shard.clocks[(t, p)].ahead, shard.clocks[(t, p)].held = ahead, held
         shard.flushed = snap.flushed
         every = [snap.accounts, *snap.desks]
-        _share(every)
+        strings: dict[str, str] = {}
+        first: dict[tuple, Event] = {}  # records several desks hold, by log position
+        shared = shard._in_several_desks
         for desk, accounts in zip(shard.desks, every):
-            desk.restore(accounts)
+            desk.restore(_restored(accounts, strings, first, shared))
         return shard
 
 
 _SHARED_FIELDS = ("source", "topic", "currency", "account")
+_ACCOUNT_ENCODER = msgspec.msgpack.Encoder()
+_ACCOUNT_DECODER = msgspec.msgpack.Decoder(Account)
 
 
-def _share(desks: list[list[tuple[str, Account]]]) -> None:
-    """Make a restored state as compact as the live one: one string object per distinct
-    source, topic, currency and account (as the decoder shares them), and one Event for
-    a record that several desks hold (a snapshot writes it once per desk)."""
-    strings: dict[str, str] = {}
-    first: dict[tuple, Event] | None = {} if len(desks) > 1 else None
-    for accounts in desks:
-        for _, account in accounts:
-            account.open = [_one(event, strings, first) for event in account.open]
+def _encoded(desk: Desk) -> list[tuple[str, msgspec.Raw]]:
+    return [(name, msgspec.Raw(_ACCOUNT_ENCODER.encode(account)))
+            for name, account in desk.accounts_state()]
+
+
+def _restored(accounts: list[tuple[str, msgspec.Raw]], strings: dict[str, str],
+              first: dict[tuple, Event], shared):
+    """Each account decoded in turn and made as compact as the live state was: one string
+    object per distinct source, topic, currency and account (as the decoder shares them),
+    and one Event for a record that several desks hold (a snapshot writes it once per
+    desk). One account at a time, so the copies it drops are reused by the next, rather
+    than leaving the whole state's worth of holes in the heap."""
+    for name, raw in accounts:
+        account = _ACCOUNT_DECODER.decode(raw)
+        account.open = [_one(event, strings, first if shared(event) else None)
+                        for event in account.open]
+        yield name, account
 
 
 def _one(event: Event, strings: dict[str, str], first: dict[tuple, Event] | None) -> Event:

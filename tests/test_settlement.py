@@ -152,23 +152,24 @@ def test_a_credit_short_by_a_bank_charge_goes_to_review_never_matched():
     assert not [d for d in decisions if d.relation == "deposits" and d.kind == "match"]
 
 
-def test_two_equal_payouts_and_unhelpful_references_are_ambiguous():
+def two_equal_payouts(first_ref, second_ref):
+    """Payouts of B1 and B2 for 40.00, and two credits of 40.00 with these references."""
     processor = [rec("processor", "po1", "40.00", "21 23:40", "payout", batch_id="B1"),
                  rec("processor", "po2", "40.00", "21 23:50", "payout", batch_id="B2")]
-    bank = [rec("bank", "c1", "40.00", "23 06:00", reference="ACQUIRER"),
-            rec("bank", "c2", "40.00", "23 06:01", reference="ACQUIRER")]
-    decisions, _, _ = run({"processor": processor, "bank": bank})
+    bank = [rec("bank", "c1", "40.00", "23 06:00", reference=first_ref),
+            rec("bank", "c2", "40.00", "23 06:01", reference=second_ref)]
+    return run({"processor": processor, "bank": bank})[0]
+
+
+def test_two_equal_payouts_and_unhelpful_references_are_ambiguous():
+    decisions = two_equal_payouts("ACQUIRER", "ACQUIRER")
     deposits = [d for d in decisions if d.relation == "deposits"]
     assert {d.exception_kind for d in deposits} == {"ambiguous"}
     assert not [d for d in decisions if d.relation == "deposits" and d.kind == "match"]
 
 
 def test_the_reference_tells_equal_payouts_apart():
-    processor = [rec("processor", "po1", "40.00", "21 23:40", "payout", batch_id="B1"),
-                 rec("processor", "po2", "40.00", "21 23:50", "payout", batch_id="B2")]
-    bank = [rec("bank", "c1", "40.00", "23 06:00", reference="PAYOUT B2"),
-            rec("bank", "c2", "40.00", "23 06:01", reference="PAYOUT B1")]
-    decisions, _, _ = run({"processor": processor, "bank": bank})
+    decisions = two_equal_payouts("PAYOUT B2", "PAYOUT B1")
     assert sorted(of(decisions, "deposits", "processor:po1").member_event_ids) == [
         "bank:c2", "processor:po1"]
     assert of(decisions, "deposits", "processor:po2").tier == 1
