@@ -30,8 +30,8 @@ from state.relations import Relation
 from state.routing import Slice
 from state.stream_time import TAKE, Clock, settle, walk
 
-__all__ = ["END_OF_TIME", "Output", "Shard", "ShardSnapshot", "decode_snapshot",
-           "encode_snapshot", "fate_of"]
+__all__ = ["END_OF_TIME", "Output", "Shard", "ShardSnapshot", "SnapshotFormatError",
+           "decode_snapshot", "encode_snapshot", "fate_of"]
 
 END_OF_TIME = 2**62
 
@@ -301,5 +301,14 @@ def encode_snapshot(shard: Shard) -> bytes:
     return SNAPSHOT_ENCODER.encode(shard.snapshot())
 
 
+class SnapshotFormatError(ValueError):
+    """A snapshot this version cannot read: written by another version of Tally."""
+
+
 def decode_snapshot(data: bytes) -> Shard:
-    return Shard.restore(SNAPSHOT_DECODER.decode(data))
+    try:
+        return Shard.restore(SNAPSHOT_DECODER.decode(data))
+    except (msgspec.ValidationError, msgspec.DecodeError) as err:
+        raise SnapshotFormatError(
+            f"the engine snapshot is not in this version's format ({err}): it was written by "
+            f"another version of Tally (the format changed with settlement, Tally 12/14)") from None

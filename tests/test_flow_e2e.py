@@ -5,8 +5,11 @@ The flow must decide exactly what the in-process engine decides for the same day
 
 from __future__ import annotations
 
+import pickle
 import re
+import shutil
 import signal
+import sqlite3
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -112,6 +115,23 @@ def test_a_namespace_refuses_to_resume_with_another_matching_config(published, b
     assert run.stderr.strip().splitlines()[-1] == (
         "tally: the matching config differs from the one in the recovery snapshot; "
         "use a new namespace (or the old config) to continue")
+
+
+def test_a_snapshot_of_another_format_is_refused_in_one_line(published, broker, pg_dsn):
+    """A recovery store written by a Tally whose engine state had another shape (here: a
+    msgpack array of the wrong length) stops the run at once, saying what to do."""
+    work, config_file, _ = published
+    data = Path(tempfile.mkdtemp(prefix="tally-old-snapshot-"))
+    shutil.copytree(work / "data" / "e2e_a" / "recovery", data / "e2e_a" / "recovery")
+    for store in (data / "e2e_a" / "recovery").glob("part-*.sqlite3"):
+        with sqlite3.connect(store) as db:
+            db.execute("UPDATE snaps SET ser_change = ? WHERE step_id LIKE '%engine%'",
+                       (pickle.dumps(b"\x94\x01\x02\x03\x04"),))
+    run = tally("run", "--brokers", broker, "--pg", pg_dsn, "--data-dir", str(data),
+                "--namespace", "e2e_a", "--until-end", "--config", str(config_file), expect=2)
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("tally: the engine snapshot is not in this version's format"), last
+    assert "replay its log into a new namespace" in last
 
 
 def test_two_processes_decide_exactly_what_one_does(published, broker, pg_dsn):

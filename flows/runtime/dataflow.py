@@ -28,7 +28,8 @@ from sinks.parquet_sink import ArchiveSink, DecisionSink
 from state.config import MatchConfig
 from state.contract import NEVER, Decoder, Part
 from state.decision import Decision
-from state.engine import Output, Shard, decode_snapshot, encode_snapshot
+from flows.runtime.recovery_store import restore
+from state.engine import Output, Shard, encode_snapshot
 from state.routing import split
 
 
@@ -170,7 +171,7 @@ def build_flow(settings: FlowSettings, stats: FlowStats, pacemaker=None) -> Data
                                                        settings.spread_keys, pacemaker))
 
     def build_shard(resume: bytes | None) -> ShardLogic:
-        shard = Shard(settings.config, partitions) if resume is None else decode_snapshot(resume)
+        shard = Shard(settings.config, partitions) if resume is None else restore(resume)
         if shard.config != settings.config:
             raise UserError("the matching config differs from the one in the recovery snapshot; "
                             "use a new namespace (or the old config) to continue")

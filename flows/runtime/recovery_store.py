@@ -26,7 +26,7 @@ from bytewax.recovery import init_db_dir
 from flows import logs
 from flows.logs import UserError
 from state.decision import Fate
-from state.engine import decode_snapshot
+from state.engine import Shard, SnapshotFormatError, decode_snapshot
 from state.contract import Part
 
 SOURCE_STEP = "tally.kafka"
@@ -45,8 +45,17 @@ class Committed:
         """Records consumed but still waiting for their window, by log position."""
         fates = []
         for snapshot in self.shards.values():
-            fates += decode_snapshot(snapshot).pending()
+            fates += restore(snapshot).pending()
         return sorted(fates, key=lambda f: (f.topic, f.partition, f.offset))
+
+
+def restore(snapshot: bytes) -> Shard:
+    """The engine shard of a committed snapshot, or one line saying why it cannot be."""
+    try:
+        return decode_snapshot(snapshot)
+    except SnapshotFormatError as err:
+        raise UserError(f"{err}; this namespace cannot be resumed: replay its log into a new "
+                        f"namespace (tally replay --from earliest) or start a new one") from None
 
 
 def read_committed(recovery_dir: Path, engine: bool = True) -> Committed | None:
