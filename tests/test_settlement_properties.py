@@ -16,8 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import msgspec
-import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from state.config import from_toml
@@ -25,7 +24,6 @@ from state.contract import Decoder, Event, Heartbeat
 from state.decision import fate_key, sort_key
 from state.engine import Shard, decode_snapshot, encode_snapshot
 from state.routing import split
-from state.scoring import within_tolerance
 from state.verdicts import format_minor
 from tests import settlement_reference as reference
 
