@@ -138,3 +138,81 @@ def run_child(argv: list[str], log_dir: Path, timeout: float) -> tuple[int, str,
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+
+
+def snapshot_figures(shard, snapshot_file: Path, base_mb: float, ingest_s: float) -> dict:
+    """In the building subprocess, once its inputs are dropped: the RSS with the shard's
+    state, and its snapshot, encoded (timed) and saved to `snapshot_file`."""
+    import gc
+    import hashlib
+
+    from state.engine import encode_snapshot
+    gc.collect()
+    with_state = status_mb("VmRSS")
+    started = time.perf_counter()
+    snapshot = encode_snapshot(shard)
+    encode_s = time.perf_counter() - started
+    snapshot_file.write_bytes(snapshot)
+    return {"open_events": shard.open_count(), "accounts": len(shard.desks[0].accounts),
+            "ingest_s": ingest_s, "encode_s": encode_s, "snapshot_bytes": len(snapshot),
+            "snapshot_sha256": hashlib.sha256(snapshot).hexdigest(),
+            "rss_base_mb": base_mb, "rss_with_state_mb": with_state,
+            "peak_rss_mb": status_mb("VmHWM")}
+
+
+def restore_figures(snapshot_file: Path) -> dict:
+    """In a fresh subprocess: decode a saved engine snapshot, timed; the RSS of the restored
+    shard alone; and whether it re-encodes to the very same bytes."""
+    import gc
+    import hashlib
+
+    from state.engine import decode_snapshot, encode_snapshot
+    base = status_mb("VmRSS")
+    data = snapshot_file.read_bytes()
+    size, digest = len(data), hashlib.sha256(data).hexdigest()
+    started = time.perf_counter()
+    shard = decode_snapshot(data)
+    decode_s = time.perf_counter() - started
+    del data
+    gc.collect()
+    restored = status_mb("VmRSS")
+    again = encode_snapshot(shard)
+    return {"open_events": shard.open_count(), "decode_s": decode_s, "rss_base_mb": base,
+            "rss_restored_mb": restored, "peak_rss_mb": status_mb("VmHWM"),
+            "reencoded_bytes": len(again), "exact": len(again) == size
+            and hashlib.sha256(again).hexdigest() == digest}
+
+
+def figures_child(ctx: Context, module: str, name: str, log_name: str, timeout: float,
+                  **spec) -> dict:
+    """Run `python -m <module> <name> <spec as JSON>`: the figures its last line prints."""
+    import sys
+    log = ctx.work / log_name
+    argv = [sys.executable, "-m", module, name, json.dumps(spec, default=str)]
+    code, out, _, _ = run_child(argv, log, timeout)
+    if code != 0:
+        raise RuntimeError(f"{module} {name} exited {code}; see {log}/stderr")
+    return json.loads(out.splitlines()[-1])
+
+
+def state_results(name: str, unit: str, built: dict, restored: dict) -> list[Result]:
+    """The encode and decode Results of one in-process state measurement (`snapshot_figures`
+    and `restore_figures`), per open `unit` ("event", "payment"); a restore that is not
+    exact fails the benchmark."""
+    n, size = built["open_events"], built["snapshot_bytes"]
+    if restored["open_events"] != n or not restored["exact"]:
+        raise RuntimeError(f"the snapshot of {n} open {unit}s restored "
+                           f"{restored['open_events']}, re-encoded "
+                           f"{'exactly' if restored['exact'] else 'differently'}")
+    live_mb = built["rss_with_state_mb"] - built["rss_base_mb"]
+    restored_mb = restored["rss_restored_mb"] - restored["rss_base_mb"]
+    common = {f"open_{unit}s": n, "accounts": built["accounts"],
+              "snapshot_MB": round(size / 1e6, 1), f"snapshot_bytes_per_{unit}": round(size / n)}
+    encode = Result(f"{name} encode", n, built["encode_s"], common | {
+        "state_MB": round(live_mb), f"state_bytes_per_{unit}": round(live_mb * 2**20 / n),
+        "peak_rss_MB": round(built["peak_rss_mb"]), "ingest_s": round(built["ingest_s"], 2)})
+    decode = Result(f"{name} decode", n, restored["decode_s"], common | {
+        "restored_state_MB": round(restored_mb),
+        f"restored_bytes_per_{unit}": round(restored_mb * 2**20 / n),
+        "restore_exact": "yes", "peak_rss_MB": round(restored["peak_rss_mb"])})
+    return [encode, decode]

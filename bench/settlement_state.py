@@ -41,8 +41,6 @@ In quick mode the target is QUICK_TARGET, not TARGET.
 
 from __future__ import annotations
 
-import gc
-import hashlib
 import json
 import random
 import re
@@ -55,7 +53,8 @@ from pathlib import Path
 
 import msgspec
 
-from bench.common import PARTITIONS, REPO, SEED, Context, Result, run_child, status_mb
+from bench.common import (PARTITIONS, REPO, SEED, Context, Result, figures_child, restore_figures,
+                          run_child, snapshot_figures, state_results, status_mb)
 from flows.dev.generate import (CURRENCIES, DAY, MAIN_CURRENCIES, MAIN_CURRENCY_CUM, format_amount,
                                 partition_for)
 from flows.kafka import kafka_io
@@ -63,7 +62,7 @@ from flows.runtime.recovery_store import read_committed
 from sinks.postgres import drop_namespace
 from state.config import MatchConfig, from_toml, to_toml
 from state.contract import Decoder, Event
-from state.engine import Shard, decode_snapshot, encode_snapshot
+from state.engine import Shard
 from state.routing import split
 
 TARGET = 1_000_000
@@ -153,45 +152,12 @@ def build(day: Path, topics: dict[str, str], target: int, snapshot_file: Path) -
     if decided or shard.open_count() != target:
         raise RuntimeError(f"{target} payments: {shard.open_count()} open, {decided} decided")
     del chunk, piece, out
-    gc.collect()
-    with_state = status_mb("VmRSS")
-    started = time.perf_counter()
-    snapshot = encode_snapshot(shard)
-    encode_s = time.perf_counter() - started
-    snapshot_file.write_bytes(snapshot)
-    return {"open_events": shard.open_count(), "accounts": len(shard.desks[0].accounts),
-            "ingest_s": ingest_s, "encode_s": encode_s, "snapshot_bytes": len(snapshot),
-            "snapshot_sha256": hashlib.sha256(snapshot).hexdigest(),
-            "rss_base_mb": base, "rss_with_state_mb": with_state, "peak_rss_mb": status_mb("VmHWM")}
-
-
-def restore(snapshot_file: Path) -> dict:
-    """Subprocess: decode a saved snapshot, timed; the RSS of the restored shard alone; and
-    whether it re-encodes to the same bytes."""
-    base = status_mb("VmRSS")
-    data = snapshot_file.read_bytes()
-    size, digest = len(data), hashlib.sha256(data).hexdigest()
-    started = time.perf_counter()
-    shard = decode_snapshot(data)
-    decode_s = time.perf_counter() - started
-    del data
-    gc.collect()
-    restored = status_mb("VmRSS")
-    again = encode_snapshot(shard)
-    return {"open_events": shard.open_count(), "decode_s": decode_s, "rss_base_mb": base,
-            "rss_restored_mb": restored, "peak_rss_mb": status_mb("VmHWM"),
-            "reencoded_bytes": len(again), "exact": len(again) == size
-            and hashlib.sha256(again).hexdigest() == digest}
+    return snapshot_figures(shard, snapshot_file, base, ingest_s)
 
 
 def _child(ctx: Context, name: str, **spec) -> dict:
-    """Run `python -m bench.settlement_state <name> <spec>`; the figures it prints."""
-    log = ctx.work / f"settlement-state-{name}"
-    argv = [sys.executable, "-m", "bench.settlement_state", name, json.dumps(spec, default=str)]
-    code, out, _, _ = run_child(argv, log, FLOW_TIMEOUT_S)
-    if code != 0:
-        raise RuntimeError(f"bench.settlement_state {name} exited {code}; see {log}/stderr")
-    return json.loads(out.splitlines()[-1])
+    return figures_child(ctx, "bench.settlement_state", name, f"settlement-state-{name}",
+                         FLOW_TIMEOUT_S, **spec)
 
 
 def _in_process(ctx: Context, day: Path, topics: dict[str, str], target: int) -> list[Result]:
@@ -199,22 +165,7 @@ def _in_process(ctx: Context, day: Path, topics: dict[str, str], target: int) ->
     b = _child(ctx, "build", day=day, topics=topics, target=target, snapshot_file=snapshot_file)
     r = _child(ctx, "restore", snapshot_file=snapshot_file)
     snapshot_file.unlink()
-    n, size = b["open_events"], b["snapshot_bytes"]
-    if r["open_events"] != n or not r["exact"]:
-        raise RuntimeError(f"the snapshot of {n} open payments restored {r['open_events']}, "
-                           f"re-encoded {'exactly' if r['exact'] else 'differently'}")
-    live_mb = b["rss_with_state_mb"] - b["rss_base_mb"]
-    restored_mb = r["rss_restored_mb"] - r["rss_base_mb"]
-    common = {"open_payments": n, "accounts": b["accounts"], "snapshot_MB": round(size / 1e6, 1),
-              "snapshot_bytes_per_payment": round(size / n)}
-    encode = Result("settlement open state encode", n, b["encode_s"], common | {
-        "state_MB": round(live_mb), "state_bytes_per_payment": round(live_mb * 2**20 / n),
-        "peak_rss_MB": round(b["peak_rss_mb"]), "ingest_s": round(b["ingest_s"], 2)})
-    decode = Result("settlement open state decode", n, r["decode_s"], common | {
-        "restored_state_MB": round(restored_mb),
-        "restored_bytes_per_payment": round(restored_mb * 2**20 / n),
-        "restore_exact": "yes", "peak_rss_MB": round(r["peak_rss_mb"])})
-    return [encode, decode]
+    return state_results("settlement open state", "payment", b, r)
 
 
 # ----------------------------------------------------------------------------- (b) the flow
@@ -271,5 +222,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "build":
         figures = build(Path(spec["day"]), spec["topics"], spec["target"], Path(spec["snapshot_file"]))
     else:
-        figures = restore(Path(spec["snapshot_file"]))
+        figures = restore_figures(Path(spec["snapshot_file"]))
     print(json.dumps(figures))

@@ -34,7 +34,6 @@ In quick mode the target is QUICK_TARGET, not TARGET.
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import re
@@ -46,14 +45,15 @@ from pathlib import Path
 
 import msgspec
 
-from bench.common import PARTITIONS, Context, Result, run_child, status_mb
+from bench.common import (PARTITIONS, Context, Result, figures_child, restore_figures, run_child,
+                          snapshot_figures, state_results, status_mb)
 from flows.kafka import dayfiles
 from flows.kafka import kafka_io
 from flows.runtime.recovery_store import read_committed
 from sinks.postgres import drop_namespace
 from state.config import MatchConfig
 from state.contract import Decoder, Event
-from state.engine import Shard, decode_snapshot, encode_snapshot
+from state.engine import Shard, decode_snapshot
 from state.routing import split
 
 TARGET = 1_000_000
@@ -103,38 +103,11 @@ def build(day: Path, topics: dict[str, str], target: int, snapshot_file: Path) -
         raise RuntimeError(f"{copies} copies of the day hold only {shard.open_count()} open events")
     ingest_s = time.perf_counter() - started
     del events, chunk, piece
-    gc.collect()
-    with_state = status_mb("VmRSS")
-    started = time.perf_counter()
-    snapshot = encode_snapshot(shard)
-    encode_s = time.perf_counter() - started
-    snapshot_file.write_bytes(snapshot)
-    return {"open_events": shard.open_count(), "accounts": len(shard.desks[0].accounts),
-            "ingest_s": ingest_s, "encode_s": encode_s, "snapshot_bytes": len(snapshot),
-            "rss_base_mb": base, "rss_with_state_mb": with_state, "peak_rss_mb": status_mb("VmHWM")}
-
-
-def restore(snapshot_file: Path) -> dict:
-    """Subprocess: decode a saved snapshot, timed; the RSS of the restored shard alone."""
-    base = status_mb("VmRSS")
-    data = snapshot_file.read_bytes()
-    started = time.perf_counter()
-    shard = decode_snapshot(data)
-    decode_s = time.perf_counter() - started
-    del data
-    gc.collect()
-    return {"open_events": shard.open_count(), "decode_s": decode_s, "rss_base_mb": base,
-            "rss_restored_mb": status_mb("VmRSS"), "peak_rss_mb": status_mb("VmHWM")}
+    return snapshot_figures(shard, snapshot_file, base, ingest_s)
 
 
 def _child(ctx: Context, name: str, **spec) -> dict:
-    """Run `python -m bench.state_size <name> <spec>`; the figures it prints."""
-    log = ctx.work / f"open-state-{name}"
-    argv = [sys.executable, "-m", "bench.state_size", name, json.dumps(spec, default=str)]
-    code, out, _, _ = run_child(argv, log, FLOW_TIMEOUT_S)
-    if code != 0:
-        raise RuntimeError(f"bench.state_size {name} exited {code}; see {log}/stderr")
-    return json.loads(out.splitlines()[-1])
+    return figures_child(ctx, "bench.state_size", name, f"open-state-{name}", FLOW_TIMEOUT_S, **spec)
 
 
 def _in_process(ctx: Context, target: int) -> list[Result]:
@@ -143,20 +116,7 @@ def _in_process(ctx: Context, target: int) -> list[Result]:
                            snapshot_file=snapshot_file)
     r = _child(ctx, "restore", snapshot_file=snapshot_file)
     snapshot_file.unlink()
-    n, size = b["open_events"], b["snapshot_bytes"]
-    if r["open_events"] != n:
-        raise RuntimeError(f"the snapshot of {n} open events restored {r['open_events']}")
-    live_mb = b["rss_with_state_mb"] - b["rss_base_mb"]
-    restored_mb = r["rss_restored_mb"] - r["rss_base_mb"]
-    common = {"open_events": n, "accounts": b["accounts"], "snapshot_MB": round(size / 1e6, 1),
-              "snapshot_bytes_per_event": round(size / n)}
-    encode = Result("open state encode", n, b["encode_s"], common | {
-        "state_MB": round(live_mb), "state_bytes_per_event": round(live_mb * 2**20 / n),
-        "peak_rss_MB": round(b["peak_rss_mb"]), "ingest_s": round(b["ingest_s"], 2)})
-    decode = Result("open state decode", n, r["decode_s"], common | {
-        "restored_state_MB": round(restored_mb),
-        "restored_bytes_per_event": round(restored_mb * 2**20 / n), "peak_rss_MB": round(r["peak_rss_mb"])})
-    return [encode, decode]
+    return state_results("open state", "event", b, r)
 
 
 # ----------------------------------------------------------------------------- (b) the flow
@@ -231,5 +191,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "build":
         figures = build(Path(spec["day"]), spec["topics"], spec["target"], Path(spec["snapshot_file"]))
     else:
-        figures = restore(Path(spec["snapshot_file"]))
+        figures = restore_figures(Path(spec["snapshot_file"]))
     print(json.dumps(figures))

@@ -207,6 +207,9 @@ class Book:
                     kept.append((source, event_id, seen))
                 elif (source, topic, partition, event_id) in self.shadowed:
                     kept.append((source, event_id, Seen(seen.ref, seen.time_us)))
+        # in an order of their own, not the dict's: a restored book fills `seen` in
+        # another order, and its snapshot must still be the same bytes
+        kept.sort(key=_memory_order)
         return kept
 
     def restore_seen(self, kept: list[tuple[str, str, Seen]], owns) -> None:
@@ -282,6 +285,10 @@ class Book:
 # the size order: by amount, then canonically (events themselves, no tuple kept per event)
 _SIZE = attrgetter("amount_minor", "time_us", "source", "event_id", "topic", "partition", "offset")
 _AMOUNT = attrgetter("amount_minor")
+
+
+def _memory_order(kept: tuple[str, str, Seen]) -> tuple[str, str, str]:
+    return kept[0], kept[1], kept[2].ref
 
 
 def _take(events: list[Event], event: Event) -> None:
