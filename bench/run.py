@@ -25,6 +25,7 @@ BENCHMARKS = [
     ("engine", "the engine in process"),
     ("density", "engine and whole flow as accounts get dense"),
     ("flow", "the whole flow on the backlog"),
+    ("quix", "the Python streaming peer: a Quix Streams app on the backlog (decode, per-key state)"),
     ("sinks", "PostgreSQL and Parquet write paths alone"),
     ("state_size", "one million open events: memory and snapshot"),
     ("settlement_state", "a day of one million open ledger payments (settlement config)"),
@@ -73,6 +74,10 @@ def _chosen(only: str | None) -> list[str]:
     return wanted
 
 
+# a peer's result -> the Tally result whose rate is divided by it, when both ran
+PEERS = {"quix streams": "whole flow"}
+
+
 def _run_all(ctx: Context, chosen: list[str]) -> list[Result]:
     results: list[Result] = []
     ceiling = None
@@ -86,6 +91,10 @@ def _run_all(ctx: Context, chosen: list[str]) -> list[Result]:
                 result.ratio_to_ceiling = round(result.events_per_s / ceiling, 3)
             print(f"  {result.name}: {result.events_per_s:,.0f} events/s", file=sys.stderr)
             results.append(result)
+    for result in results:
+        tally = next((r for r in results if r.name == PEERS.get(result.name)), None)
+        if tally is not None and result.events_per_s:
+            result.extra[f"{tally.name} / {result.name}"] = round(tally.events_per_s / result.events_per_s, 2)
     return results
 
 
