@@ -12,6 +12,7 @@ import socket
 import time
 import urllib.request
 from collections import defaultdict
+from datetime import datetime, timezone
 
 import psycopg
 import pytest
@@ -232,3 +233,25 @@ def _committed(read_committed, recovery) -> int | None:
         return read_committed(recovery, engine=False).epoch or None
     except Exception:  # the store is being created
         return None
+
+
+def test_each_relation_has_its_own_watermark():
+    """With [relations], a relation's watermark follows the sources it reads only: the
+    payments relation moves with the ledger and the processor while the bank is silent."""
+    from flows.runtime.dataflow import FlowStats
+    from flows.runtime.metrics import FlowCollector
+    from state.engine import Shard
+    from tests.test_settlement import SETTLEMENT, a_day, beat, feed
+
+    logs = a_day()
+    logs["ledger"].append(beat("ledger", "25 00:00"))
+    logs["processor"].append(beat("processor", "24 12:00"))
+    logs["bank"] = []
+    shard = Shard(SETTLEMENT, [(t, 0) for t in SETTLEMENT.topics.values()])
+    feed(shard, SETTLEMENT, logs)
+    families = {f.name: f for f in FlowCollector(FlowStats(shards=[shard]), SETTLEMENT.topics).collect()}
+    marks = {s.labels["relation"]: s.value for s in families["tally_relation_watermark_seconds"].samples}
+    twelve = datetime(2026, 11, 24, 12, tzinfo=timezone.utc).timestamp() \
+        - SETTLEMENT.allowed_lateness_us / 1e6
+    assert marks == {"payments": twelve, "batches": twelve}  # deposits waits for the bank
+    assert not families["tally_watermark_seconds"].samples  # the bank holds the lowest at never

@@ -26,6 +26,7 @@ METRIC_NAMES = (
     "tally_consumer_lag_records",
     "tally_partition_progress_seconds",
     "tally_watermark_seconds",
+    "tally_relation_watermark_seconds",
     "tally_open_events",
     "tally_matches_total",
     "tally_exceptions_total",
@@ -116,11 +117,29 @@ class FlowCollector:
         marks = [m for m in marks if m != NEVER]
         if marks:
             watermark.add_metric([PROCESS], _seconds(min(marks)))
+        yield watermark
+        yield from self._relations()
         open_events = GaugeMetricFamily("tally_open_events",
                                         "Events held in state, waiting for their window "
                                         "(counted at each snapshot)", labels=["process"])
         open_events.add_metric([PROCESS], sum(self.stats.open_events.values()))
-        yield from (watermark, open_events)
+        yield open_events
+
+    def _relations(self):
+        """Each relation's own watermark (docs/settlement.md): payments do not wait for the
+        bank's daily file, deposits do. Only for a config with relations."""
+        relation = GaugeMetricFamily("tally_relation_watermark_seconds",
+                                     "Event time before which a relation has decided everything "
+                                     "(Unix seconds)", labels=["process", "relation"])
+        lowest: dict[str, int] = {}
+        for shard in list(self.stats.shards):
+            for i, spec in enumerate(shard.relations):
+                mark = shard.watermark(i)
+                if spec.name is not None and mark != NEVER:
+                    lowest[spec.name] = min(mark, lowest.get(spec.name, mark))
+        for name, mark in sorted(lowest.items()):
+            relation.add_metric([PROCESS, name], _seconds(mark))
+        yield relation
 
     def _decisions(self):
         matches = CounterMetricFamily("tally_matches", "Match decisions", labels=["process", "tier"])
