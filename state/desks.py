@@ -71,8 +71,12 @@ class Desk:
     wake_tag: object = ()  # the heap tag of a quiet account's memories, comparable with the rule's
 
     def __init__(self, relation: Relation, config: MatchConfig,
-                 primary: Callable[[Event], bool]):
-        self.relation, self.config, self.primary = relation, config, primary
+                 primary: Callable[[Event], bool] | None = None):
+        """`primary` tells the records whose primary desk this is; None: all of them (no
+        record joins this desk from another), which spares asking per record."""
+        self.relation, self.config = relation, config
+        self.joined = primary is not None
+        self.primary = primary if primary is not None else _every
         self.accounts: dict[str, Book] = {}
         self.deadlines: list[tuple] = []  # (deadline, account, tag)
 
@@ -202,6 +206,8 @@ class Desk:
         return fates
 
     def open_count(self) -> int:
+        if not self.joined:
+            return sum(len(book.open) for book in self.accounts.values())
         return sum(1 for book in self.accounts.values() for e in book.open if self.primary(e))
 
     def redeliveries_waiting(self) -> int:
@@ -227,6 +233,10 @@ class Desk:
         """Schedule what a restored book holds open."""
         for event in book.open:
             self._added(name, book, event, event is book.open[0])
+
+
+def _every(event: Event) -> bool:
+    return True
 
 
 class MatchDesk(Desk):

@@ -113,7 +113,8 @@ class Shard:
         self.config = config
         self.clocks: dict[Part, Clock] = {p: Clock() for p in sorted(partitions)}
         self.relations = config.relation_list()
-        self.desks: list[Desk] = [_desk(r, config, self._is_primary(i))
+        joined = rel.joined(self.relations)
+        self.desks: list[Desk] = [_desk(r, config, self._is_primary(i) if i in joined else None)
                                   for i, r in enumerate(self.relations)]
         # the partitions each desk's watermark follows: those of the sources it reads
         source_of = config.source_of_topic()
@@ -280,7 +281,7 @@ def _one(event: Event, strings: dict[str, str], first: dict[tuple, Event] | None
     return event
 
 
-def _desk(relation: Relation, config: MatchConfig, primary) -> Desk:
+def _desk(relation: Relation, config: MatchConfig, primary=None) -> Desk:
     """A relation's desk, with the config as its rule reads it."""
     if relation.rule == rel.MATCH:
         expected, window, kind = relation.expected, relation.window_us, MatchDesk

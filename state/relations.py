@@ -184,6 +184,14 @@ def record_kind(payout: bool, amount_minor: int, fee_minor: int | None) -> str:
     return TRANSACTION
 
 
+def joined(relations: tuple[Relation, ...]) -> set[int]:
+    """The indexes of the relations that some records join as a secondary relation; every
+    record of the others is its own there."""
+    sources = {s for r in relations for s in r.reads()}
+    return {i for source in sources for kind in (PAYOUT_RECORD, FEE_LINE, TRANSACTION)
+            for batched in (False, True) for i in route(relations, source, kind, batched)[1:]}
+
+
 def route(relations: tuple[Relation, ...], source: str, kind: str, batched: bool) -> list[int]:
     """The indexes of the relations a record takes part in, its primary relation first.
 
