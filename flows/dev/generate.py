@@ -89,13 +89,17 @@ class GenerateSummary:
     heartbeats: int = 0
 
     def __str__(self) -> str:
-        def line(counts):
-            return " ".join(f"{k}={v}" for k, v in counts.items())
+        line = counts_line
         return (f"generated {self.transactions} payments into {self.out}\n"
                 f"  scenarios: {line(self.scenarios)}\n"
                 f"  flags:     {line(self.flags)}\n"
                 f"  clean payments: {self.clean_payments}\n"
                 f"  records:   {line(self.records)} heartbeats={self.heartbeats}")
+
+
+def counts_line(counts: dict[str, int]) -> str:
+    """Counts as a summary line prints them: name=count ..."""
+    return " ".join(f"{k}={v}" for k, v in counts.items())
 
 
 class TruthRecord(msgspec.Struct):

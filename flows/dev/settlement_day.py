@@ -33,7 +33,8 @@ from pathlib import Path
 import msgspec
 
 from flows.dev.generate import (CURRENCIES, DAY, MAIN_CURRENCIES, MAIN_CURRENCY_CUM, SEC, _no_gc,
-                                _Rng, default_accounts, format_amount, partition_for)
+                                _Rng, counts_line, default_accounts, format_amount,
+                                partition_for)
 
 SOURCES = ("ledger", "processor", "bank")
 TOPICS = {s: f"recon.{s}" for s in SOURCES}
@@ -92,8 +93,7 @@ class SettlementSummary:
     heartbeats: int = 0
 
     def __str__(self) -> str:
-        def line(counts):
-            return " ".join(f"{k}={v}" for k, v in counts.items())
+        line = counts_line
         return (f"generated {self.payments} payments over {self.days} days into {self.out}\n"
                 f"  accounts: {self.accounts}  refunds: {self.refunds}  batches: {self.batches} "
                 f"(clean {self.clean_batches})  fee lines: {self.fee_lines}\n"
