@@ -84,12 +84,14 @@ class Desk:
 
     def take(self, event: Event, high_before: int, late: Callable, out: Output) -> bool:
         """A record of which this is the primary desk: False if it was a redelivery or
-        late (and so decided here, alone), True if it is now open."""
+        late (and so decided here, alone, by `late(event, high_before=, config=)`), True if
+        it is now open."""
         book = self._book(event)
         if self._redelivered(book, event, high_before, out):
             return False
         if event.time_us < high_before - self.config.allowed_lateness_us:
-            self._alone(book, event, late(event), out)
+            self._alone(book, event, late(event, high_before=high_before, config=self.config),
+                        out)
             return False
         book.delivered(event)
         self.join(event)

@@ -173,8 +173,7 @@ class Shard:
                 if take_unowned(record, high_before, out):
                     continue
                 desks = self._route(record)
-                late = partial(late_decision, high_before=high_before, config=config)
-                if self.desks[desks[0]].take(record, high_before, late, out):
+                if self.desks[desks[0]].take(record, high_before, late_decision, out):
                     for i in desks[1:]:
                         self.desks[i].join(record)
             else:
