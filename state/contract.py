@@ -107,9 +107,16 @@ class _Wire(msgspec.Struct):
     reference: str | None = None
     fee: str | None = None
     batch_id: str | None = None
+    reason: str | None = None  # of a statement_gap
 
 
 _DECODER = msgspec.json.Decoder(_Wire)
+
+
+def _gap_reason(reason: str | None) -> str:
+    """A statement published with `tally ingest --accept-unbalanced`: its own exception, so
+    the gap between its balances and its entries stays visible beside the entries."""
+    return "a statement that does not add up was published: " + str(reason or "no reason given")[:512]
 
 
 class Reject(Exception):
@@ -142,6 +149,9 @@ class Decoder:
         if wire.type == "heartbeat":
             self._check_source(wire.source, source, topic)
             return Heartbeat(wire.source, self._time(wire.event_time), topic, partition, offset)
+        if wire.type == "statement_gap":
+            self._check_source(wire.source, source, topic)
+            raise Reject(_gap_reason(wire.reason))
         if wire.type not in ("transaction", "payout"):
             raise Reject(f"type {wire.type!r} is not 'transaction', 'payout' or 'heartbeat'")
         self._check_source(wire.source, source, topic)

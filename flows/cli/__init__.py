@@ -15,6 +15,7 @@ from flows.logs import UserError
 from flows.cli.options import env
 from flows.cli.audit import add_audit
 from flows.cli.explain import add_explain
+from flows.cli.ingest import add_ingest
 from flows.cli.report import add_report
 from flows.cli.review import add_review
 from flows.cli.verify import add_verify
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dev(commands)
     add_topics(commands)
     add_produce(commands)
+    add_ingest(commands)
     add_run(commands)
     add_replay(commands)
     add_verify(commands)
