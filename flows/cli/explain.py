@@ -20,15 +20,16 @@ def add_explain(commands) -> None:
                           "files under --data-dir; the raw archive is always Parquet")
     store_options(cmd)
     cmd.add_argument("--config", default=None,
-                     help="the namespace's TOML config (default: $TALLY_CONFIG or built-in)")
+                     help="the namespace's TOML config (default: the one pinned in the namespace, "
+                          "else $TALLY_CONFIG or built-in)")
     cmd.add_argument("--json", action="store_true",
                      help="print JSON, with the raw values whole (base64)")
     cmd.set_defaults(handler=run_explain)
 
 
 def run_explain(args) -> int:
-    from flows.runtime.settings import load_config
-    config = load_config(args.config)
+    from flows.runtime.pinned import namespace_config
+    config = namespace_config(args.config, args.data_dir / args.namespace)
     query = parse_query(args.record, config)
     dsn = resolve_pg(args) if args.store == "postgres" else None
     where, found = explain_query(query, args.namespace, args.data_dir, args.store, dsn, config)

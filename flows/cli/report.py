@@ -25,7 +25,7 @@ def add_report(commands) -> None:
     cmd.add_argument("--limit", type=int, default=OPEN_SHOWN, metavar="N",
                      help=f"oldest open exceptions shown (default {OPEN_SHOWN})")
     cmd.add_argument("--config", default=None,
-                     help="the namespace's TOML config (default: $TALLY_CONFIG or built-in); "
+                     help="the namespace's TOML config (default: the one pinned in the namespace, else $TALLY_CONFIG or built-in); "
                           "its relations add the settlement figures")
     cmd.add_argument("--no-audit", action="store_true",
                      help="skip the audit (it reads every fate: a few GB for tens of millions)")
@@ -35,8 +35,9 @@ def add_report(commands) -> None:
 def run_report(args) -> int:
     if args.top_accounts < 1 or args.limit < 0:
         raise UserError("--top-accounts must be at least 1 and --limit at least 0")
-    from flows.runtime.settings import load_config
-    relations = load_config(args.config).relations  # none: the report is as before relations
+    from flows.runtime.pinned import namespace_config
+    # none: the report is as before relations
+    relations = namespace_config(args.config, args.data_dir / args.namespace).relations
     dsn = None
     if args.store == "postgres":
         dsn = resolve_pg(args)

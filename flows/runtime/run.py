@@ -25,7 +25,7 @@ from flows.kafka import kafka_io
 
 from flows.runtime import metrics
 
-from flows.runtime import recovery_store
+from flows.runtime import pinned, recovery_store
 from flows.logs import FlowError, UserError
 from flows.runtime.dataflow import FlowSettings, FlowStats, build_flow
 from flows.runtime.pacemaker import Pacemaker, silent_partitions
@@ -196,6 +196,7 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
     starts, ends = stretch.starts, stretch.ends
     data_root = options.data_dir / options.namespace
     with disk.named(data_root, options.recovery_dir or data_root / "recovery"):
+        pinned.pin_or_check(data_root, config, options.namespace)
         recovery_path, layout = recovery_dir(options, stretch)
     settings = FlowSettings(
         config=config, kafka=kafka_io.kafka_config(options.brokers) if options.brokers else {},
