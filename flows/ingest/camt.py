@@ -91,7 +91,10 @@ def _namespace(root: etree._Element, name: str, message: _Message) -> str:
     qname = etree.QName(root)
     if qname.localname != "Document":
         raise FormatError(name, qname.localname, "the root element is not an ISO 20022 Document")
-    found = _NAMESPACE.match(qname.namespace or "")
+    if qname.namespace is None:
+        raise FormatError(name, "Document", "the Document has no namespace, so it names no "
+                          "camt message or version")
+    found = _NAMESPACE.match(qname.namespace)
     if found is None:
         raise FormatError(name, "Document", f"namespace {qname.namespace!r} is not a "
                           "camt.052, camt.053 or camt.054 message")
