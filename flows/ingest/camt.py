@@ -248,7 +248,8 @@ def _report(xml: _Xml, element: etree._Element, where: str) -> list[Statement]:
         currencies = [c for c in [xml.text(element, "Acct/Ccy")] if c and exponent(c) is not None]
     if len(currencies) > 1:
         # TxsSummry's figures carry no currency: they cannot be split between statements.
-        unchecked = "; TxsSummry is not checked" if xml.find(element, "TxsSummry") is not None else ""
+        summarised = xml.find(element, "TxsSummry") is not None
+        unchecked = "; TxsSummry is not checked" if summarised else ""
         report.notes.append(f"entries in {len(currencies)} currencies ({', '.join(currencies)}): "
                             f"one statement per currency, each with its own balances{unchecked}")
     declared = _declared(report, element, currencies[0], reads) if len(currencies) == 1 else {}
@@ -258,13 +259,13 @@ def _report(xml: _Xml, element: etree._Element, where: str) -> list[Statement]:
 
 
 def _statement(report: _Report, currency: str, reads: list[_Read],
-               balances: dict[str, tuple[Decimal, date]], declared: dict,
+               balances: dict[str, tuple[Decimal, date]], declared: dict[str, int | Decimal],
                several: bool) -> Statement:
     entries = tuple(entry for read in reads if read.currency == currency for entry in read.entries)
     opening = balances.get("OPBD") or balances.get("PRCD")
     closing = balances.get("CLBD")
     notes = list(report.notes)
-    if several and not balances:
+    if several and opening is None and closing is None:
         notes.append(f"the file states no {currency} balance: these entries are not checked "
                      "against balances")
     return Statement(
@@ -313,7 +314,7 @@ def _note_skipped(report: _Report, reads: list[_Read]) -> None:
 
 
 def _declared(report: _Report, element: etree._Element, currency: str,
-              reads: list[_Read]) -> dict:
+              reads: list[_Read]) -> dict[str, int | Decimal]:
     """TxsSummry/TtlNtries, restated for the Entries read.
 
     The file counts and sums every Ntry; the Statement holds booked entries only, one per
