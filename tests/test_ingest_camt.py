@@ -163,6 +163,9 @@ REFUSED = {
                       "is not an unsigned decimal number"),
     "too many decimals": (edited(">75.50<", ">75.505<"), "Stmt[1]/Ntry[2]/Amt",
                           "amount 75.505 has 3 decimals; EUR allows 2"),
+    "decimals of a currency without minor units": (
+        edited('Ccy="EUR">75.50', 'Ccy="JPY">75.5'), "Stmt[1]/Ntry[2]/Amt",
+        "amount 75.5 has 1 decimals; JPY allows 0"),
     "decimals in a balance": (edited(">1474.50<", ">1474.5000<"), "Stmt[1]/Bal[2]/Amt",
                               "has 4 decimals; EUR allows 2"),
     "unknown currency": (edited('Ccy="EUR">75.50', 'Ccy="EUX">75.50'), "Stmt[1]/Ntry[2]/Amt",
@@ -312,7 +315,7 @@ VERSIONS = st.sampled_from(["02", "08"])
 @given(drawn_entries(), CURRENCIES, VERSIONS, st.integers(-10**12, 10**12))
 def test_the_same_bytes_give_equal_statements_with_unique_ids(entries, currency, version, opening):
     data = render(entries, currency=currency, version=version, opening=opening)
-    first, second = FORMATS["camt053"](data, "a.xml"), FORMATS["camt053"](bytes(data), "b.xml")
+    first, second = FORMATS["camt053"](data, "a.xml"), FORMATS["camt053"](bytes(bytearray(data)), "b.xml")
     assert first == second
     [statement] = first
     ids = [entry.event_id for entry in statement.entries]
