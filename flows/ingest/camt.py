@@ -329,7 +329,7 @@ def _declared(report: _Report, element: etree._Element, currency: str,
     declared = {}
     count = xml.text(totals, "NbOfNtries")
     if count is not None:
-        if not count.isdigit():
+        if not re.fullmatch(r"[0-9]+", count):
             raise xml.error(f"{where}/NbOfNtries", f"{count!r} is not a number")
         kept = sum(len(read.entries) for read in reads)
         declared["count"] = int(count) - len(reads) + kept
