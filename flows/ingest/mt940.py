@@ -33,7 +33,7 @@ from mt940.models import Transactions
 from mt940.options import Options
 from mt940.tags import TAG_BY_ID, Tag
 
-from flows.ingest.statement import Entry, FormatError, Statement
+from flows.ingest.statement import Entry, FormatError, Statement, refuse_duplicate_ids
 from state.currency import exponent
 
 # the field-start pattern of mt940.models.Transactions.parse (a local there, so copied)
@@ -55,7 +55,7 @@ class _Field:
 
     @property
     def where(self) -> str:
-        return f"line {self.line} :{self.tag}:"
+        return f"line {self.line} (:{self.tag}:)"
 
 
 def parse(data: bytes, name: str) -> list[Statement]:
@@ -63,7 +63,7 @@ def parse(data: bytes, name: str) -> list[Statement]:
     fields = _fields(_text(data, name), name)
     messages = _messages(fields, name)
     statements = [_Message(name, message).statement() for message in messages]
-    _check_unique_ids(statements, name)
+    refuse_duplicate_ids(statements, name)
     return statements
 
 
@@ -321,15 +321,6 @@ def _entry_date(parts: dict, value: date, line: _Field, name: str) -> date:
     if not candidates:
         raise FormatError(name, line.where, f"no such entry date {month}{day} (MMDD)")
     return min(candidates, key=lambda booked: abs((booked - value).days))
-
-
-def _check_unique_ids(statements: list[Statement], name: str) -> None:
-    seen: dict[str, str] = {}
-    for entry in (entry for statement in statements for entry in statement.entries):
-        if entry.event_id in seen:
-            raise FormatError(name, entry.where, f"entry id {entry.event_id} is also the id of the "
-                                                 f"entry at {seen[entry.event_id]}; ids must be unique")
-        seen[entry.event_id] = entry.where
 
 
 FORMATS = {"mt940": parse}
