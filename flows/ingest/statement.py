@@ -75,6 +75,17 @@ class Statement:
     notes: tuple[str, ...] = field(default=())
 
 
+def refuse_duplicate_ids(statements: list[Statement], name: str) -> None:
+    """A file whose entries do not have one id each is refused: inventing a tie-breaker
+    would give the same entry another id in another file."""
+    seen: dict[str, str] = {}
+    for entry in (entry for statement in statements for entry in statement.entries):
+        if entry.event_id in seen:
+            raise FormatError(name, entry.where, f"entry id {entry.event_id} is also the id of "
+                                                 f"the entry at {seen[entry.event_id]}")
+        seen[entry.event_id] = entry.where
+
+
 def gaps(statement: Statement) -> list[str]:
     """Why `statement` does not add up, one clause each; empty when it does."""
     total = sum((entry.amount for entry in statement.entries), Decimal(0))
