@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import signal
 import time
 from pathlib import Path
 
@@ -99,6 +99,9 @@ def _watch(args, brokers: str, topic: str, options, summary) -> None:
         logs.info("published", file=str(path), records=len(records.records))
 
     logs.info("watching", folder=str(args.watch), format=args.format, source=options.source)
+    # SIGTERM (a deploy) stops like Ctrl-C: an unfinished transaction is aborted, and its
+    # file stays in the folder for the next start
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         watch(folder, handle, args.interval, args.once)
     except KeyboardInterrupt:

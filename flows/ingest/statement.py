@@ -2,8 +2,7 @@
 
 A format module (camt.py, mt940.py, bai2.py, adyen.py, stripe.py) exposes
 
-    FORMAT: str                                   # the name on the command line
-    def parse(data: bytes, name: str) -> list[Statement]
+    FORMATS: dict[str, Callable[[bytes, str], list[Statement]]]  # name -> parse(data, file_name)
 
 and raises FormatError for anything it cannot read. Parsing is pure: the same bytes give
 the same statements, so the same file gives the same event ids, whenever it is read.
