@@ -21,6 +21,7 @@ __all__ = ["ConfigError", "MatchConfig", "US_PER_SECOND", "from_toml", "parse_du
            "parse_fraction_ppm", "to_toml", "validate"]
 
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # not allowed raw in a TOML string
 MAX_ACCOUNT = 64  # characters of an account, as the contract limits it
 DEFAULT_TOPICS = {"bank": "recon.bank", "processor": "recon.processor", "ledger": "recon.ledger"}
 
@@ -214,8 +215,9 @@ def _check_expected(config: MatchConfig) -> None:
 
 def to_toml(config: MatchConfig) -> str:
     """The TOML text that `from_toml` reads back as exactly this config."""
-    def quote(text: str) -> str:
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    def quote(text: str) -> str:  # control characters too: an [accounts] key may hold any
+        text = text.replace("\\", "\\\\").replace('"', '\\"')
+        return '"' + _CONTROL.sub(lambda c: f"\\u{ord(c.group()):04x}", text) + '"'
 
     tolerance = Decimal(config.amount_tolerance_ppm) / PPM
     lines = ["[sources]"]

@@ -172,7 +172,7 @@ def build_flow(settings: FlowSettings, stats: FlowStats, pacemaker=None) -> Data
 
     def build_shard(resume: bytes | None) -> ShardLogic:
         shard = Shard(settings.config, partitions) if resume is None else restore(resume)
-        if shard.config != settings.config:
+        if shard.config.deciding() != settings.config.deciding():
             raise UserError("the matching config differs from the one in the recovery snapshot; "
                             "use a new namespace (or the old config) to continue")
         return ShardLogic(shard, settings.flush, stats)
