@@ -93,7 +93,7 @@ def test_time_forms(form, created):
 def test_constants_and_pointer_escapes_and_array_indexes():
     mapping = {"paths": {"event_id": "/lines/1/id", "amount": "/a~1b", "event_time": "/m~0n"},
                "constants": {"account": "operating-eur", "currency": "EUR", "type": "transaction"}}
-    record = {"lines": [{"id": "x"}, {"id": "l-2"}], "a/b": "3.00", "m~n": "2026-11-21T10:15:30Z"}
+    record = {"lines": [{"id": "l-1"}, {"id": "l-2"}, {"id": "l-3"}], "a/b": "3.00", "m~n": "2026-11-21T10:15:30Z"}
     event = decode(record, decoder(mapping))
     assert isinstance(event, Event)
     assert (event.event_id, event.account, event.currency, event.amount_minor) == \
