@@ -116,6 +116,7 @@ class _Wire(msgspec.Struct):
 
 
 _DECODER = msgspec.json.Decoder(_Wire)
+_UNCONFIGURED = (None, None)  # a topic of no source: (source, reader)
 # a mapped record as plain JSON values; numbers with a fraction as Decimal, exactly as written
 _ANY_DECODER = msgspec.json.Decoder(float_hook=Decimal)
 
@@ -128,9 +129,10 @@ class Decoder:
     """Decodes record values for the topics of one configuration."""
 
     def __init__(self, config: MatchConfig):
-        self.source_of_topic = config.source_of_topic()
-        self.readers = {config.topics[source]: Reader(source, mapping)
-                        for source, mapping in config.mappings.items()}
+        # topic -> (its source, its mapping's reader or None): one lookup per record
+        self.topic_sources = {topic: (source, Reader(source, config.mappings[source])
+                                      if source in config.mappings else None)
+                              for source, topic in config.topics.items()}
         self.relations = config.relation_list()
         self.routed: dict[tuple, bool] = {}  # (source, kind, batched) -> any relation takes it
         # one string object per distinct topic, currency and account: millions of open
@@ -140,19 +142,13 @@ class Decoder:
         self.max_us = _to_us(datetime(config.max_year, 1, 1, tzinfo=timezone.utc))
 
     def decode(self, value: bytes | None, topic: str, partition: int, offset: int) -> Record:
-        source = self.source_of_topic.get(topic)
+        source, reader = self.topic_sources.get(topic, _UNCONFIGURED)
         try:
-            wire = self._read_mapped(value, topic) if topic in self.readers else _parse(value)
+            wire = _parse(value) if reader is None else _read_mapped(value, reader)
             return self._record(wire, source, topic, partition, offset)
         except (Reject, Unreadable) as reject:
             raw = None if value is None else bytes(value[:MAX_VALUE_BYTES])
             return Invalid(source, str(reject), raw, topic, partition, offset)
-
-    def _read_mapped(self, value: bytes | None, topic: str) -> _Wire:
-        doc = _parse(value, _ANY_DECODER)
-        if type(doc) is dict and doc.get("origin") == "tally" and doc.get("type") == "heartbeat":
-            return _parse(value)  # a live run's own heartbeat, written in the contract
-        return _Wire(**self.readers[topic].read(doc))
 
     def _record(self, wire: _Wire, source, topic, partition, offset) -> Record:
         if wire.type == "heartbeat":
@@ -213,6 +209,13 @@ class Decoder:
         if not self.min_us <= time_us < self.max_us:
             raise Reject(f"event_time {moment.isoformat()} is outside the accepted years")
         return time_us
+
+
+def _read_mapped(value: bytes | None, reader: Reader) -> _Wire:
+    doc = _parse(value, _ANY_DECODER)
+    if type(doc) is dict and doc.get("origin") == "tally" and doc.get("type") == "heartbeat":
+        return _parse(value)  # a live run's own heartbeat, written in the contract
+    return _Wire(**reader.read(doc))
 
 
 def _check_payout(wire: _Wire) -> None:
