@@ -92,11 +92,11 @@ def flow(broker, pg_dsn):
     env = flow_env(broker, pg_dsn, work / "webhooks.toml", work)
     tally("run", "--namespace", "webhooks_e2e", "--until-end", env=env)
     engine = run_engine(work / "day", config, show_progress=False)
-    return topics, engine, webhook_lines, unreadable
+    return topics, engine, webhook_lines, unreadable, env
 
 
 def test_the_flow_decides_the_mapped_topic_exactly_as_the_engine(flow, pg_dsn, report):
-    _, engine, _, _ = flow
+    _, engine, _, _, _ = flow
     assert pg_rows(pg_dsn, "webhooks_e2e") == engine_rows(engine.decisions, engine.fates)
     kinds = Counter(d.exception_kind or f"tier {d.tier}" for d in engine.decisions)
     refunds = len(range(3, ORDERS, 10))
@@ -108,10 +108,30 @@ def test_the_flow_decides_the_mapped_topic_exactly_as_the_engine(flow, pg_dsn, r
 
 
 def test_unreadable_webhooks_are_invalid_exceptions_with_their_raw_bytes(flow, pg_dsn):
-    topics, _, lines, unreadable = flow
+    topics, _, lines, unreadable, _ = flow
     invalid = {row["member_refs"][0]: (row["reason"], base64.b64decode(row["raw_base64"]))
                for row in read_decisions(pg_dsn, "webhooks_e2e") if row["exception_kind"] == "invalid"}
     assert set(invalid) == {f"{topics['processor']}:0:{offset}" for offset in unreadable}
     for offset, reason in unreadable.items():
         stored_reason, raw = invalid[f"{topics['processor']}:0:{offset}"]
         assert stored_reason.startswith(reason) and raw == lines[offset]
+
+
+
+def test_a_namespace_resumes_with_other_accounts_but_not_another_mapping(flow):
+    """[accounts] decides nothing, so changing it is no new config for the namespace; a
+    mapping decides how records read, so changing it is."""
+    topics, _, _, _, env = flow
+    config = msgspec.structs.replace(WEBHOOKS, topics=topics)
+    changed = Path(env["TALLY_CONFIG"]).with_name("changed.toml")
+    env = env | {"TALLY_CONFIG": str(changed)}
+    changed.write_text(to_toml(msgspec.structs.replace(config, accounts={"NL71RABO0123456789": "x"})))
+    run = tally("run", "--namespace", "webhooks_e2e", "--until-end", env=env)
+    assert any(line.split()[:2] == ["records", "consumed"] and line.split()[-1] == "0"
+               for line in run.stdout.splitlines()), run.stdout
+    mapping = msgspec.structs.replace(config.mappings["processor"], upper_case_currency=False)
+    changed.write_text(to_toml(msgspec.structs.replace(config, mappings={"processor": mapping})))
+    run = tally("run", "--namespace", "webhooks_e2e", "--until-end", env=env, expect=2)
+    assert run.stderr.strip().splitlines()[-1] == (
+        "tally: the matching config differs from the one in the recovery snapshot; "
+        "use a new namespace (or the old config) to continue")
