@@ -13,7 +13,7 @@ import msgspec
 
 from state import mapping as mapped
 from state import relations as rel
-from state.mapping import Mapping
+from state.mapping import MAX_ACCOUNT, Mapping
 from state.relations import Relation
 from state.units import PPM, US_PER_SECOND, ConfigError, parse_duration, parse_fraction_ppm
 
@@ -22,7 +22,6 @@ __all__ = ["ConfigError", "MatchConfig", "US_PER_SECOND", "from_toml", "parse_du
 
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # not allowed raw in a TOML string
-MAX_ACCOUNT = 64  # characters of an account, as the contract limits it
 DEFAULT_TOPICS = {"bank": "recon.bank", "processor": "recon.processor", "ledger": "recon.ledger"}
 
 

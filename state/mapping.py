@@ -28,6 +28,7 @@ TIME_FORMS = ("rfc3339", "epoch_seconds", "epoch_milliseconds")
 # what a value of the record's type field makes of the record; "refund" is a transaction
 # whose amount is negated (processors send refunds as positive amounts, Tally's are negative)
 KINDS = ("transaction", "refund", "payout", "heartbeat", "ignore")
+MAX_ACCOUNT = 64  # characters, the contract's limit
 _KEYS = {"paths", "constants", "types", "amount_form", "time_form", "upper_case_currency"}
 _POINTER = re.compile(r"(/([^~]|~[01])*)+\Z")
 _INDEX = re.compile(r"(0|[1-9][0-9]*)\Z")
@@ -134,8 +135,9 @@ def _check_constants(constants: dict[str, str], where: str) -> None:
     if kind not in ("transaction", "refund", "payout"):
         raise ConfigError(f"{where}.constants.type: {kind!r} is not transaction, refund or payout")
     account = constants.get("account", "account")
-    if not 1 <= len(account) <= 64:
-        raise ConfigError(f"{where}.constants.account: must be 1 to 64 characters, got {len(account)}")
+    if not 1 <= len(account) <= MAX_ACCOUNT:
+        raise ConfigError(f"{where}.constants.account: must be 1 to {MAX_ACCOUNT} characters, "
+                          f"got {len(account)}")
     currency = constants.get("currency", "EUR")
     if exponent(currency) is None:
         raise ConfigError(f"{where}.constants.currency: {currency!r} is not an ISO 4217 code "

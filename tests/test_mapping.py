@@ -40,16 +40,21 @@ def charge(type_="charge.succeeded", **changes) -> dict:
     obj = {"amount": 1050, "currency": "usd", "description": "Order 7",
            "metadata": {"order_id": "ord-7"}}
     record = {"id": "evt_1", "type": type_, "created": CREATED, "data": {"object": obj}}
-    for path, value in changes.items():  # "data.object.amount" = ... ; ... deletes
-        *parents, last = path.split(".")
-        node = record
-        for key in parents:
-            node = node[key]
-        if value is ...:
-            del node[last]
-        else:
-            node[last] = value
+    for path, value in changes.items():
+        put(record, path, value)
     return record
+
+
+def put(record: dict, path: str, value) -> None:
+    """record["data"]["object"]["amount"] = value for path "data.object.amount"; ... deletes."""
+    *parents, last = path.split(".")
+    node = record
+    for key in parents:
+        node = node[key]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
 
 
 def decode(record, decoder: Decoder = DECODER, topic: str = TOPIC):
@@ -182,6 +187,33 @@ def test_mapped_records_are_routed_by_the_relations_like_contract_ones():
     result = decode(charge(**{"data.object.amount": 0, "data.object.fee": 30}),
                     decoder(mapping, **settlement))
     assert isinstance(result, Invalid) and result.reason == "a fee line (amount 0 with a fee) needs a batch_id"
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+                    | st.sampled_from([10**18, -10**18, 2**64, "2026-13-01T00:00:00Z"])
+                    | st.floats(allow_nan=False, allow_infinity=False),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+                    max_leaves=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.fixed_dictionaries({path: JSON for path in ("id", "type", "created", "data",
+                                                              "data.object.amount", "data.object.currency",
+                                                              "data.object.metadata")}),
+       keep=st.sets(st.sampled_from(["id", "type", "created", "data", "data.object.amount",
+                                     "data.object.currency", "data.object.metadata"])),
+       form=st.sampled_from(["epoch_seconds", "epoch_milliseconds", "rfc3339"]))
+def test_decoding_a_mapped_record_never_raises(values, keep, form):
+    """Any JSON value at any mapped path: an Event, a Heartbeat or an Invalid, never an error."""
+    record = charge()
+    for path, value in values.items():  # "data" first: then its insides, where still there
+        if path not in keep:
+            try:
+                put(record, path, value)
+            except (KeyError, TypeError, IndexError):
+                pass
+    result = decode(record, decoder({**WEBHOOK, "time_form": form}))
+    assert isinstance(result, (Event, Heartbeat, Invalid))
 
 
 # ----------------------------------------------------------------------------- the property
