@@ -189,29 +189,27 @@ def test_mapped_records_are_routed_by_the_relations_like_contract_ones():
     assert isinstance(result, Invalid) and result.reason == "a fee line (amount 0 with a fee) needs a batch_id"
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8)
-                    | st.sampled_from([10**18, -10**18, 2**64, "2026-13-01T00:00:00Z"])
-                    | st.floats(allow_nan=False, allow_infinity=False),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
-                    max_leaves=6)
+# values at a reader's edges (beyond any year, past 64 bits, a date that is no date), or any JSON
+EDGES = st.sampled_from([10**18, -10**18, 2**64, 0, "", "2026-13-01T00:00:00Z", "usd", True])
+JSON = EDGES | st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.floats(allow_nan=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6)
+PATHS = ("id", "type", "created", "data", "data.object.amount", "data.object.currency",
+         "data.object.metadata")
 
 
-@settings(max_examples=300, deadline=None)
-@given(values=st.fixed_dictionaries({path: JSON for path in ("id", "type", "created", "data",
-                                                              "data.object.amount", "data.object.currency",
-                                                              "data.object.metadata")}),
-       keep=st.sets(st.sampled_from(["id", "type", "created", "data", "data.object.amount",
-                                     "data.object.currency", "data.object.metadata"])),
+@settings(max_examples=500, deadline=None)
+@given(changes=st.dictionaries(st.sampled_from(PATHS), JSON, min_size=1, max_size=2),
        form=st.sampled_from(["epoch_seconds", "epoch_milliseconds", "rfc3339"]))
-def test_decoding_a_mapped_record_never_raises(values, keep, form):
-    """Any JSON value at any mapped path: an Event, a Heartbeat or an Invalid, never an error."""
+def test_decoding_a_mapped_record_never_raises(changes, form):
+    """Any JSON value at one or two mapped paths: an Event, a Heartbeat or an Invalid, never an error."""
     record = charge()
-    for path, value in values.items():  # "data" first: then its insides, where still there
-        if path not in keep:
-            try:
-                put(record, path, value)
-            except (KeyError, TypeError, IndexError):
-                pass
+    for path in sorted(changes):  # "data" before its insides, which may then be gone
+        try:
+            put(record, path, changes[path])
+        except (KeyError, TypeError, IndexError):
+            pass
     result = decode(record, decoder({**WEBHOOK, "time_form": form}))
     assert isinstance(result, (Event, Heartbeat, Invalid))
 
