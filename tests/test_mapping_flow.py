@@ -132,6 +132,5 @@ def test_a_namespace_resumes_with_other_accounts_but_not_another_mapping(flow):
     mapping = msgspec.structs.replace(config.mappings["processor"], upper_case_currency=False)
     changed.write_text(to_toml(msgspec.structs.replace(config, mappings={"processor": mapping})))
     run = tally("run", "--namespace", "webhooks_e2e", "--until-end", env=env, expect=2)
-    assert run.stderr.strip().splitlines()[-1] == (
-        "tally: the matching config differs from the one in the recovery snapshot; "
-        "use a new namespace (or the old config) to continue")
+    refusal = run.stderr.strip().splitlines()[-1]  # one line, however the namespace keeps its config
+    assert refusal.startswith("tally: ") and "new namespace" in refusal, run.stderr
