@@ -11,7 +11,9 @@ from decimal import Decimal
 
 import msgspec
 
+from state import mapping as mapped
 from state import relations as rel
+from state.mapping import MAX_ACCOUNT, Mapping
 from state.relations import Relation
 from state.units import PPM, US_PER_SECOND, ConfigError, parse_duration, parse_fraction_ppm
 
@@ -19,6 +21,7 @@ __all__ = ["ConfigError", "MatchConfig", "US_PER_SECOND", "from_toml", "parse_du
            "parse_fraction_ppm", "to_toml", "validate"]
 
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # not allowed raw in a TOML string
 DEFAULT_TOPICS = {"bank": "recon.bank", "processor": "recon.processor", "ledger": "recon.ledger"}
 
 
@@ -47,6 +50,11 @@ class MatchConfig(msgspec.Struct, frozen=True, kw_only=True):
     # [relations.NAME] in the file's order (state/relations.py); empty: one implicit
     # relation made of expected_sources and match_window, deciding as before relations
     relations: tuple[Relation, ...] = ()
+    # [mappings.SOURCE]: sources whose records come in their producer's JSON shape
+    mappings: dict[str, Mapping] = msgspec.field(default_factory=dict)
+    # [accounts]: what statements carry (IBAN, account number, merchant code) -> Tally's
+    # account; read by `tally ingest`, never by the decoder, so no decision depends on it
+    accounts: dict[str, str] = msgspec.field(default_factory=dict)
 
     def source_of_topic(self) -> dict[str, str]:
         return {topic: source for source, topic in self.topics.items()}
@@ -56,6 +64,16 @@ class MatchConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def writes_heartbeats(self, source: str) -> bool:
         return self.heartbeats_write and source not in self.silent_sources
+
+    def deciding(self) -> "MatchConfig":
+        """This config less what no decision depends on: what a namespace fixes. [accounts]
+        says what `tally ingest` publishes, [heartbeats] what a live run writes into the log;
+        the engine reads both only as records of the log."""
+        defaults = MatchConfig()
+        return msgspec.structs.replace(
+            self, accounts={}, heartbeat_idle_us=defaults.heartbeat_idle_us,
+            max_source_delay_us=defaults.max_source_delay_us, source_delays_us={},
+            heartbeats_write=True, silent_sources=())
 
     def relation_list(self) -> tuple[Relation, ...]:
         """The relations that decide, the tolerance of each filled in."""
@@ -70,7 +88,8 @@ class MatchConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 def from_toml(data: dict) -> MatchConfig:
     """Build a MatchConfig from parsed TOML ([sources] and [matching] tables)."""
-    unknown = set(data) - {"sources", "matching", "contract", "heartbeats", "relations"}
+    unknown = set(data) - {"sources", "matching", "contract", "heartbeats", "relations",
+                           "mappings", "accounts"}
     if unknown:
         raise ConfigError(f"unknown config table(s): {', '.join(sorted(unknown))}")
     kwargs: dict = {}
@@ -105,7 +124,27 @@ def from_toml(data: dict) -> MatchConfig:
     if contract:
         raise ConfigError(f"unknown contract key(s): {', '.join(sorted(contract))}")
     kwargs.update(_heartbeats(dict(data.get("heartbeats", {}))))
+    if "mappings" in data:
+        kwargs["mappings"] = mapped.parse(dict(data["mappings"]),
+                                          kwargs.get("topics", DEFAULT_TOPICS))
+    if "accounts" in data:
+        kwargs["accounts"] = _accounts(data["accounts"])
     return validate(MatchConfig(**kwargs))
+
+
+def _accounts(table: object) -> dict[str, str]:
+    """[accounts] "what a statement carries" = "Tally's account", one line each."""
+    if not isinstance(table, dict):
+        raise ConfigError('[accounts]: write it as a table of "IBAN or account number" = "account"')
+    for carried, account in table.items():
+        if not carried:
+            raise ConfigError("[accounts]: a key is empty; write the IBAN, account number or code")
+        if not isinstance(account, str):
+            raise ConfigError(f"[accounts] {carried}: {account!r} is not a string")
+        if not 1 <= len(account) <= MAX_ACCOUNT:
+            raise ConfigError(f"[accounts] {carried}: the account must be 1 to {MAX_ACCOUNT} "
+                              f"characters, got {len(account)}")
+    return dict(table)
 
 
 def _heartbeats(table: dict) -> dict:
@@ -165,6 +204,9 @@ def validate(config: MatchConfig) -> MatchConfig:
         raise ConfigError(f"[heartbeats.sources] names source(s) not in [sources]: {', '.join(strangers)}")
     if config.relations:
         rel.validate(config.relations, config.topics)
+    unmapped = sorted(set(config.mappings) - set(config.topics))
+    if unmapped:
+        raise ConfigError(f"[mappings.{unmapped[0]}]: {unmapped[0]!r} is not a source in [sources]")
     return config
 
 
@@ -178,8 +220,9 @@ def _check_expected(config: MatchConfig) -> None:
 
 def to_toml(config: MatchConfig) -> str:
     """The TOML text that `from_toml` reads back as exactly this config."""
-    def quote(text: str) -> str:
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    def quote(text: str) -> str:  # control characters too: an [accounts] key may hold any
+        text = text.replace("\\", "\\\\").replace('"', '\\"')
+        return '"' + _CONTROL.sub(lambda c: f"\\u{ord(c.group()):04x}", text) + '"'
 
     tolerance = Decimal(config.amount_tolerance_ppm) / PPM
     lines = ["[sources]"]
@@ -206,4 +249,8 @@ def to_toml(config: MatchConfig) -> str:
             lines += ["", f"[heartbeats.sources.{quote(source)}]", *overrides]
     for relation in config.relations:
         lines += ["", f"[relations.{relation.name}]", *rel.to_toml(relation, quote)]
+    for source, mapping in config.mappings.items():
+        lines += ["", *mapped.to_toml(source, mapping, quote)]
+    if config.accounts:
+        lines += ["", "[accounts]", *(f"{quote(k)} = {quote(v)}" for k, v in config.accounts.items())]
     return "\n".join(lines) + "\n"

@@ -75,6 +75,9 @@ def visible_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Actio
 
 # ----------------------------------------------------------------------------- the TOML file
 
+# MatchConfig fields that the defaults leave empty, and the table the page names them by
+EMPTY_TABLES = {"relations": "[relations.NAME]", "mappings": "[mappings.SOURCE]",
+                "accounts": "[accounts]"}
 # [heartbeats] keys whose field names say more than the key inside its table
 HEARTBEAT_KEYS = {"heartbeat_idle_us": "idle", "heartbeats_write": "write",
                   "source_delays_us": "max_source_delay", "silent_sources": "write"}
@@ -92,8 +95,8 @@ def test_every_config_field_is_a_documented_file_key():
     written = tomllib.loads(to_toml(MatchConfig()))  # the file form of every field
     keys = {table: set(values) for table, values in written.items()}
     for field in msgspec.structs.fields(MatchConfig):
-        if field.name == "relations":  # no relations by default: their own section names them
-            assert "[relations.NAME]" in DOC
+        if field.name in EMPTY_TABLES:  # none by default: their own sections name them
+            assert EMPTY_TABLES[field.name] in DOC
             continue
         key = toml_key(field.name)
         assert key in keys or any(key in k for k in keys.values()), \
@@ -124,6 +127,19 @@ def test_every_relation_key_is_documented_and_the_examples_load():
     for example in sorted((ROOT / "docs" / "examples").glob("*.toml")):
         config = from_toml(tomllib.loads(example.read_text()))
         assert config.relations and from_toml(tomllib.loads(to_toml(config))) == config, example
+
+
+def test_every_mapping_key_form_and_kind_is_documented_and_the_webhooks_example_maps():
+    from state import mapping
+    mappings = section(DOC, "### Mappings")
+    for words in (mapping._KEYS, mapping.FIELDS, mapping.AMOUNT_FORMS, mapping.TIME_FORMS, mapping.KINDS):
+        for word in words:
+            assert names(mappings, word), f"docs/configuration.md ### Mappings lacks {word!r}"
+    assert names(mappings, "docs/examples/webhooks.toml")
+    webhooks = from_toml(tomllib.loads((ROOT / "docs/examples/webhooks.toml").read_text()))
+    assert set(webhooks.mappings) == {"processor"}
+    accounts = re.search(r"```toml\n(.*?)```", section(DOC, "### Accounts"), re.S).group(1)
+    assert from_toml(tomllib.loads(accounts)).accounts["NL71RABO0123456789"] == "operating-eur"
 
 
 def test_the_example_file_loads_and_is_the_defaults(tmp_path, monkeypatch):

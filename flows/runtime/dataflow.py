@@ -20,7 +20,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from flows.runtime import disk
 
-from flows.runtime import memory, metrics, pinned
+from flows.runtime import memory, metrics
 from flows.logs import UserError
 from flows.runtime.placement import shard_key, shard_of_key
 from flows.runtime.source import Counters, RawBatch, TallySource
@@ -172,7 +172,7 @@ def build_flow(settings: FlowSettings, stats: FlowStats, pacemaker=None) -> Data
 
     def build_shard(resume: bytes | None) -> ShardLogic:
         shard = Shard(settings.config, partitions) if resume is None else restore(resume)
-        if pinned.rules(shard.config) != pinned.rules(settings.config):
+        if shard.config.deciding() != settings.config.deciding():
             raise UserError("the matching config differs from the one in the recovery snapshot; "
                             "use a new namespace (or the old config) to continue")
         return ShardLogic(shard, settings.flush, stats)

@@ -15,8 +15,6 @@ import os
 import tomllib
 from pathlib import Path
 
-import msgspec
-
 from flows.logs import UserError
 from state.config import ConfigError, MatchConfig, from_toml, to_toml
 
@@ -31,13 +29,7 @@ def path_of(data_root: Path) -> Path:
 
 def rules(config: MatchConfig) -> str:
     """The config's decision rules as canonical TOML: equal text, equal decisions."""
-    defaults = MatchConfig()
-    unpinned = {field: getattr(defaults, field) for field in _UNPINNED if hasattr(defaults, field)}
-    return to_toml(msgspec.structs.replace(config, **unpinned))
-
-
-_UNPINNED = ("heartbeat_idle_us", "max_source_delay_us", "source_delays_us", "heartbeats_write",
-             "silent_sources", "accounts")
+    return to_toml(config.deciding())
 
 
 def pin_or_check(data_root: Path, config: MatchConfig, namespace: str) -> None:
