@@ -44,8 +44,8 @@ def test_the_format_is_registered_under_its_command_line_name():
 def test_batch_41_has_one_statement_per_settlement_currency():
     statements = read(BATCH_41)
     assert [(s.id, s.account, s.currency, len(s.entries)) for s in statements] == [
-        ("TallyShopEU:41:EUR", "TallyShopEU", "EUR", 6),
-        ("TallyShopEU:41:GBP", "TallyShopEU", "GBP", 3)]
+        ("TallyShopEU:41-EUR", "TallyShopEU", "EUR", 6),
+        ("TallyShopEU:41-GBP", "TallyShopEU", "GBP", 3)]
     assert all(s.opening is None and s.closing is None and s.closing_date is None
                and s.declared_total is None and not gaps(s) for s in statements)
 
@@ -55,7 +55,7 @@ def test_a_settled_payment_is_its_gross_with_the_costs_as_fee():
     assert (entry.amount, entry.fee, entry.amount - entry.fee) == (
         Decimal("100.00"), Decimal("1.80"), Decimal("98.20"))
     assert (entry.kind, entry.account, entry.currency, entry.batch_id) == (
-        "transaction", "TallyShopEU", "EUR", "41")
+        "transaction", "TallyShopEU", "EUR", "41-EUR")
     assert (entry.idempotency_key, entry.reference) == ("ORDER-1001", "8816001000000001")
     assert entry.booked == utc("2026-11-16 09:15:00")  # 10:15 CET
     assert entry.value is None and entry.where == "line 2"
@@ -76,11 +76,11 @@ def test_batch_lines_are_fee_lines_and_merchant_payouts_are_payouts():
     entries = by_id(read(BATCH_41))
     fee = entries["TallyShopEU:41::Fee:Transaction Fees November 2026"]
     assert (fee.amount, fee.fee, fee.kind, fee.batch_id) == (
-        Decimal(0), Decimal("1.20"), "transaction", "41")
+        Decimal(0), Decimal("1.20"), "transaction", "41-EUR")
     assert fee.idempotency_key is None and fee.reference == "Fee: Transaction Fees November 2026"
     payout = entries["TallyShopEU:41::MerchantPayout:TX4411223344XT TallyShopEU, batch 41"]
     assert (payout.kind, payout.amount, payout.fee, payout.batch_id) == (
-        PAYOUT, Decimal("220.25"), None, "41")
+        PAYOUT, Decimal("220.25"), None, "41-EUR")
     assert payout.reference == "TX4411223344XT"  # the payout reference the bank shows
     assert payout.idempotency_key is None and payout.booked == utc("2026-11-17 04:00:00")
 
@@ -104,10 +104,10 @@ def test_each_batch_s_item_nets_add_up_to_its_payouts(path):
 
 def test_a_balance_carried_to_the_next_batch_settles_both_batches():
     statements = {s.id: s for s in read(BATCHES_41_43)}
-    carried = [e for e in statements["TallyShopEU:42:EUR"].entries if e.reference.startswith("Balancetransfer")]
+    carried = [e for e in statements["TallyShopEU:42-EUR"].entries if e.reference.startswith("Balancetransfer")]
     assert [(e.amount, e.fee) for e in carried] == [(Decimal(0), Decimal("-221.00"))]
-    assert not any(e.kind == PAYOUT for e in statements["TallyShopEU:42:EUR"].entries)
-    joined = [e for e in statements["TallyShopEU:43:EUR"].entries if e.reference.startswith("Balancetransfer")]
+    assert not any(e.kind == PAYOUT for e in statements["TallyShopEU:42-EUR"].entries)
+    joined = [e for e in statements["TallyShopEU:43-EUR"].entries if e.reference.startswith("Balancetransfer")]
     assert [(e.amount, e.fee) for e in joined] == [(Decimal(0), Decimal("221.00"))]
 
 

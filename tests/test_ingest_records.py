@@ -98,15 +98,25 @@ def test_a_payout_carries_its_batch_and_no_fee_or_key():
     assert done.heartbeat_us is None  # an acquirer report says nothing of the bank's progress
 
 
-def test_the_source_is_in_as_far_as_its_slowest_account_has_reached():
+def test_a_partition_is_in_as_far_as_its_slowest_account_has_reached():
     def beat(accounts: set[str], closing_day: int) -> FileRecords:
         return FileRecords("f", [], day(closing_day + 1), [], frozenset(accounts))
 
+    def one_partition(account: str) -> int:
+        return 0
+
+    def by_name(account: str) -> int:
+        return ord(account[0]) - ord("a")
+
     # one account's statements of three days: in up to the last
-    assert progress_us([beat({"a"}, 20), beat({"a"}, 22), beat({"a"}, 21)]) == day(23)
-    # two accounts: the one that reached less holds the source back
-    assert progress_us([beat({"a"}, 22), beat({"b"}, 20)]) == day(21)
-    assert progress_us([]) is None
+    assert progress_us([beat({"a"}, 20), beat({"a"}, 22), beat({"a"}, 21)], one_partition) == {0: day(23)}
+    # two accounts in one partition: the one that reached less holds it back
+    assert progress_us([beat({"a"}, 22), beat({"b"}, 20)], one_partition) == {0: day(21)}
+    # in two partitions, each goes as far as its own account
+    assert progress_us([beat({"a"}, 22), beat({"b"}, 20)], by_name) == {0: day(23), 1: day(21)}
+    # a file without a closing date says nothing of any partition
+    assert progress_us([beat({"a"}, 22), FileRecords("r", [], None, [], frozenset({"b"}))],
+                       by_name) == {}
 
 
 @given(st.text(min_size=1, max_size=400))

@@ -50,10 +50,10 @@ def parse(data: bytes, name: str) -> list[Statement]:
     csvr.check_unique(entries, name)
     batches: dict[tuple[str, str, str], list[Entry]] = {}
     for entry in entries:
-        batches.setdefault((entry.account, entry.batch_id, entry.currency), []).append(entry)
-    return [Statement(id=f"{account}:{batch}:{currency}", account=account, currency=currency,
+        batches.setdefault((entry.account, entry.batch_id), []).append(entry)
+    return [Statement(id=f"{account}:{batch}", account=account, currency=items[0].currency,
                       entries=tuple(items), where=f"batch {batch} from {items[0].where}")
-            for (account, batch, currency), items in batches.items()]
+            for (account, batch), items in batches.items()]
 
 
 FORMATS = {FORMAT: parse}
@@ -70,7 +70,7 @@ def _entry(row: Row) -> Entry:
     common = dict(event_id=csvr.event_id(account, batch, row["Psp Reference"], kind,
                                          row["Modification Reference"]),
                   account=account, currency=currency, booked=_booked(row), where=row.where,
-                  batch_id=batch)
+                  batch_id=f"{batch}-{currency}")  # Adyen pays each currency of a batch apart
     if kind == PAYOUT_TYPE:
         return Entry(**common, amount=-net, kind=PAYOUT, reference=_payout_reference(row))
     if kind in BATCH_TYPES:

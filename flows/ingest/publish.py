@@ -66,34 +66,48 @@ def read_file(fmt: str, path: Path, options: Options) -> FileRecords:
 
 def publish(brokers: str, topic: str, done: list[FileRecords], source: str,
             summary: Summary) -> None:
-    """Publish the files' records and heartbeats in one transaction."""
+    """Publish the files' records and heartbeats in one transaction.
+
+    Each partition's records go out in event-time order (a report lists its lines in its
+    own order; the flow reads a partition's times as nearly ordered), then the partition's
+    heartbeat, if the files say how far its accounts are in."""
     partitions = kafka_io.topic_partitions(brokers, [topic]).get(topic, 0)
     if partitions < 1:
         raise UserError(f"topic {topic} does not exist; create it with 'tally topics create'")
-    values: dict[Part, list] = {(topic, p): [] for p in range(partitions)}
+
+    def partition_of(account: str) -> int:
+        return zlib.crc32(account.encode()) % partitions
+
+    records: dict[int, list[dict]] = {}
     for file in done:
         for record in file.records:
-            key = record["account"].encode()
-            values[(topic, zlib.crc32(key) % partitions)].append((key, encode(record)))
-    beat_us = progress_us(done)
-    if beat_us is not None:
-        beat = encode(heartbeat_record(source, beat_us))
-        for part in values:
-            values[part].append((None, beat))
-    publish_all(brokers, {p: v for p, v in values.items() if v}, f"tally-ingest-{source}")
+            records.setdefault(partition_of(record["account"]), []).append(record)
+    values: dict[Part, list] = {}
+    for partition, listed in sorted(records.items()):
+        listed.sort(key=lambda record: record.get("event_time", ""))  # stable: file order in ties
+        values[(topic, partition)] = [(r["account"].encode(), encode(r)) for r in listed]
+    beats = progress_us(done, partition_of)
+    for partition, beat_us in beats.items():
+        values.setdefault((topic, partition), []).append(
+            (None, encode(heartbeat_record(source, beat_us))))
+    publish_all(brokers, values, f"tally-ingest-{source}")
     for file in done:
         summary.add(file)
-    summary.heartbeats += 0 if beat_us is None else len(values)
+    summary.heartbeats += len(beats)
 
 
-def progress_us(done: list[FileRecords]) -> int | None:
-    """How far the source's statements reach, for every account the files are of: each
-    account is in up to its latest statement, and the source up to its slowest account.
-    None when some file has no closing date (acquirer reports): no heartbeat then."""
+def progress_us(done: list[FileRecords], partition_of) -> dict[int, int]:
+    """How far each partition's accounts are in: an account up to its latest statement, a
+    partition up to its slowest account among the files. None of it when some file has no
+    closing date (acquirer reports, intraday reports): no heartbeat then."""
     if any(file.heartbeat_us is None for file in done):
-        return None
+        return {}
     reach: dict[str, int] = {}
     for file in done:
         for account in file.accounts:
             reach[account] = max(reach.get(account, file.heartbeat_us), file.heartbeat_us)
-    return min(reach.values(), default=None)
+    beats: dict[int, int] = {}
+    for account, reached in reach.items():
+        partition = partition_of(account)
+        beats[partition] = min(beats.get(partition, reached), reached)
+    return beats

@@ -74,6 +74,8 @@ def _entry(row: Row) -> Entry:
                      reference=f"{category}: {what}" if what else category)
     ids = CHARGE_IDS if category == "charge" else ("source_id",)
     key = next((row[column] for column in ids if row[column]), None)
+    if key and category == "dispute_reversal":  # the won dispute keeps the dispute's dp_ id
+        key += ":reversal"
     return Entry(**common, amount=gross, fee=fee, idempotency_key=key,
                  reference=row["source_id"] or None)
 
