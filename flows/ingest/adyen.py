@@ -1,6 +1,6 @@
 """Adyen's Settlement details report (settlement_detail_report_batch_N.csv) as statements:
 one per merchant account, batch and settlement currency, holding the batch's items, its
-fee lines and its MerchantPayout. docs/sources/adyen.md says which column becomes which
+fee lines and its MerchantPayout. docs/sources.md says which column becomes which
 field, and why.
 """
 
@@ -63,7 +63,7 @@ def _entry(row: Row) -> Entry:
     kind = row["Type"]
     if kind not in ITEM_TYPES | BATCH_TYPES | {PAYOUT_TYPE}:
         raise row.fail(f"unknown line type {kind!r}: not a journal type Tally reads "
-                       f"(docs/sources/adyen.md lists them)")
+                       f"(docs/sources.md lists them)")
     account, batch = csvr.required(row, "Merchant Account"), csvr.required(row, "Batch Number")
     currency = csvr.currency_of(row, "Net Currency")
     net = csvr.credit_less_debit(row, "Net Credit (NC)", "Net Debit (NC)", currency)

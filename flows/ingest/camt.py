@@ -1,7 +1,7 @@
 """ISO 20022 bank-to-customer cash management: camt.053, camt.052 and camt.054 into Statements.
 
 One Statement per Stmt (camt.053), Rpt (camt.052) or Ntfctn (camt.054) and currency, versions
-001.02 and 001.08. docs/sources/camt.md says which element becomes which field. In short:
+001.02 and 001.08. docs/sources.md says which element becomes which field. In short:
 
 - Only booked entries (Sts BOOK) become Entries: pending and information-only entries are not
   in the booked balances, so they are left out and named in the statement's notes.

@@ -1,6 +1,6 @@
 """Stripe's itemized payout reconciliation report (payout_reconciliation.itemized.*) as
 statements: one per automatic payout, holding the balance transactions it settled and a
-payout derived from them. docs/sources/stripe.md says which column becomes which field.
+payout derived from them. docs/sources.md says which column becomes which field.
 
 The report lists what each automatic payout paid, not the payout itself: the payout
 entry here is the sum of the lines' nets, so the batch check on it only proves the report
@@ -60,7 +60,7 @@ def _entry(row: Row) -> Entry:
     category = row["reporting_category"]
     if category not in ITEM_CATEGORIES | BATCH_CATEGORIES:
         raise row.fail(f"unknown reporting_category {category!r}: not one Tally reads "
-                       f"(docs/sources/stripe.md lists them)")
+                       f"(docs/sources.md lists them)")
     currency = csvr.currency_of(row, "currency", row["currency"].upper())
     gross, fee, net = (_money(row, column, currency) for column in ("gross", "fee", "net"))
     if gross - fee != net:
