@@ -371,7 +371,14 @@ def _warning(message: str) -> None:
 def write_with_retry(writer_factory: Callable[[bool], PgWriter], decisions: list[Decision],
                      fates: list[Fate], deadline_s: float,
                      log: Callable[[str], object] | None = None, dsn: str | None = None) -> tuple[int, int]:
-    """`write`, retried on connection loss with backoff (0.5 s doubling, at most 10 s).
+    """`write_columns_with_retry` of the decisions' and fates' columns."""
+    return write_columns_with_retry(writer_factory, columns(decisions, fates), deadline_s, log, dsn)
+
+
+def write_columns_with_retry(writer_factory: Callable[[bool], PgWriter], batch: Columns,
+                             deadline_s: float, log: Callable[[str], object] | None = None,
+                             dsn: str | None = None) -> tuple[int, int]:
+    """`write_columns`, retried on connection loss with backoff (0.5 s doubling, at most 10 s).
 
     `writer_factory(fresh)` gives the writer to use: fresh is False on the first
     attempt (reuse a live writer) and True after a failure (connect anew; the
@@ -387,7 +394,7 @@ def write_with_retry(writer_factory: Callable[[bool], PgWriter], decisions: list
         try:
             writer = writer_factory(fresh)
             dsn = writer.dsn
-            return writer.write(decisions, fates)
+            return writer.write_columns(batch)
         except CONNECTION_LOST as exc:
             if writer is not None:
                 writer.close()
