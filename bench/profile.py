@@ -21,6 +21,7 @@ from bench.common import Context, Result
 STEPS = [("source poll", "next_batch (flows/runtime/source.py"),
          ("decode and split", "split_batch (flows/runtime/dataflow.py"),
          ("engine", "(state/engine.py"),
+         ("Arrow columns for both sinks", "_columns (flows/runtime/dataflow.py"),
          ("PostgreSQL sink", "(sinks/pg_sink.py"),
          ("Parquet decisions sink", "_DecisionPartition"),
          ("raw archive sink", "_ArchivePartition"),

@@ -10,6 +10,7 @@ rows/s counts decisions and fates together.
 postgres write: `PgWriter.write(decisions, fates)` on consecutive slices of
 PG_BATCH rows (each slice split into its decisions and fates beforehand, not
 timed), into a fresh namespace on ctx.pg_dsn. Timed: every write, including the
+Arrow build (`sinks.columns.columns`, also reported alone as "build_s") and the
 creation of the day partitions on first use. Excluded: connecting, creating the
 schema, and dropping the namespace afterwards. Every row must be inserted (the
 namespace is fresh), which is checked. PG_SWEEP repeats it at other batch sizes,
@@ -19,6 +20,9 @@ parquet write: for consecutive slices of FLUSH_ROWS rows (the flow's Parquet sin
 flushes at that many rows, or every 5 s), `decisions_table` + `fates_table`
 (timed as "build") and `write_by_day` of each (timed as "write": zstd, fsync,
 rename) into a fresh directory under ctx.work.
+
+sink step: what the flow's two sinks cost together for the day: the Arrow build
+they share (once), the PostgreSQL write from it, and the Parquet write.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import uuid
 from bench.common import Context, Result
 from bench.engine import ingest_day
 from sinks import parquet
+from sinks.columns import columns
 from sinks.parquet_sink import FLUSH_ROWS
 from sinks.postgres import PgWriter, drop_namespace
 from state.decision import Decision, Fate
@@ -46,24 +51,28 @@ def _slices(rows: list, size: int) -> list[tuple[list[Decision], list[Fate]]]:
             for i in range(0, len(rows), size)]
 
 
-def _postgres(ctx: Context, rows: list, size: int) -> float:
-    """Seconds to write every row in writes of `size` rows into a fresh namespace."""
+def _postgres(ctx: Context, rows: list, size: int) -> tuple[float, float]:
+    """(seconds to write every row in writes of `size` rows into a fresh namespace, of which
+    seconds building the Arrow columns)."""
     batches = _slices(rows, size)
     namespace = f"bench_{uuid.uuid4().hex[:12]}"
     writer = PgWriter(ctx.pg_dsn, namespace)
     try:
         writer.ensure_schema()
-        inserted = 0
+        inserted, build = 0, 0.0
         started = time.perf_counter()
         for decisions, fates in batches:
-            inserted += sum(writer.write(decisions, fates))
+            t0 = time.perf_counter()
+            batch = columns(decisions, fates)
+            build += time.perf_counter() - t0
+            inserted += sum(writer.write_columns(batch))
         seconds = time.perf_counter() - started
     finally:
         writer.close()
         drop_namespace(ctx.pg_dsn, namespace)
     if inserted != len(rows):
         raise RuntimeError(f"{inserted} of {len(rows)} rows inserted into a fresh namespace")
-    return seconds
+    return seconds, build
 
 
 def _parquet(ctx: Context, rows: list) -> tuple[float, float, int]:
@@ -88,15 +97,19 @@ def run(ctx: Context) -> list[Result]:
     fates = sum(isinstance(r, Fate) for r in rows)
     counts = {"decisions": len(rows) - fates, "fates": fates, "rows": len(rows)}
 
-    seconds = _postgres(ctx, rows, PG_BATCH)
-    sweep = {size: round(len(rows) / _postgres(ctx, rows, size)) for size in PG_SWEEP}
+    seconds, pg_build = _postgres(ctx, rows, PG_BATCH)
+    sweep = {size: round(len(rows) / _postgres(ctx, rows, size)[0]) for size in PG_SWEEP}
     pg = Result("postgres write", fates, seconds, counts | {
         "rows_per_s": round(len(rows) / seconds), "batch_rows": PG_BATCH,
-        "writes": -(-len(rows) // PG_BATCH), "rows_per_s_by_batch_rows": sweep})
+        "build_s": round(pg_build, 3), "writes": -(-len(rows) // PG_BATCH),
+        "rows_per_s_by_batch_rows": sweep})
 
     build, write, size = _parquet(ctx, rows)
     seconds = build + write
     pq = Result("parquet write", fates, seconds, counts | {
         "rows_per_s": round(len(rows) / seconds), "batch_rows": FLUSH_ROWS,
         "build_s": round(build, 3), "write_s": round(write, 3), "MB_on_disk": round(size / 1e6, 1)})
-    return [pg, pq]
+    # the flow builds the columns once for both sinks: count the build once
+    step = pg.seconds + write
+    both = Result("sink step", fates, step, counts | {"rows_per_s": round(len(rows) / step)})
+    return [pg, pq, both]

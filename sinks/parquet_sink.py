@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from sinks import parquet
+from sinks.columns import concat
 from sinks.timing import Timer, never_handled, untimed
 
 FLUSH_ROWS = 50_000
@@ -107,16 +108,15 @@ class _DecisionPartition(_BufferedPartition):
         self.root = root
 
     def write_batch(self, values: list) -> None:
-        self.rows.extend(values)  # engine Outputs: a batch of decisions and fates each
-        self.buffered(sum(len(out.decisions) + len(out.fates) for out in values))
+        self.rows.extend(values)  # sinks.columns.Columns, one per engine Output
+        self.buffered(sum(batch.rows for batch in values))
 
     def write_files(self, name: str) -> None:
-        decisions = [d for out in self.rows for d in out.decisions]
-        fates = [f for out in self.rows for f in out.fates]
-        if decisions:
-            parquet.write_by_day(parquet.decisions_table(decisions), self.root / "decisions", name)
-        if fates:
-            parquet.write_by_day(parquet.fates_table(fates), self.root / "fates", name)
+        batch = concat(self.rows)
+        if batch.decisions.num_rows:
+            parquet.write_by_day(batch.decisions, self.root / "decisions", name)
+        if batch.fates.num_rows:
+            parquet.write_by_day(batch.fates, self.root / "fates", name)
 
 
 class DecisionSink(FixedPartitionedSink):

@@ -11,7 +11,8 @@ from typing import Callable
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from sinks.postgres import PgWriter, write_with_retry
+from sinks.columns import concat
+from sinks.postgres import PgWriter, write_columns_with_retry
 from sinks.timing import Timer, untimed
 
 
@@ -32,10 +33,9 @@ class _PgPartition(StatefulSinkPartition):
         return self.writer
 
     def write_batch(self, values: list) -> None:
-        decisions = [d for out in values for d in out.decisions]  # engine Outputs
-        fates = [f for out in values for f in out.fates]
-        with self.timer("postgres", len(decisions) + len(fates)):
-            write_with_retry(self._writer, decisions, fates, self.deadline_s, dsn=self.dsn)
+        batch = concat(values)  # sinks.columns.Columns, one per engine Output
+        with self.timer("postgres", batch.rows):
+            write_columns_with_retry(self._writer, batch, self.deadline_s, dsn=self.dsn)
 
     def snapshot(self) -> None:
         return None

@@ -21,10 +21,12 @@ Layout, in one schema per namespace (``validate_namespace``):
   ``written_at``.  Rows are only ever inserted (ON CONFLICT DO NOTHING), so a
   re-emitted decision never overwrites what a reviewer wrote.
 
-A write is one transaction: COPY (binary) into TEMP staging tables, then
-``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into the real tables.  The
+A write is one transaction on an ADBC connection: the batch's Arrow columns
+(``sinks.columns``) are ingested (binary COPY) into TEMP staging tables, then
+``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into the real tables.  The schema,
+the day partitions and the catalog go through psycopg, on a second connection.  The
 schema name is always passed as ``sql.Identifier``; data only ever travels as
-COPY rows or bind parameters.
+COPY data or bind parameters.
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ import time
 from datetime import date, datetime, timedelta
 from typing import Callable
 
-import msgspec
+import adbc_driver_manager
+import adbc_driver_postgresql.dbapi as adbc
+import pyarrow as pa
+import pyarrow.compute as pc
 import psycopg
 from psycopg import errors, sql
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.types.json import Jsonb
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from sinks.columns import Columns, columns
 from sinks.dsn import redact
 from sinks.errors import StoreError
 from state.contract import EPOCH
@@ -68,11 +73,8 @@ FATE_COLUMNS = [
     ("source", "text"), ("event_id", "text"), ("outcome", "text"),
     ("decision_id", "text"), ("window_end", "timestamptz"),
 ]
-# The same types as COPY BINARY needs them (no casts are applied to binary data).
-DECISION_COPY_TYPES = ["text", "text", "int2", "text", "text", "text", "int8", "float8",
-                       "text[]", "text[]", "timestamptz", "timestamptz", "text[]", "jsonb",
-                       "text", "text", "text", "int8"]
-FATE_COPY_TYPES = ["text", "int4", "int8", "text", "text", "text", "text", "timestamptz"]
+# A connection lost (either driver's): write_with_retry reconnects.
+CONNECTION_LOST = (psycopg.OperationalError, adbc_driver_manager.OperationalError)
 
 REVIEW_COLUMNS = """,
     day date NOT NULL,
@@ -90,6 +92,16 @@ FATE_EXTRA = """,
 NOT_NULL = {"decision_id", "kind", "member_event_ids", "member_refs", "window_start",
             "window_end", "missing_sources", "candidates", "topic", "partition", "offset",
             "outcome"}
+
+# From staging into the day partitions. review_status: 'open' for exceptions, NULL for
+# matches. The ORDER BY makes concurrent writers take row locks in one order (no deadlocks).
+DECISIONS_INSERT = ("INSERT INTO {schema}.decisions ({cols}, day, review_status)"
+                    " SELECT {cols}, (window_end AT TIME ZONE 'UTC')::date,"
+                    " CASE WHEN kind = 'exception' THEN 'open' END"
+                    " FROM pg_temp.stage_decisions ORDER BY 1 ON CONFLICT DO NOTHING")
+FATES_INSERT = ("INSERT INTO {schema}.fates ({cols}, day)"
+                " SELECT {cols}, (window_end AT TIME ZONE 'UTC')::date"
+                " FROM pg_temp.stage_fates ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING")
 
 # Another session created the same object between our check and our CREATE.
 RACES = (errors.DuplicateTable, errors.DuplicateSchema, errors.DuplicateObject,
@@ -120,13 +132,16 @@ def _columns(columns: list[tuple[str, str]], types: bool = True) -> sql.Composab
     return sql.SQL(", ").join(parts)
 
 
-def _timestamp(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
+def _days(table: pa.Table) -> list[date]:
+    """The UTC dates of a table's window_end; the same as (ts AT TIME ZONE 'UTC')::date."""
+    return sorted(pc.unique(table.column("window_end").cast(pa.date32())).to_pylist())
 
 
-def _day(us: int) -> date:
-    """UTC date of a microsecond timestamp; the same as (ts AT TIME ZONE 'UTC')::date."""
-    return _timestamp(us).date()
+def bulk_connect(dsn: str) -> adbc.Connection:
+    """An ADBC connection, not in autocommit. The driver hands its string to libpq's
+    PQconnectdb, which takes key=value as well as a URI: psycopg parses our DSN (either
+    form) and quotes it again as key=value, so no value is spliced in by hand."""
+    return adbc.connect(make_conninfo(dsn, connect_timeout=CONNECT_TIMEOUT_S), autocommit=False)
 
 
 def safe_reason(exc: BaseException, dsn: str) -> str:
@@ -148,7 +163,17 @@ class PgWriter:
         self.ns = validate_namespace(ns)
         self.dsn = dsn
         self.conn = psycopg.connect(dsn, autocommit=False, connect_timeout=CONNECT_TIMEOUT_S)
+        try:
+            self.bulk = bulk_connect(dsn)  # the write transactions: staging and inserts
+        except BaseException:
+            self.conn.close()
+            raise
+        self._bulk_closed = False
         self._schema = sql.Identifier(self.ns)
+        self._inserts = [sql.SQL(insert).format(schema=self._schema, cols=_columns(cols, types=False))
+                         .as_string(self.conn)
+                         for insert, cols in ((DECISIONS_INSERT, DECISION_COLUMNS),
+                                              (FATES_INSERT, FATE_COLUMNS))]
         self._partitions: set[tuple[str, date]] = set()
         self._staging = False
 
@@ -232,73 +257,66 @@ class PgWriter:
         self._partitions.add((parent, day))
 
     def _ensure_staging(self) -> None:
-        """TEMP tables shaped like the batch; emptied by every commit."""
+        """TEMP tables shaped like the batch, on the bulk connection; emptied by every commit."""
         if self._staging:
             return
-        with self.conn.transaction():
+        with self.bulk.cursor() as cur:
             for name, columns in (("stage_decisions", DECISION_COLUMNS),
                                   ("stage_fates", FATE_COLUMNS)):
-                self.conn.execute(sql.SQL(
+                cur.execute(sql.SQL(
                     "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS"
-                ).format(sql.Identifier(name), _columns(columns)))
+                ).format(sql.Identifier(name), _columns(columns)).as_string(self.conn))
+        self.bulk.commit()
         self._staging = True
 
     # -- writing ---------------------------------------------------------------
 
     def write(self, decisions: list[Decision], fates: list[Fate]) -> tuple[int, int]:
         """Insert what is not there yet, in one transaction; returns rows inserted."""
-        if any(f.window_end is None for f in fates):
+        return self.write_columns(columns(decisions, fates))
+
+    def write_columns(self, batch: Columns) -> tuple[int, int]:
+        """`write`, from the batch's Arrow columns."""
+        if batch.fates.column("window_end").null_count:
             raise ValueError("pending fates (window_end None) cannot be written")
-        for day in sorted({_day(d.window_end) for d in decisions}):
+        for day in _days(batch.decisions):
             self._ensure_partition("decisions", day)
-        for day in sorted({_day(f.window_end) for f in fates}):
+        for day in _days(batch.fates):
             self._ensure_partition("fates", day)
         self._ensure_staging()
+        decisions = batch.decisions.set_column(
+            batch.decisions.schema.get_field_index("candidates"), "candidates",
+            batch.candidates_json)
+        try:
+            with self.bulk.cursor() as cur:
+                inserted = (_stage_and_insert(cur, decisions, "stage_decisions", self._inserts[0]),
+                            _stage_and_insert(cur, batch.fates, "stage_fates", self._inserts[1]))
+            self.bulk.commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return inserted
 
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            inserted_decisions = inserted_fates = 0
-            if decisions:
-                self._copy(cur, "stage_decisions", DECISION_COLUMNS, DECISION_COPY_TYPES,
-                           (_decision_row(d) for d in decisions))
-                # review_status: 'open' for exceptions, NULL for matches.  The ORDER BY
-                # makes concurrent writers take row locks in one order (no deadlocks).
-                cur.execute(sql.SQL(
-                    "INSERT INTO {}.decisions ({cols}, day, review_status)"
-                    " SELECT {cols}, (window_end AT TIME ZONE 'UTC')::date,"
-                    " CASE WHEN kind = 'exception' THEN 'open' END"
-                    " FROM pg_temp.stage_decisions ORDER BY 1"
-                    " ON CONFLICT DO NOTHING"
-                ).format(self._schema, cols=_columns(DECISION_COLUMNS, types=False)))
-                inserted_decisions = cur.rowcount
-            if fates:
-                self._copy(cur, "stage_fates", FATE_COLUMNS, FATE_COPY_TYPES,
-                           (_fate_row(f) for f in fates))
-                cur.execute(sql.SQL(
-                    "INSERT INTO {}.fates ({cols}, day)"
-                    " SELECT {cols}, (window_end AT TIME ZONE 'UTC')::date"
-                    " FROM pg_temp.stage_fates ORDER BY 1, 2, 3"
-                    " ON CONFLICT DO NOTHING"
-                ).format(self._schema, cols=_columns(FATE_COLUMNS, types=False)))
-                inserted_fates = cur.rowcount
-        return inserted_decisions, inserted_fates
-
-    @staticmethod
-    def _copy(cur: psycopg.Cursor, table: str, columns, types, rows) -> None:
-        statement = sql.SQL("COPY pg_temp.{} ({}) FROM STDIN (FORMAT BINARY)").format(
-            sql.Identifier(table), _columns(columns, types=False))
-        with cur.copy(statement) as copy:
-            copy.set_types(types)
-            for row in rows:
-                copy.write_row(row)
+    def _rollback(self) -> None:
+        try:
+            self.bulk.rollback()
+        except adbc_driver_manager.Error:
+            pass  # the connection is gone; the caller's error says why
 
     # -- lifetime --------------------------------------------------------------
 
     @property
     def closed(self) -> bool:
-        return self.conn.closed
+        return self.conn.closed or self._bulk_closed
 
     def close(self) -> None:
         self.conn.close()
+        if not self._bulk_closed:
+            self._bulk_closed = True
+            try:
+                self.bulk.close()
+            except adbc_driver_manager.Error:
+                pass  # its server is gone; libpq has freed what it held
 
     def __enter__(self) -> PgWriter:
         return self
@@ -307,17 +325,13 @@ class PgWriter:
         self.close()
 
 
-def _decision_row(d: Decision) -> tuple:
-    return (d.decision_id, d.kind, d.tier, d.exception_kind, d.account, d.currency,
-            d.amount_minor, d.confidence, d.member_event_ids, d.member_refs,
-            _timestamp(d.window_start), _timestamp(d.window_end), d.missing_sources,
-            Jsonb(d.candidates, dumps=msgspec.json.encode), d.reason, d.raw_base64,
-            d.relation, d.fee_minor)
-
-
-def _fate_row(f: Fate) -> tuple:
-    return (f.topic, f.partition, f.offset, f.source, f.event_id, f.outcome, f.decision_id,
-            _timestamp(f.window_end))
+def _stage_and_insert(cur: adbc.Cursor, table: pa.Table, stage: str, insert: str) -> int:
+    """Rows of `table` that were not stored yet, inserted through the TEMP table `stage`."""
+    if not table.num_rows:
+        return 0
+    cur.adbc_ingest(stage, table, mode="append", temporary=True)
+    cur.execute(insert)
+    return cur.rowcount
 
 
 # -- reconnecting --------------------------------------------------------------
@@ -357,7 +371,14 @@ def _warning(message: str) -> None:
 def write_with_retry(writer_factory: Callable[[bool], PgWriter], decisions: list[Decision],
                      fates: list[Fate], deadline_s: float,
                      log: Callable[[str], object] | None = None, dsn: str | None = None) -> tuple[int, int]:
-    """`write`, retried on connection loss with backoff (0.5 s doubling, at most 10 s).
+    """`write_columns_with_retry` of the decisions' and fates' columns."""
+    return write_columns_with_retry(writer_factory, columns(decisions, fates), deadline_s, log, dsn)
+
+
+def write_columns_with_retry(writer_factory: Callable[[bool], PgWriter], batch: Columns,
+                             deadline_s: float, log: Callable[[str], object] | None = None,
+                             dsn: str | None = None) -> tuple[int, int]:
+    """`write_columns`, retried on connection loss with backoff (0.5 s doubling, at most 10 s).
 
     `writer_factory(fresh)` gives the writer to use: fresh is False on the first
     attempt (reuse a live writer) and True after a failure (connect anew; the
@@ -373,8 +394,8 @@ def write_with_retry(writer_factory: Callable[[bool], PgWriter], decisions: list
         try:
             writer = writer_factory(fresh)
             dsn = writer.dsn
-            return writer.write(decisions, fates)
-        except psycopg.OperationalError as exc:
+            return writer.write_columns(batch)
+        except CONNECTION_LOST as exc:
             if writer is not None:
                 writer.close()
             fresh = True

@@ -6,18 +6,22 @@ import re
 import threading
 import time
 from datetime import date, datetime, timezone
+from urllib.parse import quote
 
 import msgspec
 import psycopg
 import pyarrow as pa
 import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from flows.logs import UserError
-from sinks.parquet import DECISIONS_SCHEMA, FATES_SCHEMA, decisions_table, write_by_day
+from sinks.columns import columns
+from sinks.parquet import DECISIONS_SCHEMA, FATES_SCHEMA, decisions_table, fates_table, write_by_day
 from sinks.postgres import (ADDED_DECISION_COLUMNS, DECISION_COLUMNS, FATE_COLUMNS, PgWriter,
                             WriterFactory, connect_check, validate_namespace, write_with_retry)
 from sinks.stores import DECISION_FIELDS, ParquetStore, PostgresStore
-from state.decision import Decision, Fate
+from state.decision import Candidate, Decision, Fate
 from tests.flow_helpers import engine_rows, read_decisions, read_fates
 from tests.samples import US, exception, match, namespace
 
@@ -299,3 +303,137 @@ def test_parquet_files_from_before_relations_read_as_nulls(tmp_path):
     table = decisions_table([match(1, DAY1)]).select(old_schema.names)
     write_by_day(table, tmp_path / "ns" / "decisions", "part.parquet")
     assert ParquetStore(tmp_path, "ns").decisions() == engine_rows([match(1, DAY1)], [])[0]
+
+
+# -- writing from Arrow columns with ADBC (issue 20) ----------------------------
+
+# The schema of record, as information_schema gave it before the writes went through ADBC
+# (psycopg's COPY of Python rows): other tools read these tables.
+SCHEMA_OF_RECORD = [
+    ("decisions", "decision_id", "text", "NO"), ("decisions", "kind", "text", "NO"),
+    ("decisions", "tier", "int2", "YES"), ("decisions", "exception_kind", "text", "YES"),
+    ("decisions", "account", "text", "YES"), ("decisions", "currency", "text", "YES"),
+    ("decisions", "amount_minor", "int8", "YES"), ("decisions", "confidence", "float8", "YES"),
+    ("decisions", "member_event_ids", "_text", "NO"), ("decisions", "member_refs", "_text", "NO"),
+    ("decisions", "window_start", "timestamptz", "NO"),
+    ("decisions", "window_end", "timestamptz", "NO"),
+    ("decisions", "missing_sources", "_text", "NO"), ("decisions", "candidates", "jsonb", "NO"),
+    ("decisions", "reason", "text", "YES"), ("decisions", "raw_base64", "text", "YES"),
+    ("decisions", "relation", "text", "YES"), ("decisions", "fee_minor", "int8", "YES"),
+    ("decisions", "day", "date", "NO"), ("decisions", "review_status", "text", "YES"),
+    ("decisions", "resolved_by", "text", "YES"), ("decisions", "resolved_at", "timestamptz", "YES"),
+    ("decisions", "resolution", "text", "YES"), ("decisions", "note", "text", "YES"),
+    ("decisions", "written_at", "timestamptz", "NO"),
+    ("fates", "topic", "text", "NO"), ("fates", "partition", "int4", "NO"),
+    ("fates", "offset", "int8", "NO"), ("fates", "source", "text", "YES"),
+    ("fates", "event_id", "text", "YES"), ("fates", "outcome", "text", "NO"),
+    ("fates", "decision_id", "text", "YES"), ("fates", "window_end", "timestamptz", "NO"),
+    ("fates", "day", "date", "NO"),
+]
+
+
+def column_types(dsn: str, ns: str) -> dict[str, list[tuple]]:
+    """Every table's (table, column, type, nullable) in order, day partitions included."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT table_name, column_name, udt_name, is_nullable FROM information_schema.columns"
+            " WHERE table_schema = %s ORDER BY table_name, ordinal_position", (ns,)).fetchall()
+    tables: dict[str, list[tuple]] = {}
+    for table, *column in rows:
+        tables.setdefault(table, []).append((table.split("_")[0], *column))
+    return tables
+
+
+def varied() -> tuple[list[Decision], list[Fate]]:
+    """Every kind of value a column holds: NULLs, negative and large integers, a confidence
+    that is not short in decimal, microseconds, non-ASCII text, empty and full lists."""
+    decisions = [match(1, DAY1), exception(2, DAY2), settled(3),
+                 msgspec.structs.replace(exception(4, DAY1), amount_minor=-(2 ** 62),
+                                         confidence=1 / 3, account="kontø 7", missing_sources=[],
+                                         candidates=[Candidate("bank:b✓", "bank-tx:2:9", 0.1 + 0.2)])]
+    fates = [f for d in decisions for f in fates_of(d)]
+    fates.append(Fate("bank-tx", 2, 2 ** 40, None, None, "heartbeat", None, DAY2))
+    return decisions, fates
+
+
+def table_rows(dsn: str, ns: str) -> dict[str, list[tuple]]:
+    """Everything stored, written_at included: a rewrite must not touch a stored row."""
+    with psycopg.connect(dsn) as conn:
+        return {table: conn.execute(f"SELECT * FROM {ns}.{table} ORDER BY 1, 2, 3").fetchall()
+                for table in ("decisions", "fates")}
+
+
+def test_column_types_are_the_schema_of_record(pg_dsn):
+    ns = namespace()
+    with writer(pg_dsn, ns) as w:
+        w.write(*varied())
+    tables = column_types(pg_dsn, ns)
+    assert tables["decisions"] + tables["fates"] == SCHEMA_OF_RECORD
+    for name, columns in tables.items():  # every day partition has its parent's columns
+        assert columns == tables[name.split("_")[0]], name
+
+
+def test_a_resumed_epoch_leaves_the_same_rows(pg_dsn, tmp_path):
+    ns = namespace()
+    decisions, fates = varied()
+    with writer(pg_dsn, ns) as w:
+        assert w.write(decisions, fates) == (4, len(fates))
+    first = table_rows(pg_dsn, ns)
+    with writer(pg_dsn, ns) as w:  # the resumed epoch, in a new process: the same outputs again
+        assert w.write_columns(columns(decisions, fates)) == (0, 0)
+        assert w.write(decisions[::-1], fates[::-1]) == (0, 0)
+    assert table_rows(pg_dsn, ns) == first
+    expected = engine_rows(decisions, fates)
+    write_by_day(decisions_table(decisions), tmp_path / ns / "decisions", "part.parquet")
+    write_by_day(fates_table(fates), tmp_path / ns / "fates", "part.parquet")
+    with PostgresStore(pg_dsn, ns) as pg:
+        assert (sorted(pg.decisions()), sorted(pg.fates())) == expected
+    parquet = ParquetStore(tmp_path, ns)
+    assert (sorted(parquet.decisions()), sorted(parquet.fates())) == expected
+
+
+def test_write_with_retry_reconnects_when_the_bulk_connection_dies(pg_dsn):
+    ns = namespace()
+    factory, lines = WriterFactory(pg_dsn, ns), []
+    first = factory()
+    decisions, fates = varied()
+    assert write_with_retry(factory, decisions, fates, 10, lines.append) == (4, len(fates))
+    with first.bulk.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        (pid,) = cur.fetchone()
+    first.bulk.commit()
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    later = match(5, DAY1)  # its day partition exists: only the bulk connection is used
+    assert write_with_retry(factory, [later], fates_of(later), 10, lines.append) == (1, 2)
+    assert len(lines) == 1 and "reconnecting" in lines[0] and "\n" not in lines[0]
+    password = re.search(r"://[^:]+:([^@]+)@", pg_dsn).group(1)
+    assert password not in lines[0]
+    assert first.closed and factory() is not first
+    factory.close()
+
+
+@pytest.mark.parametrize("form", ["uri", "key=value"])
+def test_a_password_with_spaces_quotes_and_at_signs_reaches_both_connections(pg_dsn, form):
+    """The ADBC connection gets the DSN through psycopg's parsing, not by string splicing."""
+    role, password = f"odd_{form.replace('=', '_')}", "p a's\\s@w:rd/?"
+    ns = namespace()
+    parts = conninfo_to_dict(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)))
+        admin.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
+            sql.Identifier(ns), sql.Identifier(role)))
+    if form == "uri":
+        dsn = (f"postgresql://{role}:{quote(password, safe='')}@{parts['host']}:{parts['port']}"
+               f"/{parts['dbname']}")
+    else:
+        dsn = make_conninfo("", user=role, password=password, host=parts["host"],
+                            port=parts["port"], dbname=parts["dbname"])
+    with writer(dsn, ns) as w:
+        assert w.write(*batch()) == (3, 5)
+    wrong = dsn.replace(quote(password, safe="") if form == "uri" else "s@w", "x")
+    with pytest.raises(UserError) as info:
+        write_with_retry(WriterFactory(wrong, ns), *batch(), 0.1, lambda line: None)
+    assert password not in str(info.value) and "\n" not in str(info.value)

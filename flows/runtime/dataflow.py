@@ -24,6 +24,7 @@ from flows.runtime import memory, metrics
 from flows.logs import UserError
 from flows.runtime.placement import shard_key, shard_of_key
 from flows.runtime.source import Counters, RawBatch, TallySource
+from sinks.columns import Columns, columns
 from sinks.parquet_sink import ArchiveSink, DecisionSink
 from state.config import MatchConfig
 from state.contract import NEVER, Decoder, Part
@@ -141,6 +142,11 @@ def _after(since_us: int, stats: FlowStats):
     return keep
 
 
+def _columns(item: tuple[str, Output]) -> tuple[str, Columns]:
+    key, out = item
+    return key, columns(out.decisions, out.fates)
+
+
 def _source(settings: FlowSettings, stats: FlowStats, pacemaker):
     if settings.archive is not None:
         from flows.runtime.archive import ArchiveSource
@@ -180,6 +186,8 @@ def build_flow(settings: FlowSettings, stats: FlowStats, pacemaker=None) -> Data
     outputs = op.stateful_batch("engine", slices, build_shard)
     if settings.emit_from_us is not None:
         outputs = op.map("warm_up", outputs, _after(settings.emit_from_us, stats))
+    # Both stores write the same Arrow columns, built once per engine Output.
+    outputs = op.map("columns", outputs, _columns)
     op.output("parquet", outputs, DecisionSink(settings.data_root, settings.sink_parts, shard_of_key,
                                                metrics.sink_write, keep_full_disk))
     if settings.pg_dsn:
