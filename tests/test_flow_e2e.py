@@ -112,6 +112,18 @@ def test_a_namespace_refuses_to_resume_with_another_matching_config(published, b
     changed.write_text(config_file.read_text() + '\n[matching]\namount_tolerance = "0.01"\n')
     run = tally("run", "--brokers", broker, "--pg", pg_dsn, "--data-dir", str(work / "data"),
                 "--namespace", "e2e_a", "--until-end", "--config", str(changed), expect=2)
+    pinned = work / "data" / "e2e_a" / "config.toml"
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"tally: namespace e2e_a decides by the config pinned in {pinned}, and this config's "
+        f"rules differ ('-amount_tolerance = \"0.02\"'); run with --config {pinned}, or replay "
+        f"into a new namespace to decide by the new rules")
+    # without the pin (a namespace from before it), the snapshot's own copy still refuses
+    pinned.rename(pinned.with_name("kept.toml"))
+    try:
+        run = tally("run", "--brokers", broker, "--pg", pg_dsn, "--data-dir", str(work / "data"),
+                    "--namespace", "e2e_a", "--until-end", "--config", str(changed), expect=2)
+    finally:
+        pinned.with_name("kept.toml").replace(pinned)
     assert run.stderr.strip().splitlines()[-1] == (
         "tally: the matching config differs from the one in the recovery snapshot; "
         "use a new namespace (or the old config) to continue")

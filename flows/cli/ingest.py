@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def add_ingest(commands) -> None:
 
 
 def run_ingest(args) -> int:
-    from flows.ingest.records import Options
+    from flows.ingest.records import Options, Refusal
     from flows.ingest.publish import Summary
     from flows.kafka import kafka_io
     from flows.runtime.settings import load_config
@@ -58,7 +59,11 @@ def run_ingest(args) -> int:
     if args.watch:
         _watch(args, brokers, topic, options, summary)
     else:
-        _files(args, brokers, topic, options, summary)
+        try:
+            _files(args, brokers, topic, options, summary)
+        except Refusal as refusal:  # a file that must not go out: none of them did
+            print(f"tally: {logs.printable(str(refusal))}", file=sys.stderr)
+            return 1
     print(_summary(summary, topic, time.monotonic() - started))
     return 0
 
