@@ -77,11 +77,14 @@ class OptionalBuildExt(build_ext):
         else:
             self.built.add(ext.name)
 
+    def build_extensions(self) -> None:
+        super().build_extensions()
+        # what was not built is neither copied in place nor listed among the outputs
+        self.extensions = [ext for ext in self.extensions if ext.name in self.built]
+
     def run(self) -> None:
         super().run()  # builds into build_lib, then copies in place when --inplace/editable
         for ext in self.extensions:
-            if ext.name not in self.built:
-                continue
             digest = source_hash(ext.name.rpartition(".")[2])
             places = [Path(self.build_lib) / self.get_ext_filename(ext.name)]
             if self.inplace:
