@@ -41,7 +41,8 @@ def source_hash(module: str) -> str:
 
 class OptionalBuildExt(build_ext):
     """build_ext that never fails the install: a module that cannot be built runs from
-    source. Each binary gets the hash of the source it was built from beside it."""
+    source. Each binary gets the hash of the source it was built from beside it, and in
+    place, a module is rebuilt exactly when that hash is not its source's."""
 
     def finalize_options(self) -> None:
         # before the base class prepares the extensions it will build
@@ -51,7 +52,11 @@ class OptionalBuildExt(build_ext):
             warn("Cython is not installed, nothing was compiled")
             self.distribution.ext_modules = []
         else:
-            self._regenerate_stale()
+            for ext in self.distribution.ext_modules:
+                source = HERE / ext.sources[0]  # already the .c when finalized a second time
+                if source.suffix == ".py" and not self._current_in_place(ext.name):
+                    # Cython judges by timestamps, which a checkout may have kept
+                    source.with_suffix(".c").unlink(missing_ok=True)
             # exclude_failures: a module Cython rejects is dropped, the others still build
             self.distribution.ext_modules = cythonize(
                 self.distribution.ext_modules, language_level=3, quiet=True,
@@ -59,17 +64,29 @@ class OptionalBuildExt(build_ext):
         super().finalize_options()
         self.built: set[str] = set()
 
-    def _regenerate_stale(self) -> None:
-        """Cython and setuptools rebuild by timestamps; a source whose hash is not the one
-        its in-place binary records (a checkout that kept old times, say) is translated
-        again, so that the build always repairs what flows/compiled.py would refuse."""
-        for ext in self.distribution.ext_modules:
-            module = ext.name.rpartition(".")[2]
-            recorded = HERE / "state" / f"{module}{sysconfig.get_config_var('EXT_SUFFIX')}{HASH_SUFFIX}"
-            if recorded.exists() and recorded.read_text().strip() != source_hash(module):
-                (HERE / "state" / f"{module}.c").unlink(missing_ok=True)
+    def _current_in_place(self, name: str) -> bool:
+        """The binary beside the source was built from it, as it is now."""
+        binary = HERE / (name.replace(".", "/") + sysconfig.get_config_var("EXT_SUFFIX"))
+        recorded = binary.with_name(binary.name + HASH_SUFFIX)
+        return (binary.exists() and recorded.exists()
+                and recorded.read_text().strip() == source_hash(name.rpartition(".")[2]))
+
+    def run(self) -> None:
+        self.in_place = self.inplace  # setuptools turns it off while it builds into build_lib
+        super().run()  # ... then copies what was built in place
+        for ext in self.extensions:
+            digest = source_hash(ext.name.rpartition(".")[2])
+            places = [Path(self.build_lib) / self.get_ext_filename(ext.name)]
+            if self.in_place:
+                places.append(HERE / self.get_ext_filename(ext.name))
+            for binary in filter(Path.exists, places):
+                binary.with_name(binary.name + HASH_SUFFIX).write_text(digest + "\n")
 
     def build_extension(self, ext: Extension) -> None:
+        if self.in_place and self._current_in_place(ext.name):
+            # not setuptools' judgement, by build/'s copy: a fresh clone's `pip install -e`
+            # built in a temporary directory, and `make test` would build it all again
+            return
         try:
             super().build_extension(ext)
         except Exception as err:  # no compiler, no headers, a compiler error
@@ -79,18 +96,8 @@ class OptionalBuildExt(build_ext):
 
     def build_extensions(self) -> None:
         super().build_extensions()
-        # what was not built is neither copied in place nor listed among the outputs
+        # what was not built now is neither copied in place nor listed among the outputs
         self.extensions = [ext for ext in self.extensions if ext.name in self.built]
-
-    def run(self) -> None:
-        super().run()  # builds into build_lib, then copies in place when --inplace/editable
-        for ext in self.extensions:
-            digest = source_hash(ext.name.rpartition(".")[2])
-            places = [Path(self.build_lib) / self.get_ext_filename(ext.name)]
-            if self.inplace:
-                places.append(HERE / self.get_ext_filename(ext.name))
-            for binary in places:
-                binary.with_name(binary.name + HASH_SUFFIX).write_text(digest + "\n")
 
 
 if __name__ == "__main__":  # as setuptools runs it; tests read COMPILED without building
