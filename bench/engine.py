@@ -28,6 +28,7 @@ from flows.runtime.run import GC_THRESHOLD
 from state.config import MatchConfig
 from state.contract import Decoder
 from state.decision import Decision, Fate
+from state import engine as engine_module
 from state.engine import Shard
 from state.routing import split
 
@@ -82,6 +83,8 @@ def run(ctx: Context) -> list[Result]:
         "decisions": decisions, "decisions_per_s": round(decisions / seconds),
         "fates": len(emitted) - decisions, "open_at_end": shard.open_count(), "chunk": CHUNK,
         "gc_threshold": str(GC_THRESHOLD),
+        # the Cython-compiled state modules, or their sources (TALLY_PURE_PYTHON=1, no compiler)
+        "compiled": not engine_module.__file__.endswith(".py"),
         "seconds_by_phase": {k: round(v, 3) for k, v in phases.items()}})
     del emitted, shard, values
 

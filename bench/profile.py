@@ -3,11 +3,14 @@
 py-spy (a sampling profiler, from the `bench` extra) records the Python stacks
 of the flow subprocess; each sample is put in the step whose code it is in.
 "Bytewax runtime" is time in the Rust runtime with no Python step on the stack.
+The flow runs state/'s sources (TALLY_PURE_PYTHON=1): the compiled modules have no
+Python frames for py-spy to see, so their time would land in the steps that call them.
 """
 
 from __future__ import annotations
 
 import shutil
+import os
 import subprocess
 import sys
 import time
@@ -52,7 +55,8 @@ def run(ctx: Context) -> list[Result]:
                "--data-dir", str(ctx.work / "data"), "--namespace", f"bench_{uuid.uuid4().hex[:8]}",
                "--until-end", "--config", str(ctx.config_file)]
     started = time.monotonic()
-    subprocess.run(command, check=True, capture_output=True)
+    subprocess.run(command, check=True, capture_output=True,
+                   env=os.environ | {"TALLY_PURE_PYTHON": "1"})
     return [Result("profiled flow", ctx.events, time.monotonic() - started,
                    {"sampling_hz": RATE_HZ, "share_by_step": shares(out),
                     "note": "sampling slows the flow; use the shares, not this rate"})]
