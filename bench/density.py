@@ -20,6 +20,10 @@ density flow, <day>: `bench.flow.whole_flow` on that day's topics: `tally run
 
 The last result's extra holds events_per_s_worst_over_best: for the engine and for
 the flow, the slowest day's events/s over the fastest day's (1.0: density costs nothing).
+
+density flow, hot account 50%, 2 processes: the hot day's flow again with `--processes 2`;
+its extra's over_one_process is its events/s over the one-process run's (docs/scaling.md,
+"A hot account").
 """
 
 from __future__ import annotations
@@ -56,11 +60,16 @@ def run(ctx: Context) -> list[Result]:
         engine.append(_engine(day, name, shape))
         flow.append(whole_flow(day, name=f"density flow, {name}"))
         flow[-1].extra |= shape
+    hot_day, one = day, flow[-1]  # the last day is the hot account's
+    two = whole_flow(hot_day, "--processes", "2", name=f"density flow, {DAYS[-1][0]}, 2 processes")
+    two.extra |= one.extra | {"over_one_process": round(two.events_per_s / one.events_per_s, 3)}
+    print(f"  density: the hot account's day on 2 processes ran {two.extra['over_one_process']}x "
+          f"one process", file=sys.stderr)
     ratios = {"engine": _worst_over_best(engine), "flow": _worst_over_best(flow)}
     print(f"  density: events/s of the slowest day over the fastest: engine {ratios['engine']}, "
           f"flow {ratios['flow']}", file=sys.stderr)
     flow[-1].extra["events_per_s_worst_over_best"] = ratios
-    return engine + flow
+    return engine + flow + [two]
 
 
 def _publish_day(ctx: Context, name: str, payments: int, options: dict) -> Context:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -45,6 +46,21 @@ def start_tally(*args: str, env: dict | None = None) -> subprocess.Popen:
     """The CLI in the background, output captured (for tests that act while it runs)."""
     return subprocess.Popen([sys.executable, "-m", "flows", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=os.environ | (env or {}))
+
+
+def stop(flow: subprocess.Popen, timeout: float = 60) -> int:
+    """SIGTERM a live run started by `start_tally` and wait for it to end, reading its output
+    meanwhile: a run whose stderr pipe is full (nobody reading it) could never exit."""
+    if flow.poll() is None:
+        flow.send_signal(signal.SIGTERM)
+    try:
+        flow.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        flow.kill()
+        _, stderr = flow.communicate()
+        raise AssertionError(f"the run did not end within {timeout:.0f}s of SIGTERM; "
+                             f"its stderr ends:\n{stderr[-3000:]}") from None
+    return flow.returncode
 
 
 def canonical_decisions(rows: list[dict]) -> list[tuple]:

@@ -12,7 +12,6 @@ identical; a record that comes after a heartbeat that declared a later time is l
 from __future__ import annotations
 
 import json
-import signal
 import tempfile
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from flows.runtime.pacemaker import Pacemaker
 from state.config import MatchConfig, from_toml
 from state.contract import Decoder, Heartbeat
 from tests.flow_helpers import (FATE_FIELDS, decisions_written, engine_rows, pg_rows, read_decisions,
-                                read_fates, start_tally, tally, unique_topics, wait_until)
+                                read_fates, start_tally, stop, tally, unique_topics, wait_until)
 
 PAYMENTS = 3000
 QUIET_FROM = "2026-11-21T06:00"
@@ -77,9 +76,7 @@ def quiet_day(broker, pg_dsn):
                    "every record of the quiet day decided")
         yield work, topics, env, expected, flow
     finally:
-        if flow.poll() is None:
-            flow.send_signal(signal.SIGTERM)
-            flow.wait(60)
+        stop(flow)
 
 
 def consumed_ends(pg_dsn: str, namespace: str, topics: dict[str, str]) -> str:
@@ -148,8 +145,7 @@ def test_other_readers_of_the_same_topics_decide_the_same(quiet_day, pg_dsn, nam
         wait_until(lambda: decided(pg_dsn, namespace, flow) >= len(expected.decisions), 240,
                    f"every record decided in {namespace}")
     finally:
-        flow.send_signal(signal.SIGTERM)
-        flow.wait(60)
+        stop(flow)
     assert pg_rows(pg_dsn, namespace)[0] == engine_rows(expected.decisions, expected.fates)[0]
 
 
@@ -167,8 +163,7 @@ def test_a_record_older_than_a_heartbeat_is_late(quiet_day, broker, pg_dsn):
 
 def test_the_log_with_tallys_heartbeats_replays_identically(quiet_day, broker, pg_dsn):
     work, topics, env, expected, flow = quiet_day
-    flow.send_signal(signal.SIGTERM)
-    assert flow.wait(60) == 130
+    assert stop(flow) == 130
     replay_verifies(env, pg_dsn, "hb_live", topics)
 
 
@@ -182,14 +177,13 @@ def test_a_live_run_killed_midway_with_its_heartbeats_replays_identically(broker
     wait_until(lambda: decided(pg_dsn, "hb_killed", flow) > len(expected.decisions) // 4, 120,
                "a quarter of the day decided")
     flow.kill()
-    flow.wait(30)
+    flow.communicate(timeout=30)
     flow = start_tally(*args[:-2], env=env)
     try:
         wait_until(lambda: decided(pg_dsn, "hb_killed", flow) >= len(expected.decisions), 240,
                    "the rest decided after the kill")
     finally:
-        flow.send_signal(signal.SIGTERM)
-        flow.wait(60)
+        stop(flow)
     assert pg_rows(pg_dsn, "hb_killed")[0] == engine_rows(expected.decisions, expected.fates)[0]
     replay_verifies(env, pg_dsn, "hb_killed", topics)
 
