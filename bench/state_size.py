@@ -10,7 +10,9 @@ then its events are ingested into one Shard, CHUNK at a time: the day as decoded
 then if needed copies k = 1, 2, ... in their own partitions (topic "<topic>~k",
 event ids "<id>~k", so no copy looks late or redelivered to another), stopping
 at the first chunk that brings `open_count()` to the target. Spare declared
-partitions (and one named "bench.never") never progress. Timed:
+partitions never progress, and one more partition of each source's topic (number
+NEVER_PARTITION) gets no record: a relation's watermark is over its sources' partitions,
+so these hold every watermark, and nothing is decided. Timed:
 `encode_snapshot` (the bytes the flow stores per shard); the ingest time is in
 extra. State MB = VmRSS with the state (inputs dropped, gc.collect()) minus VmRSS
 after imports. restore: a second fresh process reads the saved snapshot, then
@@ -60,6 +62,7 @@ TARGET = 1_000_000
 QUICK_TARGET = 50_000
 FLOW_TIMEOUT_S = 3600
 CHUNK = 5000
+NEVER_PARTITION = 1_000  # of each source's topic: no record ever comes, so no watermark moves
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -92,7 +95,8 @@ def build(day: Path, topics: dict[str, str], target: int, snapshot_file: Path) -
     events = _day_events(day, topics)
     copies = math.ceil(target * 1.05 / sum(map(len, events.values()))) + 1  # late ones are decided
     declared = [(t if k == 0 else f"{t}~{k}", p) for k in range(copies) for t, p in events]
-    shard = Shard(MatchConfig(topics=topics), declared + [("bench.never", 0)])
+    never = [(topic, NEVER_PARTITION) for topic in topics.values()]
+    shard = Shard(MatchConfig(topics=topics), declared + never)
     started = time.perf_counter()
     for topic, partition, chunk in _chunks(events, copies):
         (piece,) = split(topic, partition, chunk, 1, shard.config.max_clock_skew_us)
