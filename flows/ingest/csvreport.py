@@ -8,7 +8,6 @@ line 1) and one clause saying what is wrong.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import re
 from dataclasses import dataclass
@@ -16,10 +15,9 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Iterable
 
-from flows.ingest.statement import Entry, FormatError
+from flows.ingest.statement import Entry, FormatError, short_id
 from state.currency import exponent
 
-MAX_EVENT_ID = 128  # the contract's limit (state/contract.py)
 _UNSIGNED = re.compile(r"[0-9]+(?:\.([0-9]+))?\Z")
 _SIGNED = re.compile(r"-?[0-9]+(?:\.([0-9]+))?\Z")
 
@@ -136,13 +134,8 @@ def required(row: Row, column: str) -> str:
 
 
 def event_id(*parts: str) -> str:
-    """The file's own identifiers joined; past the contract's limit, a readable prefix and
-    a digest of the whole, so that it stays a function of those identifiers alone."""
-    whole = ":".join(parts)
-    if len(whole) <= MAX_EVENT_ID:
-        return whole
-    digest = hashlib.sha256(whole.encode()).hexdigest()[:24]
-    return f"{whole[:MAX_EVENT_ID - len(digest) - 1]}~{digest}"
+    """The file's own identifiers joined, shortened as every ingested id is past the limit."""
+    return short_id(":".join(parts))
 
 
 def check_unique(entries: list[Entry], name: str) -> None:

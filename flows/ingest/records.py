@@ -6,7 +6,6 @@ twice gives redeliveries of the same events, and a replay gives the same decisio
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
@@ -14,9 +13,10 @@ from decimal import Decimal
 import msgspec
 
 from flows.logs import UserError
-from flows.ingest.statement import PAYOUT, Entry, Statement, gaps
+from flows.ingest.statement import MAX_EVENT_ID, PAYOUT, Entry, Statement, gaps, short_id
+from state.contract import EPOCH, ONE_US, format_us
 
-MAX_EVENT_ID = 128  # the contract's limit (state/contract.py)
+event_id = short_id  # a record's id: the statement's own, within the contract's limit
 BOOKING, VALUE = "booking", "value"
 _LAST_US = time(23, 59, 59, 999_999)
 
@@ -111,19 +111,11 @@ def _heartbeat_us(statements: list[Statement]) -> int | None:
 
 
 def heartbeat_record(source: str, time_us: int) -> dict:
-    return {"type": "heartbeat", "source": source, "event_time": rfc3339_us(time_us)}
+    return {"type": "heartbeat", "source": source, "event_time": format_us(time_us)}
 
 
 def encode(record: dict) -> bytes:
     return msgspec.json.encode(record)
-
-
-def event_id(raw: str) -> str:
-    """The file's identifier, shortened by a hash only when it exceeds the contract's limit."""
-    if len(raw) <= MAX_EVENT_ID:
-        return raw
-    digest = hashlib.sha256(raw.encode()).hexdigest()[:24]
-    return f"{raw[:MAX_EVENT_ID - 26]}~{digest}"
 
 
 def _decimal(amount: Decimal) -> str:
@@ -135,14 +127,8 @@ def rfc3339(moment: date | datetime) -> str:
     payout paid during the day precedes the credit that pays it."""
     if not isinstance(moment, datetime):
         moment = datetime.combine(moment, _LAST_US, timezone.utc)
-    return rfc3339_us(to_us(moment))
+    return format_us(to_us(moment))
 
 
 def to_us(moment: datetime) -> int:
-    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def rfc3339_us(time_us: int) -> str:
-    moment = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=time_us)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return (moment - EPOCH) // ONE_US

@@ -10,10 +10,12 @@ the same statements, so the same file gives the same event ids, whenever it is r
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 
+MAX_EVENT_ID = 128  # the contract's limit (state/contract.py)
 TRANSACTION = "transaction"
 PAYOUT = "payout"
 
@@ -102,3 +104,12 @@ def gaps(statement: Statement) -> list[str]:
         found.append(f"entries sum to {total}, but the file declares {statement.declared_total} "
                      f"(difference {statement.declared_total - total:+})")
     return found
+
+
+def short_id(raw: str) -> str:
+    """The file's identifiers, kept whole up to the contract's limit; past it, a readable
+    prefix and a digest of the whole, so the id stays a function of those identifiers."""
+    if len(raw) <= MAX_EVENT_ID:
+        return raw
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:24]
+    return f"{raw[:MAX_EVENT_ID - len(digest) - 1]}~{digest}"
