@@ -16,9 +16,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/tally demo
 
+# Two workers, each with its own broker and PostgreSQL (session fixtures), a test file
+# at a time (its module fixtures are built once): most of a test's time is waiting on
+# subprocesses, so this halves the suite on two cores. `pytest` alone runs serially.
 test: $(STAMP) browser compiled
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The engine's hot modules, compiled beside their sources (setup.py): only what changed
 # is rebuilt, so that no test runs a binary older than its source.
