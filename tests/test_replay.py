@@ -50,9 +50,17 @@ def mid_day(pg_dsn) -> str:
     return format_us(middle).replace(".000000Z", "Z")
 
 
-def test_a_full_replay_from_earliest_is_identical_to_live(live):
+@pytest.fixture(scope="module")
+def full(live):
+    """The live day replayed from the earliest offsets into rp_full (for every test that
+    compares with it, whichever runs first)."""
     work, config, env = live
     tally("replay", "--namespace", "rp_full", "--from", "earliest", env=env)
+    return live
+
+
+def test_a_full_replay_from_earliest_is_identical_to_live(full):
+    work, config, env = full
     out = verify(env, "rp_live", "rp_full")
     assert out.strip().splitlines()[-1].startswith("IDENTICAL")
     verify(env, "rp_live", "rp_full", "--store", "parquet")
@@ -76,8 +84,8 @@ def test_a_replay_from_mid_day_with_warmup_matches_every_later_window(live, pg_d
     verify(env, "rp_live", "rp_cold", "--from", start, expect=1)
 
 
-def test_an_archive_replay_equals_a_broker_replay(live):
-    work, config, env = live
+def test_an_archive_replay_equals_a_broker_replay(full):
+    work, config, env = full
     tally("replay", "--namespace", "rp_archive", "--from", "earliest", "--source", "archive",
           "--archive-namespace", "rp_live", env=env)
     verify(env, "rp_full", "rp_archive")
@@ -104,8 +112,8 @@ def test_a_changed_matching_parameter_shows_in_verify(live, pg_dsn):
     assert any(k in out for k in lost) and any(k in out for k in gained)
 
 
-def test_a_replay_resumes_its_own_stretch_and_refuses_another(live):
-    work, config, env = live
+def test_a_replay_resumes_its_own_stretch_and_refuses_another(full):
+    work, config, env = full
     again = tally("replay", "--namespace", "rp_full", "--from", "earliest", env=env).stdout
     assert re.search(r"records consumed\s+0$", again, re.M)
     other = tally("replay", "--namespace", "rp_full", "--from", "2026-01-01T00:00:00Z", env=env,
