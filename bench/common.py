@@ -153,20 +153,9 @@ def snapshot_figures(shard, snapshot_file: Path, base_mb: float, ingest_s: float
     snapshot = encode_snapshot(shard)
     encode_s = time.perf_counter() - started
     snapshot_file.write_bytes(snapshot)
-    digest, size = hashlib.sha256(snapshot).hexdigest(), len(snapshot)
-    del snapshot
-    # the next epoch's snapshot, nothing having changed: only touched accounts are encoded
-    # again, so this is what a snapshot costs beyond what changed (the floor)
-    started = time.perf_counter()
-    again = encode_snapshot(shard)
-    encode_again_s = time.perf_counter() - started
-    del again
-    gc.collect()
-    with_cache = status_mb("VmRSS")  # the accounts' encodings stay, for the next snapshot
     return {"open_events": shard.open_count(), "accounts": len(shard.desks[0].accounts),
-            "ingest_s": ingest_s, "encode_s": encode_s, "snapshot_bytes": size,
-            "encode_again_s": encode_again_s, "rss_with_encodings_mb": with_cache,
-            "snapshot_sha256": digest,
+            "ingest_s": ingest_s, "encode_s": encode_s, "snapshot_bytes": len(snapshot),
+            "snapshot_sha256": hashlib.sha256(snapshot).hexdigest(),
             "rss_base_mb": base_mb, "rss_with_state_mb": with_state,
             "peak_rss_mb": status_mb("VmHWM")}
 
@@ -221,9 +210,7 @@ def state_results(name: str, unit: str, built: dict, restored: dict) -> list[Res
               "snapshot_MB": round(size / 1e6, 1), f"snapshot_bytes_per_{unit}": round(size / n)}
     encode = Result(f"{name} encode", n, built["encode_s"], common | {
         "state_MB": round(live_mb), f"state_bytes_per_{unit}": round(live_mb * 2**20 / n),
-        "peak_rss_MB": round(built["peak_rss_mb"]), "ingest_s": round(built["ingest_s"], 2),
-        "next_snapshot_unchanged_s": round(built["encode_again_s"], 3),
-        "state_with_encodings_MB": round(built["rss_with_encodings_mb"] - built["rss_base_mb"])})
+        "peak_rss_MB": round(built["peak_rss_mb"]), "ingest_s": round(built["ingest_s"], 2)})
     decode = Result(f"{name} decode", n, restored["decode_s"], common | {
         "restored_state_MB": round(restored_mb),
         f"restored_bytes_per_{unit}": round(restored_mb * 2**20 / n),

@@ -79,9 +79,6 @@ class Desk:
         self.primary = primary if primary is not None else _every
         self.accounts: dict[str, Book] = {}
         self.deadlines: list[tuple] = []  # (deadline, account, tag)
-        # accounts reached since the last `changed()`: every change to a book is made
-        # through `_book` or `_quiet`, so a snapshot re-encodes only these
-        self.touched: set[str] = set()
 
     # ------------------------------------------------------------------ records in
 
@@ -116,7 +113,6 @@ class Desk:
         raise NotImplementedError
 
     def _book(self, event: Event) -> Book:
-        self.touched.add(event.account)
         book = self.accounts.get(event.account)
         if book is None:
             book = self.accounts[event.account] = Book(self.config.redelivery_horizon_us)
@@ -192,7 +188,6 @@ class Desk:
 
     def _quiet(self, name: str, watermark: int) -> Book | None:
         """The account's book, unless it has nothing open: then only its memories expire."""
-        self.touched.add(name)
         book = self.accounts.get(name)
         if book is not None and not book.open:
             self._forget(name, book, watermark)
@@ -220,17 +215,14 @@ class Desk:
     def redeliveries_waiting(self) -> int:
         return sum(len(refs) for book in self.accounts.values() for refs in book.redelivered.values())
 
-    def changed(self) -> list[tuple[str, Account | None]]:
-        """The accounts touched since the last call, as a snapshot keeps them (None: gone)."""
-        names, self.touched = self.touched, set()
-        return [(name, _account(self.accounts[name]) if name in self.accounts else None)
-                for name in names]
+    def accounts_state(self) -> list[tuple[str, Account]]:
+        return [(name, Account(book.open, book.memories(), book.redelivered, book.claims))
+                for name, book in sorted(self.accounts.items())]
 
     def restore(self, accounts: list[tuple[str, Account]]) -> None:
         horizon = self.config.redelivery_horizon_us
         for name, account in accounts:
             book = self.accounts[name] = Book(horizon)
-            self.touched.add(name)
             book.redelivered, book.claims = account.redelivered, account.claims
             book.open = list(account.open)
             book.restore_seen(account.seen, self.primary)
@@ -247,10 +239,6 @@ class Desk:
 
 def _every(event: Event) -> bool:
     return True
-
-
-def _account(book: Book) -> Account:
-    return Account(book.open, book.memories(), book.redelivered, book.claims)
 
 
 class MatchDesk(Desk):

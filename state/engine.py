@@ -122,8 +122,6 @@ class Shard:
                       for r in self.relations]
         self.routes: dict[tuple, list[int]] = {}  # (source, kind, batched) -> desk indexes
         self.flushed = False
-        # per desk, each account as the last snapshot encoded it
-        self.encoded: list[dict[str, msgspec.Raw]] = [{} for _ in self.desks]
 
     def _route(self, event: Event) -> list[int]:
         shape = (event.source, rel.record_kind(event.payout, event.amount_minor, event.fee_minor),
@@ -224,12 +222,10 @@ class Shard:
     def snapshot(self) -> ShardSnapshot:
         return ShardSnapshot(config=self.config,
                              progress=[(t, p, c.high) for (t, p), c in self.clocks.items()],
-                             accounts=_encoded(self.desks[0], self.encoded[0]),
-                             flushed=self.flushed,
+                             accounts=_encoded(self.desks[0]), flushed=self.flushed,
                              ahead=[(t, p, c.ahead, c.held) for (t, p), c in self.clocks.items()
                                     if c.ahead is not None],
-                             desks=[_encoded(desk, cache)
-                                    for desk, cache in zip(self.desks[1:], self.encoded[1:])])
+                             desks=[_encoded(desk) for desk in self.desks[1:]])
 
     @classmethod
     def restore(cls, snap: ShardSnapshot) -> "Shard":
@@ -252,15 +248,9 @@ _ACCOUNT_ENCODER = msgspec.msgpack.Encoder()
 _ACCOUNT_DECODER = msgspec.msgpack.Decoder(Account)
 
 
-def _encoded(desk: Desk, cache: dict[str, msgspec.Raw]) -> list[tuple[str, msgspec.Raw]]:
-    """The desk's accounts as msgpack, in name order. Only those the desk touched since the
-    last snapshot are encoded again: a snapshot per epoch costs what changed, not the state."""
-    for name, account in desk.changed():
-        if account is None:
-            cache.pop(name, None)
-        else:
-            cache[name] = msgspec.Raw(_ACCOUNT_ENCODER.encode(account))
-    return sorted(cache.items())
+def _encoded(desk: Desk) -> list[tuple[str, msgspec.Raw]]:
+    return [(name, msgspec.Raw(_ACCOUNT_ENCODER.encode(account)))
+            for name, account in desk.accounts_state()]
 
 
 def _restored(accounts: list[tuple[str, msgspec.Raw]], strings: dict[str, str],
