@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shutil
 import sys
 import tempfile
 import time
@@ -49,10 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     chosen = _chosen(args.only)
     transactions = 20_000 if args.quick else args.transactions
     services = Path(tempfile.mkdtemp(prefix="tally-bench-"))  # PostgreSQL needs a path it can reach
-    with running_broker(services / "broker") as brokers, running_postgres(services / "pg") as dsn:
-        print(f"generating and publishing {transactions:,} payments ...", file=sys.stderr)
-        ctx = prepare(brokers, dsn, services / "work", transactions, args.quick)
-        results = _run_all(ctx, chosen)
+    try:
+        with running_broker(services / "broker") as brokers, running_postgres(services / "pg") as dsn:
+            print(f"generating and publishing {transactions:,} payments ...", file=sys.stderr)
+            ctx = prepare(brokers, dsn, services / "work", transactions, args.quick)
+            results = _run_all(ctx, chosen)
+    finally:
+        shutil.rmtree(services, ignore_errors=True)  # a full run leaves gigabytes of data there
     report = {"machine": machine(), "events_in_day": ctx.events, "quick": args.quick,
               "results": [r.as_json() for r in results]}
     stamp = time.strftime("%Y%m%dT%H%M%S")

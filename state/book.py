@@ -201,15 +201,17 @@ class Book:
         """`seen` as a snapshot keeps it, (source, event id, delivery): the decided ones,
         and open ones only where `open` cannot tell them (`restore_seen`)."""
         kept = []
+        shadowed = self.shadowed  # almost always empty: asked only when it is not
         for (source, topic, partition), part in self.seen.items():
             for event_id, seen in part.items():
                 if isinstance(seen, Seen):
                     kept.append((source, event_id, seen))
-                elif (source, topic, partition, event_id) in self.shadowed:
+                elif shadowed and (source, topic, partition, event_id) in shadowed:
                     kept.append((source, event_id, Seen(seen.ref, seen.time_us)))
         # in an order of their own, not the dict's: a restored book fills `seen` in
         # another order, and its snapshot must still be the same bytes
-        kept.sort(key=_memory_order)
+        if len(kept) > 1:
+            kept.sort(key=_memory_order)
         return kept
 
     def restore_seen(self, kept: list[tuple[str, str, Seen]], owns) -> None:
