@@ -9,8 +9,8 @@ Python frames for py-spy to see, so their time would land in the steps that call
 
 from __future__ import annotations
 
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 import time

@@ -31,7 +31,7 @@ SHARED_STRINGS = 1 << 17  # distinct topics, currencies and accounts a decoder s
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # times are UTC microseconds from here
 ONE_US = timedelta(microseconds=1)
 _AMOUNT = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?\Z")
-_LIMITS = {"event_id": 128, "account": 64, "idempotency_key": 128, "reference": 256,
+LIMITS = {"event_id": 128, "account": 64, "idempotency_key": 128, "reference": 256,
            "batch_id": 128}
 
 
@@ -170,7 +170,7 @@ class Decoder:
         payout = wire.type == "payout"
         if payout:
             _check_payout(wire)
-        for field, limit in _LIMITS.items():
+        for field, limit in LIMITS.items():
             _check_text(field, getattr(wire, field), limit,
                         required=field in ("event_id", "account") or (payout and field == "batch_id"))
         currency, places = _currency(wire.currency)

@@ -12,7 +12,8 @@ from hypothesis import given, strategies as st
 from flows.cli.ingest import FORMAT_NAMES
 from flows.ingest.formats import FORMATS
 from flows.ingest.publish import progress_us
-from flows.ingest.records import MAX_EVENT_ID, FileRecords, Options, Refusal, encode, event_id, file_records
+from flows.ingest.records import FileRecords, Options, Refusal, encode, file_records
+from flows.ingest.statement import MAX_EVENT_ID, short_id as event_id
 from flows.ingest.statement import PAYOUT, Entry, Statement
 from state.config import MatchConfig
 from state.contract import Decoder, Event, Invalid

@@ -13,10 +13,9 @@ from decimal import Decimal
 import msgspec
 
 from flows.logs import UserError
-from flows.ingest.statement import MAX_EVENT_ID, PAYOUT, Entry, Statement, gaps, short_id
+from flows.ingest.statement import PAYOUT, Entry, Statement, gaps, short_id
 from state.contract import EPOCH, ONE_US, format_us
 
-event_id = short_id  # a record's id: the statement's own, within the contract's limit
 BOOKING, VALUE = "booking", "value"
 _LAST_US = time(23, 59, 59, 999_999)
 
@@ -82,7 +81,7 @@ def _account(name: str, statement: Statement, options: Options) -> str:
 
 def _record(entry: Entry, account: str, options: Options) -> dict:
     moment = entry.value if options.time_field == VALUE and entry.value is not None else entry.booked
-    record = {"type": entry.kind, "source": options.source, "event_id": event_id(entry.event_id),
+    record = {"type": entry.kind, "source": options.source, "event_id": short_id(entry.event_id),
               "account": account, "amount": _decimal(entry.amount), "currency": entry.currency,
               "event_time": rfc3339(moment)}
     optional = {"idempotency_key": entry.idempotency_key, "reference": entry.reference,
@@ -99,7 +98,7 @@ def _record(entry: Entry, account: str, options: Options) -> dict:
 def _gap_record(statement: Statement, account: str, clause: str, options: Options) -> dict:
     """A record the flow turns into an exception: the statement's gap stays visible."""
     return {"type": "statement_gap", "source": options.source,
-            "event_id": event_id(f"{statement.id}:gap"), "account": account, "reason": clause}
+            "event_id": short_id(f"{statement.id}:gap"), "account": account, "reason": clause}
 
 
 def _heartbeat_us(statements: list[Statement]) -> int | None:

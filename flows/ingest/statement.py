@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 
-MAX_EVENT_ID = 128  # the contract's limit (state/contract.py)
+from state.contract import LIMITS
+
+MAX_EVENT_ID = LIMITS["event_id"]
 TRANSACTION = "transaction"
 PAYOUT = "payout"
 
