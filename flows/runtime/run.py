@@ -185,6 +185,12 @@ def live_stretch(brokers: str, config) -> Stretch:
 
 def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSummary:
     """Build and execute the flow in this process; blocks until it ends."""
+    # SIGTERM (a deploy, `docker stop`) stops the flow like Ctrl-C: exit 130, resume later.
+    # SIGINT too, even when a non-interactive shell started us in the background with it
+    # ignored (Python then installs no handler of its own, and `kill -INT` did nothing).
+    # First of all: a signal during start-up (imports, the recovery store) is not lost.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if not logs.log.isEnabledFor(logging.DEBUG):
         # An error in a step (or in making the recovery store) panics in bytewax's Rust;
         # keep its backtrace out of the way.
@@ -215,11 +221,6 @@ def run(options: RunOptions, config, stretch: Stretch | None = None) -> RunSumma
               records_to_end=total if total is not None else "unbounded")
     # A zero backup interval lets bytewax delete every snapshot but the newest.
     recovery = RecoveryConfig(str(recovery_path), backup_interval=timedelta(0))
-    # SIGTERM (a deploy, `docker stop`) stops the flow like Ctrl-C: exit 130, resume later.
-    # SIGINT too, even when a non-interactive shell started us in the background with it
-    # ignored (Python then installs no handler of its own, and `kill -INT` did nothing).
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     gc.set_threshold(*GC_THRESHOLD)
     started = time.monotonic()
     with metrics.serving(options.metrics_address, options.process_id, stats, config.topics), \
