@@ -38,6 +38,7 @@ from datetime import date, datetime, timedelta
 from typing import Callable
 
 import adbc_driver_manager
+import adbc_driver_manager.dbapi
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -135,6 +136,18 @@ def _columns(columns: list[tuple[str, str]], types: bool = True) -> sql.Composab
 def _days(table: pa.Table) -> list[date]:
     """The UTC dates of a table's window_end; the same as (ts AT TIME ZONE 'UTC')::date."""
     return sorted(pc.unique(table.column("window_end").cast(pa.date32())).to_pylist())
+
+
+def _call_keeping_python_sigint(func, args, kwargs, cancel):
+    return func(*args, **kwargs)
+
+
+# In the main thread, ADBC swaps Python's SIGINT handler for its own around each blocking
+# call, and a SIGINT then only cancels the statement (or, once the call is done, nothing):
+# the interrupt was lost, and a live run that got it mid-write never stopped. Calling
+# straight through, as ADBC itself does on Windows, keeps Python's handler: the write ends,
+# then the interrupt is raised.
+adbc_driver_manager.dbapi._blocking_call = _call_keeping_python_sigint
 
 
 def bulk_connect(dsn: str) -> adbc.Connection:

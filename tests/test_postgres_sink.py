@@ -437,3 +437,29 @@ def test_a_password_with_spaces_quotes_and_at_signs_reaches_both_connections(pg_
     with pytest.raises(UserError) as info:
         write_with_retry(WriterFactory(wrong, ns), *batch(), 0.1, lambda line: None)
     assert password not in str(info.value) and "\n" not in str(info.value)
+
+
+SIGINT_DURING_A_WRITE = """
+import os, signal, sys, threading
+from sinks.postgres import bulk_connect
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as `tally run` does
+conn = bulk_connect(sys.argv[1])
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    conn.cursor().execute("SELECT pg_sleep(3)")
+    print("finished")
+except BaseException as exc:
+    print(type(exc).__name__)
+"""
+
+
+def test_a_sigint_during_a_bulk_write_is_an_interrupt_not_a_retried_cancel(pg_dsn):
+    """ADBC swaps in its own SIGINT handler for a blocking call and cancels the statement:
+    the write then failed as a lost connection, write_with_retry wrote it again, and a
+    live run that got SIGINT mid-write never stopped. Ours stays: the write ends, then
+    the interrupt is raised."""
+    import subprocess
+    import sys
+    ran = subprocess.run([sys.executable, "-c", SIGINT_DURING_A_WRITE, pg_dsn],
+                         capture_output=True, text=True, timeout=60)
+    assert ran.stdout.split() == ["KeyboardInterrupt"], ran.stdout + ran.stderr
