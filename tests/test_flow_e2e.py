@@ -8,7 +8,6 @@ from __future__ import annotations
 import pickle
 import re
 import shutil
-import signal
 import sqlite3
 import tempfile
 from collections import Counter
@@ -21,7 +20,7 @@ from flows.dev.generate import generate_day
 from flows.dev.match import run_engine
 from state.config import MatchConfig
 from tests.flow_helpers import (decisions_written, digest, engine_rows, parquet_rows, pg_rows,
-                                start_tally, tally, unique_topics, wait_until, write_config)
+                                start_tally, stop, tally, unique_topics, wait_until, write_config)
 
 PAYMENTS = 20_000
 
@@ -170,8 +169,7 @@ def test_a_namespace_rescales_from_one_process_to_two_mid_run(published, broker,
               "--namespace", "e2e_rescale", "--config", str(config_file)]
     one = start_tally("run", *common, "--max-rate", "15000", "--snapshot-interval", "0.5")
     _wait_for_decisions(pg_dsn, "e2e_rescale", one)
-    one.send_signal(signal.SIGTERM)
-    assert one.wait(timeout=60) == 130, one.stderr.read()
+    assert stop(one) == 130
     partial = len(pg_rows(pg_dsn, "e2e_rescale")[0])
     assert 0 < partial < len(result.decisions)  # it really stopped part-way
     two = tally("run", *common, "--until-end", "--processes", "2")

@@ -9,7 +9,6 @@ exit 0, and audit said CONSERVED. Now the run refuses in one line; with
 from __future__ import annotations
 
 import json
-import signal
 import time
 
 import psycopg
@@ -17,7 +16,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from flows.kafka import kafka_io
-from tests.flow_helpers import published, start_tally, tally, wait_until
+from tests.flow_helpers import published, start_tally, stop, tally, wait_until
 
 PAYMENTS = 400
 
@@ -109,8 +108,7 @@ def test_a_live_run_waits_for_a_shorter_log_to_grow_past_its_offsets(broker, pg_
         time.sleep(2)
         assert new_fates(pg_dsn, read_to) == wanted
     finally:
-        flow.send_signal(signal.SIGTERM)
-        assert flow.wait(60) == 130
+        assert stop(flow) == 130
     report = json.loads(tally("audit", "--namespace", "parked", "--json", env=env, expect=1).stdout)
     assert report["archive_duplicates"][0] == 0 and not report["archive_gaps"]
     assert sorted((e["partition"], e["lost_from"], e["lost_to"]) for e in report["lost"]) == \

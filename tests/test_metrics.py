@@ -24,7 +24,7 @@ from flows.dev.services import free_port
 from flows.logs import UserError
 from state.config import MatchConfig
 from state.contract import Decoder, Event, Heartbeat
-from tests.flow_helpers import publish_day, start_tally, tally, wait_until
+from tests.flow_helpers import publish_day, start_tally, stop, tally, wait_until
 
 
 def scrape(port: int) -> dict[str, list]:
@@ -122,8 +122,8 @@ def test_a_running_flow_serves_its_own_figures(broker, pg_dsn, tmp_path):
         assert names == set(METRIC_NAMES) - {"tally_relation_watermark_seconds"}
     finally:
         flow.send_signal(signal.SIGTERM)
-        assert flow.wait(timeout=60) == 130, flow.stderr.read()
-    out = flow.stderr.read()
+        _, out = flow.communicate(timeout=60)  # read while it stops: a full pipe would hold it
+        assert flow.returncode == 130, out
     assert "metrics served" in out
 
 
@@ -178,8 +178,7 @@ def test_two_processes_serve_on_consecutive_ports(broker, pg_dsn, tmp_path):
                  for s in (first, second)]
         assert not parts[0] & parts[1] and len(parts[0] | parts[1]) == 9
     finally:
-        flow.send_signal(signal.SIGTERM)  # to the launcher, which passes it on to both members
-        assert flow.wait(timeout=60) == 130, flow.stderr.read()
+        assert stop(flow) == 130  # SIGTERM to the launcher, which passes it on to both members
     assert _listening(port) is False and _listening(port + 1) is False
 
 
@@ -225,8 +224,7 @@ def test_a_paced_run_still_commits_a_snapshot_every_interval(broker, pg_dsn, tmp
         assert flow.poll() is None  # still reading: ~10,000 records take 5 s at 2,000/s
         assert longest < 3.0, f"no snapshot committed for {longest:.1f}s"
     finally:
-        flow.send_signal(signal.SIGTERM)
-        flow.wait(timeout=60)
+        stop(flow)
 
 
 def _committed(read_committed, recovery) -> int | None:

@@ -20,7 +20,7 @@ import pytest
 
 from flows.dev.drill import alive, children
 from tests.flow_helpers import (decisions_written, pg_rows, published, start_tally,
-                                tally, wait_until)
+                                stop, tally, wait_until)
 
 PAYMENTS = 1500
 
@@ -87,8 +87,7 @@ def test_a_second_runner_is_refused_in_one_line_naming_the_first(day, pg_dsn):
         assert "already being run" in line and holder in line
         assert first.poll() is None, "the first run goes on"
     finally:
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(60) == 130
+        assert stop(first) == 130
     tally("run", "--until-end", "--namespace", "twice", env=env)  # free once the first stops
     same_as_clean(env, pg_dsn, "twice")
 
