@@ -34,7 +34,8 @@ from state.verdicts import Claim, claim_key, claim_of
 
 # gc=False: the state holds no reference cycles, and with millions of its structs tracked,
 # every full collection would walk the whole state (measured: 0.3-1.5 s pauses).
-class Seen(msgspec.Struct, array_like=True, gc=False):
+# order=True, by ref first: memories sort as plain tuples, without a key function per entry.
+class Seen(msgspec.Struct, array_like=True, gc=False, order=True):
     """The latest first delivery of an event id in one partition, to recognise redeliveries."""
 
     ref: str
@@ -203,15 +204,20 @@ class Book:
         kept = []
         shadowed = self.shadowed  # almost always empty: asked only when it is not
         for (source, topic, partition), part in self.seen.items():
+            if not shadowed:
+                kept += [(source, event_id, seen) for event_id, seen in part.items()
+                         if type(seen) is Seen]
+                continue
             for event_id, seen in part.items():
-                if isinstance(seen, Seen):
+                if type(seen) is Seen:
                     kept.append((source, event_id, seen))
-                elif shadowed and (source, topic, partition, event_id) in shadowed:
+                elif (source, topic, partition, event_id) in shadowed:
                     kept.append((source, event_id, Seen(seen.ref, seen.time_us)))
-        # in an order of their own, not the dict's: a restored book fills `seen` in
-        # another order, and its snapshot must still be the same bytes
+        # in an order of their own, not the dict's: a restored book fills `seen` in another
+        # order, and its snapshot must still be the same bytes. By (source, event id, ref):
+        # an id is once in its partition's dict, so two entries never tie up to the ref.
         if len(kept) > 1:
-            kept.sort(key=_memory_order)
+            kept.sort()
         return kept
 
     def restore_seen(self, kept: list[tuple[str, str, Seen]], owns) -> None:
@@ -287,10 +293,6 @@ class Book:
 # the size order: by amount, then canonically (events themselves, no tuple kept per event)
 _SIZE = attrgetter("amount_minor", "time_us", "source", "event_id", "topic", "partition", "offset")
 _AMOUNT = attrgetter("amount_minor")
-
-
-def _memory_order(kept: tuple[str, str, Seen]) -> tuple[str, str, str]:
-    return kept[0], kept[1], kept[2].ref
 
 
 def _take(events: list[Event], event: Event) -> None:

@@ -52,3 +52,29 @@ def test_a_settlement_day_restores_byte_for_byte():
     path = Path(tempfile.mkdtemp(prefix="tally-snapshot-")) / "day"
     generate_settlement(path, 3_000, seed=9)
     assert_restores_byte_for_byte(half_a_day(path, config))
+
+
+def test_a_restored_book_knows_which_open_delivery_of_an_id_is_current():
+    """An id delivered anew past the redelivery horizon, while its first delivery is still
+    open, shadows it. Restored open events come back in time order, where the later one
+    would win; the snapshot's memories must say that the earlier-timed one is current."""
+    from state.book import Book
+    from state.contract import Event
+
+    def delivery(offset: int, minute: int) -> Event:
+        return Event(time_us=minute * 60_000_000, source="bank", event_id="b1", topic="bank",
+                     partition=0, offset=offset, account="A1", currency="EUR",
+                     amount_minor=100, idempotency_key=None, reference=None)
+
+    first, again = delivery(0, minute=10), delivery(7, minute=5)
+    book = Book(horizon_us=60_000_000)
+    for event in (first, again):
+        book.delivered(event)
+        book.add(event)
+    assert book.first(first) is again
+
+    restored = Book(horizon_us=60_000_000)
+    restored.open = list(book.open)
+    restored.restore_seen(book.memories(), lambda event: True)
+    assert restored.first(first) is again
+    assert restored.memories() == book.memories()
