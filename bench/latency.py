@@ -54,6 +54,7 @@ from confluent_kafka import Producer
 from psycopg import sql
 
 from bench.common import PARTITIONS, Context, Result
+from bench.cpu import CpuSampler, broker_pid, parent_pid
 from flows.kafka import kafka_io
 from flows.dev.generate import partition_for
 
@@ -288,8 +289,13 @@ def measure(ctx: Context, s: Settings) -> Result:
                               s.producer_heartbeats)
     proc = _start_flow(ctx, s, config, work / "data", ns, log)
     stopped = "not started"
+    cpu = None
     try:
         with psycopg.connect(ctx.pg_dsn, autocommit=True) as conn:
+            postmaster = parent_pid(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+            cpu = CpuSampler({"flow": proc.pid, "broker": broker_pid(ctx.brokers),
+                              "postgres": postmaster, "producer": os.getpid()},
+                             alone=("producer",))
             started = time.monotonic()
             producer.start()  # heartbeats only, until `go`
             # Consuming end to end: heartbeat fates reach PostgreSQL.
@@ -303,6 +309,7 @@ def measure(ctx: Context, s: Settings) -> Result:
                 time.sleep(0.2)
             ready_s = time.monotonic() - started
             producer.go.set()
+            cpu.start()
             while not producer.done.wait(0.2):
                 if proc.poll() is not None:
                     raise RuntimeError(f"tally run exited {proc.returncode}:\n{_tail(log)}")
@@ -325,10 +332,13 @@ def measure(ctx: Context, s: Settings) -> Result:
                 " extract(epoch FROM window_end)"
                 " FROM {}.decisions " + where).format(sql.Identifier(ns)), window).fetchall()
             total_decisions = _count(conn, ns, "decisions")
+            cpu.stop()
         producer.halt.set()
         producer.join(35)
     finally:
         producer.halt.set()
+        if cpu is not None and cpu.is_alive():
+            cpu.stop()
         stopped = _stop_flow(proc)
     if producer.exception is not None:
         raise RuntimeError(f"producer failed: {producer.exception!r}")
@@ -372,6 +382,10 @@ def measure(ctx: Context, s: Settings) -> Result:
         "producer_max_lag_ms": round(producer.max_lag_s * 1000, 1),
         "producer_failures": len(producer.failures),
         "ready_s": round(ready_s, 1),
+        # percent of one core per 10 s from the start of publishing: the flow shares the
+        # machine with the broker, PostgreSQL and this producer (docs/benchmarks.md)
+        "cpu_pct": cpu.summary(),
+        "cpu_pct_by_10s": cpu.samples,
         "flow_stop": stopped,
         "includes": "producer publish delay (librdkafka, linger.ms=1, broker append) + consumer "
                     "fetch and source poll + decode/split + engine + PostgreSQL sink batch "
