@@ -101,3 +101,16 @@ class CpuSampler(threading.Thread):
         return {name: {"first": self.samples[0][name], "last": self.samples[-1][name],
                        "mean": round(sum(s[name] for s in self.samples) / len(self.samples))}
                 for name in self.groups}
+
+
+def postmaster_pid(pg_dsn: str) -> int | None:
+    """PostgreSQL's postmaster, the parent of a backend of ours (if it runs on this host)."""
+    import psycopg
+    with psycopg.connect(pg_dsn) as conn:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    return parent_pid(backend) if Path(f"/proc/{backend}").exists() else None
+
+
+def cpu_seconds(groups: dict[str, int | None]) -> dict[str, float]:
+    """CPU seconds so far of each group running here (a process and its descendants)."""
+    return {name: _seconds(pid) for name, pid in groups.items() if pid is not None}
