@@ -13,6 +13,8 @@ import os
 import threading
 from pathlib import Path
 
+import psycopg
+
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -28,23 +30,27 @@ def _cpu(stat: list[str]) -> float:
     return (int(stat[11]) + int(stat[12])) / _TICKS  # utime + stime
 
 
-def _seconds(root: int, descendants: bool = True) -> float:
-    """CPU seconds of `root`, with or without the processes under it, now."""
-    if not descendants:
-        stat = _stat(str(root))
-        return 0.0 if stat is None else _cpu(stat)
+def cpu_seconds(groups: dict[str, int | None], alone: tuple[str, ...] = ()) -> dict[str, float]:
+    """CPU seconds so far of each group running here: its root process and the processes
+    under it, or the root alone for the groups named in `alone`. One read of /proc."""
     stats = {int(pid): s for pid in os.listdir("/proc") if pid.isdigit()
              if (s := _stat(pid)) is not None}
     children: dict[int, list[int]] = {}
     for pid, stat in stats.items():
         children.setdefault(int(stat[1]), []).append(pid)
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in stats:
-            total += _cpu(stats[pid])
-            todo += children.get(pid, [])
-    return total
+    seconds = {}
+    for name, root in groups.items():
+        if root is None:
+            continue
+        total, todo = 0.0, [root]
+        while todo:
+            pid = todo.pop()
+            if pid in stats:
+                total += _cpu(stats[pid])
+                if name not in alone:
+                    todo += children.get(pid, [])
+        seconds[name] = total
+    return seconds
 
 
 def broker_pid(bootstrap: str) -> int | None:
@@ -58,11 +64,6 @@ def broker_pid(bootstrap: str) -> int | None:
         if b"tansu" in argv[0] and any(a.endswith(b":" + port.encode()) for a in argv):
             return int(pid)
     return None
-
-
-def parent_pid(pid: int) -> int | None:
-    s = _stat(str(pid))
-    return None if s is None else int(s[1])
 
 
 class CpuSampler(threading.Thread):
@@ -80,15 +81,12 @@ class CpuSampler(threading.Thread):
         self._halt = threading.Event()
 
     def run(self) -> None:
-        before = self._now()
+        before = cpu_seconds(self.groups, self.alone)
         while not self._halt.wait(self.every_s):
-            now = self._now()
+            now = cpu_seconds(self.groups, self.alone)
             self.samples.append({name: round(100 * (now[name] - before[name]) / self.every_s)
                                  for name in self.groups})
             before = now
-
-    def _now(self) -> dict[str, float]:
-        return {name: _seconds(pid, name not in self.alone) for name, pid in self.groups.items()}
 
     def stop(self) -> None:
         self._halt.set()
@@ -104,13 +102,9 @@ class CpuSampler(threading.Thread):
 
 
 def postmaster_pid(pg_dsn: str) -> int | None:
-    """PostgreSQL's postmaster, the parent of a backend of ours (if it runs on this host)."""
-    import psycopg
+    """PostgreSQL's postmaster: the parent of a backend of ours, read while the backend
+    lives (None if PostgreSQL runs on another host)."""
     with psycopg.connect(pg_dsn) as conn:
-        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    return parent_pid(backend) if Path(f"/proc/{backend}").exists() else None
+        stat = _stat(str(conn.execute("SELECT pg_backend_pid()").fetchone()[0]))
+        return None if stat is None else int(stat[1])
 
-
-def cpu_seconds(groups: dict[str, int | None]) -> dict[str, float]:
-    """CPU seconds so far of each group running here (a process and its descendants)."""
-    return {name: _seconds(pid) for name, pid in groups.items() if pid is not None}

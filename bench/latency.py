@@ -54,7 +54,7 @@ from confluent_kafka import Producer
 from psycopg import sql
 
 from bench.common import PARTITIONS, Context, Result
-from bench.cpu import CpuSampler, broker_pid, parent_pid
+from bench.cpu import CpuSampler, broker_pid, postmaster_pid
 from flows.kafka import kafka_io
 from flows.dev.generate import partition_for
 
@@ -292,9 +292,8 @@ def measure(ctx: Context, s: Settings) -> Result:
     cpu = None
     try:
         with psycopg.connect(ctx.pg_dsn, autocommit=True) as conn:
-            postmaster = parent_pid(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
             cpu = CpuSampler({"flow": proc.pid, "broker": broker_pid(ctx.brokers),
-                              "postgres": postmaster, "producer": os.getpid()},
+                              "postgres": postmaster_pid(ctx.pg_dsn), "producer": os.getpid()},
                              alone=("producer",))
             started = time.monotonic()
             producer.start()  # heartbeats only, until `go`

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import threading
 import time
 from datetime import date, datetime, timezone
@@ -458,8 +460,6 @@ def test_a_sigint_during_a_bulk_write_is_an_interrupt_not_a_retried_cancel(pg_ds
     the write then failed as a lost connection, write_with_retry wrote it again, and a
     live run that got SIGINT mid-write never stopped. Ours stays: the write ends, then
     the interrupt is raised."""
-    import subprocess
-    import sys
     ran = subprocess.run([sys.executable, "-c", SIGINT_DURING_A_WRITE, pg_dsn],
                          capture_output=True, text=True, timeout=60)
     assert ran.stdout.split() == ["KeyboardInterrupt"], ran.stdout + ran.stderr

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from flows.dev.settlement_day import generate_settlement
 from flows.kafka import dayfiles
+from state.book import Book
 from state.config import MatchConfig, from_toml
-from state.contract import Decoder
+from state.contract import Decoder, Event
 from state.engine import Shard, decode_snapshot, encode_snapshot
 from state.routing import split
 from tests.days import day
@@ -58,9 +59,6 @@ def test_a_restored_book_knows_which_open_delivery_of_an_id_is_current():
     """An id delivered anew past the redelivery horizon, while its first delivery is still
     open, shadows it. Restored open events come back in time order, where the later one
     would win; the snapshot's memories must say that the earlier-timed one is current."""
-    from state.book import Book
-    from state.contract import Event
-
     def delivery(offset: int, minute: int) -> Event:
         return Event(time_us=minute * 60_000_000, source="bank", event_id="b1", topic="bank",
                      partition=0, offset=offset, account="A1", currency="EUR",
